@@ -1,0 +1,355 @@
+"""The ``tfship`` command line: thin shells over the stage functions.
+
+Each command parses options (every one also read from an environment variable, shown in
+``--help``), calls one stage function, prints what a person needs, and maps the stage's
+exception family to an exit code (see ``tfship.errors``). Heavy modules (TensorFlow) are
+imported inside the commands that need them so ``tfship --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from tfship import __version__, config
+from tfship.errors import EXIT_INTERRUPTED, TfshipError
+
+ENV = config.ENV
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def opt(*names: str, env: str | None = None, **kw):
+    """A click option that also reads ``env`` and says so in ``--help``."""
+    return click.option(*names, envvar=env, show_envvar=bool(env), **kw)
+
+
+def workspace_option(f):
+    return opt(
+        "--workspace",
+        env=ENV["workspace"],
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("workspace"),
+        show_default=True,
+        help="Folder the stages read and write (CircleCI persists it between jobs).",
+    )(f)
+
+
+def model_name_option(f):
+    return opt(
+        "--model-name",
+        env=ENV["model_name"],
+        default=config.DEFAULT_MODEL_NAME,
+        show_default=True,
+        help="Model name in TF Serving and in the store.",
+    )(f)
+
+
+def store_option(f):
+    return opt(
+        "--store",
+        env=ENV["store"],
+        default="store",
+        show_default=True,
+        help="Artifact store: a local folder (<store>/<model>/<version>/).",
+    )(f)
+
+
+def data_options(f):
+    """Options shared by build and retrain: where data comes from and how it is checked."""
+    options = [
+        opt(
+            "--data",
+            env=ENV["data"],
+            default=config.DEFAULT_DATA,
+            show_default=True,
+            help="digits (bundled, offline) | fashion_mnist | PATH.npz|.csv | FOLDER of snapshots"
+            " | https://URL#sha256=HEX",
+        ),
+        opt(
+            "--data-sha256",
+            env=ENV["data_sha256"],
+            default=None,
+            help="Expected sha256 of the data file (required for URLs unless in the #fragment).",
+        ),
+        opt(
+            "--num-classes",
+            env=ENV["num_classes"],
+            type=click.IntRange(2, 10_000),
+            default=config.DEFAULT_NUM_CLASSES,
+            show_default=True,
+            help="Labels are 0..N-1.",
+        ),
+        opt(
+            "--min-rows-per-class",
+            env=ENV["min_rows_per_class"],
+            type=click.IntRange(1),
+            default=config.MIN_ROWS_PER_CLASS,
+            show_default=True,
+        ),
+        opt(
+            "--max-label-drift",
+            env=ENV["max_label_drift"],
+            type=click.FloatRange(0, 1),
+            default=config.MAX_LABEL_DRIFT,
+            show_default=True,
+            help="Max total variation distance of train vs test label histograms.",
+        ),
+        opt(
+            "--max-pixel-drift",
+            env=ENV["max_pixel_drift"],
+            type=click.FloatRange(0, 1),
+            default=config.MAX_PIXEL_DRIFT,
+            show_default=True,
+            help="Max total variation distance of train vs test pixel histograms.",
+        ),
+        opt("--seed", env=ENV["seed"], type=int, default=config.DEFAULT_SEED, show_default=True),
+    ]
+    for o in reversed(options):
+        f = o(f)
+    return f
+
+
+def train_options(f):
+    """Options shared by train and retrain."""
+    options = [
+        opt(
+            "--epochs",
+            env=ENV["epochs"],
+            type=click.IntRange(1),
+            default=config.EPOCHS,
+            show_default=True,
+            help="Upper bound; early stopping on val loss usually ends sooner.",
+        ),
+        opt(
+            "--batch-size",
+            env=ENV["batch_size"],
+            type=click.IntRange(1),
+            default=config.BATCH_SIZE,
+            show_default=True,
+        ),
+        opt(
+            "--learning-rate",
+            env=ENV["learning_rate"],
+            type=float,
+            default=config.LEARNING_RATE,
+            show_default=True,
+        ),
+        opt(
+            "--model-fn",
+            env=ENV["model_fn"],
+            default=None,
+            help="Your model: package.module:function(input_shape, num_classes) -> compiled"
+            " keras.Model with a named input. Default: tfship's CNN.",
+        ),
+        opt("--seed", env=ENV["seed"], type=int, default=config.DEFAULT_SEED, show_default=True),
+    ]
+    for o in reversed(options):
+        f = o(f)
+    return f
+
+
+def gate_options(f):
+    f = opt(
+        "--min-class-recall",
+        env=ENV["min_class_recall"],
+        type=click.FloatRange(0, 1),
+        default=config.MIN_CLASS_RECALL,
+        show_default=True,
+        help="Every class's recall must reach this.",
+    )(f)
+    f = opt(
+        "--min-accuracy",
+        env=ENV["min_accuracy"],
+        type=click.FloatRange(0, 1),
+        default=config.MIN_ACCURACY,
+        show_default=True,
+        help="Test accuracy must reach this.",
+    )(f)
+    return f
+
+
+def emit(obj: dict, as_json: bool, text: str) -> None:
+    """Results go to stdout: JSON for machines, one readable line for people."""
+    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str) if as_json else text)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="tfship")
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar="TFSHIP_DEBUG",
+    help="Show tracebacks for expected failures too.",
+)
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """tfship: data -> trained -> gated -> packaged -> served by TF Serving -> verified.
+
+    \b
+    Stages (each also runs as ml/N_<stage>.py):
+      build    get and validate data          -> workspace/data/
+      train    train the Keras model          -> workspace/model/
+      test     evaluate and apply the gates   -> workspace/eval/
+      package  SavedModel + lineage -> store  -> workspace/package/
+
+    Every option can also be set by the environment variable shown in each command's --help,
+    or in a .env file in the current folder. Exit codes: 0 ok, 2 bad input or setting,
+    3 gate failed, 4 deploy failed, 5 serving error, 6 verification failed, 7 CircleCI API
+    error, 8 store error, 9 host error, 10 stale approval, 130 interrupted.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+@cli.command(context_settings=CONTEXT)
+@workspace_option
+@data_options
+@json_option
+def build(
+    workspace: Path,
+    data: str,
+    data_sha256: str | None,
+    num_classes: int,
+    min_rows_per_class: int,
+    max_label_drift: float,
+    max_pixel_drift: float,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Stage 1: get data, validate it, split it (seeded), write workspace/data/.
+
+    Validation runs before anything is written: dtype and shape, NaN/inf, pixel range,
+    labels in 0..N-1, rows per class, and train/test drift. A failure prints one line naming
+    the file, the check and the numbers, and exits 2.
+    """
+    from tfship.data import Checks
+    from tfship.data import build as run
+
+    checks = Checks(num_classes, min_rows_per_class, max_label_drift, max_pixel_drift)
+    info = run(workspace, data, checks, seed, data_sha256)
+    rows = info["rows"]
+    emit(
+        info,
+        as_json,
+        f"data {info['data_hash'][:23]} from {info['origin']}: "
+        f"{rows['train']} train / {rows['val']} val / {rows['test']} test rows",
+    )
+
+
+@cli.command(context_settings=CONTEXT)
+@workspace_option
+@train_options
+@json_option
+def train(
+    workspace: Path,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    model_fn: str | None,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Stage 2: train on workspace/data/, write workspace/model/ (model.keras, history)."""
+    from tfship.train import TrainSettings
+    from tfship.train import train as run
+
+    info = run(
+        workspace, TrainSettings(epochs, batch_size, learning_rate, seed=seed, model_fn=model_fn)
+    )
+    emit(
+        info,
+        as_json,
+        f"trained {info['epochs_run']} epochs, best val loss "
+        f"{info['best_val_loss']:.4f}: {workspace / 'model' / 'model.keras'}",
+    )
+
+
+@cli.command("test", context_settings=CONTEXT)
+@workspace_option
+@gate_options
+@json_option
+def test_cmd(workspace: Path, min_accuracy: float, min_class_recall: float, as_json: bool) -> None:
+    """Stage 3: evaluate on the test split and apply the gates (exit 3 if one misses).
+
+    Writes workspace/eval/: metrics.json, junit.xml (store_test_results), report.md and
+    confusion_matrix.png (store_artifacts), also when the gate fails.
+    """
+    from tfship.evaluate import Gates, evaluate
+
+    result = evaluate(workspace, Gates(min_accuracy, min_class_recall))
+    emit(
+        result,
+        as_json,
+        f"gate passed: accuracy {result['metrics']['accuracy']:.4f} >= "
+        f"{min_accuracy}; report {workspace / 'eval' / 'report.md'}",
+    )
+
+
+@cli.command(context_settings=CONTEXT)
+@workspace_option
+@model_name_option
+@store_option
+@opt(
+    "--version",
+    "version",
+    env=ENV["version"],
+    type=int,
+    default=None,
+    help="Integer version. Default: the UTC unix time in seconds.",
+)
+@json_option
+def package(
+    workspace: Path, model_name: str, store: str, version: int | None, as_json: bool
+) -> None:
+    """Stage 4: export the SavedModel, prove it matches the model, store it with its lineage.
+
+    The version folder holds saved_model.pb, variables/ and assets.extra/ (tfship.json
+    manifest, tf_serving_warmup_requests, model.keras for retraining, the test split).
+    """
+    from tfship.package import package as run
+    from tfship.store import local_store
+
+    info = run(workspace, local_store(store), model_name, version)
+    emit(
+        info,
+        as_json,
+        f"packaged {model_name} version {info['version']} ({info['stored']}) in {info['store']}",
+    )
+
+
+def main(argv: list[str] | None = None, prog_name: str = "tfship") -> None:
+    """Entry point: run the CLI; expected failures become one line and an exit code."""
+    from tfship.env import load_dotenv_file
+
+    load_dotenv_file()
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        rv = cli.main(args=args, prog_name=prog_name, standalone_mode=False)
+    except TfshipError as exc:
+        if debug:
+            traceback.print_exc()
+        command = next((a for a in args if not a.startswith("-")), "")
+        click.echo(
+            f"tfship {command}: {exc.kind}: {exc}".replace("tfship : ", "tfship: "), err=True
+        )
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("tfship: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        click.echo("tfship: interrupted; nothing half-written was left in place", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,0 +1,193 @@
+"""Stage 3: evaluate a model on the held-out test split and apply the quality gates.
+
+The metric and gate functions are plain NumPy (retrain and test-deployed reuse them); only
+:func:`evaluate` loads the Keras model. Writes ``<workspace>/eval/``: ``metrics.json``,
+``junit.xml``, ``report.md``, ``confusion_matrix.png``. A failed gate still writes them (people
+need the report most then) but marks ``passed: false``; ``package`` refuses such a model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tfship import config
+from tfship.errors import DataError, GateFailed
+from tfship.log import event
+from tfship.report import Check, check_table, failed, metrics_table, summary, write_junit
+from tfship.workspace import Workspace, read_json, sha256_file, write_json
+
+
+@dataclass
+class Gates:
+    """Thresholds a model must meet to ship."""
+
+    min_accuracy: float = config.MIN_ACCURACY
+    min_class_recall: float = config.MIN_CLASS_RECALL
+
+
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, loss: float | None = None
+) -> dict:
+    """Accuracy, per-class precision/recall/F1/support and the confusion matrix."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    tp = np.diag(cm).astype(float)
+    predicted = cm.sum(axis=0).astype(float)
+    support = cm.sum(axis=1).astype(float)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {
+        "accuracy": float(tp.sum() / max(cm.sum(), 1)),
+        "loss": loss,
+        "rows": int(cm.sum()),
+        "per_class": {
+            "precision": precision.round(6).tolist(),
+            "recall": recall.round(6).tolist(),
+            "f1": f1.round(6).tolist(),
+            "support": support.astype(int).tolist(),
+        },
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def gate_checks(metrics: dict, gates: Gates) -> list[Check]:
+    """Absolute gates: accuracy and each class's recall (classes absent from the test set skip)."""
+    checks = [Check("accuracy", metrics["accuracy"], ">=", gates.min_accuracy)]
+    pc = metrics["per_class"]
+    for c, (recall, support) in enumerate(zip(pc["recall"], pc["support"], strict=True)):
+        if support:
+            checks.append(Check(f"recall[class {c}]", recall, ">=", gates.min_class_recall))
+    return checks
+
+
+def cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean sparse categorical cross-entropy of predicted probabilities."""
+    p = np.clip(probs[np.arange(labels.size), labels], 1e-7, 1.0)
+    return float(-np.log(p).mean())
+
+
+def plot_confusion(cm: list[list[int]], path: Path, title: str = "confusion matrix") -> None:
+    """The confusion matrix as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arr = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.imshow(arr, cmap="Blues")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    ax.set_xticks(range(arr.shape[1]))
+    ax.set_yticks(range(arr.shape[0]))
+    for (i, j), v in np.ndenumerate(arr):
+        if v:
+            ax.text(
+                j,
+                i,
+                str(v),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if v > arr.max() / 2 else "black",
+            )
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def predict_keras(model_path: Path, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities from a saved ``.keras`` model."""
+    from tfship.log import quiet_tensorflow
+
+    quiet_tensorflow()
+    import keras
+
+    model = keras.models.load_model(model_path)
+    return np.asarray(model.predict(images, batch_size=batch_size, verbose=0))
+
+
+def render_report(metrics: dict, checks: list[Check], title: str, extra: str = "") -> str:
+    """``report.md``: verdict, gate table, per-class table, plots."""
+    verdict = "PASSED" if not failed(checks) else "FAILED"
+    lines = [
+        f"# {title}",
+        "",
+        f"**Gate {verdict}**: {summary(checks)}",
+        "",
+        f"Accuracy {metrics['accuracy']:.4f} on {metrics['rows']} test rows"
+        + (f", loss {metrics['loss']:.4f}" if metrics.get("loss") is not None else "")
+        + ".",
+        "",
+        "## Gates",
+        "",
+        check_table(checks),
+        "",
+        "## Per class",
+        "",
+        metrics_table(metrics["per_class"]),
+        "",
+        "![confusion matrix](confusion_matrix.png)",
+        "",
+    ]
+    if extra:
+        lines += [extra, ""]
+    return "\n".join(lines)
+
+
+def evaluate(ws_root: Path, gates: Gates) -> dict:
+    """Stage 3: evaluate ``model/model.keras`` on ``data/test.npz``; raise GateFailed if it misses.
+
+    Outputs are written before the gate is raised, so the report exists for a failed gate.
+    """
+    from tfship.data import load_split
+
+    ws = Workspace(ws_root)
+    model_path = ws.require(ws.model / "model.keras", "train")
+    train_info = read_json(ws.require(ws.model / "train.json", "train"))
+    data_manifest = read_json(ws.require(ws.data / "manifest.json", "build"))
+    if train_info["data_hash"] != data_manifest["data_hash"]:
+        raise DataError(
+            "the model in the workspace was trained on other data than data/ holds",
+            hint="run `tfship train` again after `tfship build`",
+        )
+    test = load_split(ws.data / "test.npz")
+    started = time.monotonic()
+    probs = predict_keras(model_path, test.images)
+    metrics = classification_metrics(
+        test.labels,
+        probs.argmax(axis=1),
+        int(data_manifest["num_classes"]),
+        cross_entropy(probs, test.labels),
+    )
+    checks = gate_checks(metrics, gates)
+    seconds = time.monotonic() - started
+    result = {
+        "passed": not failed(checks),
+        "metrics": metrics,
+        "checks": [c.to_dict() for c in checks],
+        "thresholds": {
+            "min_accuracy": gates.min_accuracy,
+            "min_class_recall": gates.min_class_recall,
+        },
+        "model_sha256": sha256_file(model_path),
+        "data_hash": data_manifest["data_hash"],
+    }
+    with ws.stage_output("test") as out:
+        write_json(out / "metrics.json", result)
+        write_junit(out / "junit.xml", "tfship.test", checks, seconds)
+        plot_confusion(metrics["confusion_matrix"], out / "confusion_matrix.png")
+        (out / "report.md").write_text(render_report(metrics, checks, "Model evaluation"))
+    event("test", "evaluated", accuracy=f"{metrics['accuracy']:.4f}", passed=result["passed"])
+    if not result["passed"]:
+        raise GateFailed(
+            f"quality gate failed: {summary(checks)}", hint=f"report: {ws.eval / 'report.md'}"
+        )
+    return result

@@ -1,0 +1,86 @@
+"""The default CNN and the hook for users' own models (``--model-fn package.module:function``).
+
+A model function takes ``(input_shape, num_classes)`` and returns a *compiled* Keras model
+whose input is named (``keras.Input(name=...)``): the name becomes the serving signature's
+input key, and an unnamed input gets a process-dependent name like ``keras_tensor_4``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import keras
+
+from tfship import config
+from tfship.errors import ConfigError
+
+ModelFn = Callable[[tuple[int, ...], int], keras.Model]
+
+
+def default_model(
+    input_shape: tuple[int, ...], num_classes: int, learning_rate: float = config.LEARNING_RATE
+) -> keras.Model:
+    """A small CNN: two conv blocks, global pooling, a dense head with dropout."""
+    inputs = keras.Input(shape=input_shape, name=config.INPUT_NAME)
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(x)
+    if min(input_shape[:2]) >= 16:
+        x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(64, activation="relu")(x)
+    x = keras.layers.Dropout(0.2)(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name="tfship_cnn")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def load_model_fn(spec: str) -> ModelFn:
+    """Import ``package.module:function``; fail with one clear line if it is not there."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"--model-fn {spec!r}: expected package.module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--model-fn {spec}: cannot import {module_name} ({exc})") from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"--model-fn {spec}: {module_name} has no function {attr}")
+    return fn
+
+
+def build_model(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    model_fn: str | None = None,
+    learning_rate: float = config.LEARNING_RATE,
+) -> keras.Model:
+    """Make the model to train: ours, or the user's, checked for a usable interface."""
+    if model_fn is None:
+        return default_model(input_shape, num_classes, learning_rate)
+    model = load_model_fn(model_fn)(tuple(input_shape), num_classes)
+    check_interface(model, model_fn)
+    return model
+
+
+def check_interface(model: object, origin: str) -> None:
+    """The model must be compiled, single-input, with a named input and K outputs."""
+    if not isinstance(model, keras.Model):
+        raise ConfigError(f"{origin} returned {type(model).__name__}, expected a keras.Model")
+    if model.optimizer is None or not model.compiled:
+        raise ConfigError(f"{origin}: the model is not compiled", hint="call model.compile(...)")
+    if len(model.inputs) != 1:
+        raise ConfigError(f"{origin}: the model has {len(model.inputs)} inputs, expected 1")
+    name = model.inputs[0].name
+    if name.startswith("keras_tensor"):
+        raise ConfigError(
+            f"{origin}: the model input is unnamed ({name})",
+            hint="name it: keras.Input(shape=..., name='image')",
+        )

@@ -1,0 +1,209 @@
+"""Stage 4: export a SavedModel for TF Serving, prove it reproduces the model, store it.
+
+A version folder (what TF Serving loads) looks like::
+
+    <version>/saved_model.pb
+    <version>/variables/...
+    <version>/assets.extra/tfship.json                 lineage + signature + golden batch
+    <version>/assets.extra/tf_serving_warmup_requests  PredictionLog TFRecord, replayed on load
+    <version>/assets.extra/model.keras                 for retraining
+    <version>/assets.extra/test.npz                    the held-out test split (champion gate)
+
+``assets.extra/`` is ignored by the SavedModel loader.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tfship import config
+from tfship.errors import DataError, GateFailed, VerificationFailed
+from tfship.log import event, quiet_tensorflow
+from tfship.store import MANIFEST, ArtifactStore, check_model_name, check_version
+from tfship.workspace import Workspace, read_json, replace_dir, tree_hashes, write_json
+
+quiet_tensorflow()
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorflow.core.framework import types_pb2  # noqa: E402
+
+
+def default_version() -> int:
+    """UTC unix time in seconds: monotonic, unique enough, and a valid TF Serving version."""
+    return int(time.time())
+
+
+def code_commit() -> str:
+    """The commit being built: ``CIRCLE_SHA1`` on CircleCI, else git, else 'unknown'."""
+    if os.environ.get("CIRCLE_SHA1"):
+        return os.environ["CIRCLE_SHA1"]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _spec(t: tf.TensorSpec) -> dict:
+    shape = (
+        [-1 if d is None else int(d) for d in t.shape.as_list()]
+        if t.shape.rank is not None
+        else None
+    )
+    return {"dtype": types_pb2.DataType.Name(t.dtype.as_datatype_enum), "shape": shape}
+
+
+def signature_of(loaded: object, name: str = config.SIGNATURE_NAME) -> dict:
+    """The serving signature's inputs and outputs (TF Serving dtype names, -1 for unknown)."""
+    fn = loaded.signatures[name]
+    _, kwargs = fn.structured_input_signature
+    return {
+        "name": name,
+        "inputs": {k: _spec(v) for k, v in sorted(kwargs.items())},
+        "outputs": {k: _spec(v) for k, v in sorted(fn.structured_outputs.items())},
+    }
+
+
+def call_signature(
+    loaded: object, inputs: dict[str, np.ndarray], name: str = config.SIGNATURE_NAME
+) -> dict[str, np.ndarray]:
+    """Run a loaded SavedModel's signature; return NumPy outputs."""
+    fn = loaded.signatures[name]
+    out = fn(**{k: tf.constant(v) for k, v in inputs.items()})
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def write_warmup(path: Path, model_name: str, input_name: str, batch: np.ndarray) -> None:
+    """``tf_serving_warmup_requests``: PredictionLog protos TF Serving replays on load."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for rows in (batch[:1], batch):
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(
+                    name=model_name, signature_name=config.SIGNATURE_NAME
+                ),
+                inputs={input_name: tf.make_tensor_proto(rows)},
+            )
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            )
+            writer.write(log.SerializeToString())
+
+
+def export_and_check(model: keras.Model, out: Path, golden: np.ndarray) -> tuple[dict, dict]:
+    """Export ``model`` to ``out`` and load it afresh; fail unless it reproduces the model."""
+    model.export(out, format="tf_saved_model", verbose=False)
+    loaded = tf.saved_model.load(str(out))
+    sig = signature_of(loaded)
+    if len(sig["inputs"]) != 1:
+        raise VerificationFailed(f"exported signature has inputs {list(sig['inputs'])}, expected 1")
+    input_name = next(iter(sig["inputs"]))
+    served = call_signature(loaded, {input_name: golden})
+    expected = np.asarray(model.predict(golden, verbose=0))
+    output_name = next(iter(sig["outputs"]))
+    diff = float(np.max(np.abs(served[output_name] - expected)))
+    if not diff <= config.EXPORT_TOLERANCE:
+        raise VerificationFailed(
+            f"the exported SavedModel does not reproduce the Keras model: max abs diff {diff:.3g}"
+            f" > {config.EXPORT_TOLERANCE}",
+            hint="nothing was stored",
+        )
+    golden_doc = {
+        "input_name": input_name,
+        "output_name": output_name,
+        "inputs": golden.tolist(),
+        "outputs": served[output_name].tolist(),
+        "max_abs_diff_vs_keras": diff,
+    }
+    return sig, golden_doc
+
+
+def package(
+    ws_root: Path, store: ArtifactStore, model_name: str, version: int | None = None
+) -> dict:
+    """Stage 4: export, verify, write lineage and warm-up, and put the version in the store."""
+    from tfship.data import load_split
+
+    check_model_name(model_name)
+    ws = Workspace(ws_root)
+    model_path = ws.require(ws.model / "model.keras", "train")
+    evaluation = read_json(ws.require(ws.eval / "metrics.json", "test"))
+    data_manifest = read_json(ws.require(ws.data / "manifest.json", "build"))
+    train_info = read_json(ws.require(ws.model / "train.json", "train"))
+    if not evaluation.get("passed"):
+        raise GateFailed(
+            "the model in the workspace did not pass `tfship test`; it will not be packaged"
+        )
+    if evaluation.get("model_sha256") != train_info.get("model_sha256"):
+        raise DataError(
+            "eval/metrics.json is for another model than model/model.keras",
+            hint="run `tfship test` again",
+        )
+    version = check_version(version if version is not None else default_version())
+    test = load_split(ws.data / "test.npz")
+    golden = test.images[: config.GOLDEN_BATCH]
+    model = keras.models.load_model(model_path)
+
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-package-", dir=ws.root))
+    try:
+        vdir = tmp / str(version)
+        sig, golden_doc = export_and_check(model, vdir, golden)
+        extra = vdir / "assets.extra"
+        extra.mkdir()
+        shutil.copy2(model_path, extra / "model.keras")
+        np.savez_compressed(extra / "test.npz", images=test.images, labels=test.labels)
+        write_warmup(
+            extra / "tf_serving_warmup_requests", model_name, golden_doc["input_name"], golden
+        )
+        manifest = {
+            "model_name": model_name,
+            "version": version,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "data_hash": data_manifest["data_hash"],
+            "data_origin": data_manifest["origin"],
+            "num_classes": data_manifest["num_classes"],
+            "code_commit": code_commit(),
+            "build_url": os.environ.get("CIRCLE_BUILD_URL"),
+            "metrics": {
+                "accuracy": evaluation["metrics"]["accuracy"],
+                "loss": evaluation["metrics"]["loss"],
+                "per_class_recall": evaluation["metrics"]["per_class"]["recall"],
+            },
+            "thresholds": evaluation["thresholds"],
+            "tf_version": tf.__version__,
+            "keras_version": keras.__version__,
+            "signature": sig,
+            "golden": golden_doc,
+            "train": {k: train_info.get(k) for k in ("epochs_run", "init_model", "settings")},
+        }
+        manifest["files"] = tree_hashes(vdir)
+        write_json(vdir / MANIFEST, manifest)
+
+        state = store.put(model_name, version, vdir, manifest)
+        out = tmp / "out"
+        out.mkdir()
+        os.replace(vdir, out / str(version))
+        info = {
+            "model_name": model_name,
+            "version": version,
+            "store": store.uri,
+            "stored": state,
+            "path": str((ws.package / str(version)).absolute()),
+        }
+        write_json(out / "package.json", info)
+        replace_dir(out, ws.package)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    event("package", f"stored {state}", model=model_name, version=version, store=store.uri)
+    return info

@@ -1,0 +1,176 @@
+"""Stage 2: train a Keras model on the build stage's splits.
+
+Writes ``<workspace>/model/``: ``model.keras`` (kept for retraining), ``history.json``,
+``history.png`` and ``train.json`` (what was trained on, with which settings).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tfship import config
+from tfship.log import event, quiet_tensorflow
+
+quiet_tensorflow()
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tfship.data import Split, load_split  # noqa: E402
+from tfship.errors import ConfigError  # noqa: E402
+from tfship.model import build_model, check_interface  # noqa: E402
+from tfship.workspace import Workspace, read_json, sha256_file, write_json  # noqa: E402
+
+
+@dataclass
+class TrainSettings:
+    """Everything that decides what a training run produces."""
+
+    epochs: int = config.EPOCHS
+    batch_size: int = config.BATCH_SIZE
+    learning_rate: float = config.LEARNING_RATE
+    patience: int = config.PATIENCE
+    seed: int = config.DEFAULT_SEED
+    model_fn: str | None = None
+
+    def validate(self) -> None:
+        """Reject settings that cannot train."""
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs {self.epochs}: must be at least 1")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size {self.batch_size}: must be at least 1")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"--learning-rate {self.learning_rate}: must be in (0, 1)")
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One log line per epoch: what a CI console can show without progress-bar spam."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__()
+        self.stage = stage
+        self.start = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        fields = {k: f"{v:.4f}" for k, v in sorted(logs.items()) if isinstance(v, float)}
+        fields["s"] = f"{time.monotonic() - self.start:.1f}"
+        event(self.stage, f"epoch {epoch + 1}", **fields)
+
+
+def fit(
+    model: keras.Model, train: Split, val: Split, s: TrainSettings, stage: str = "train"
+) -> dict[str, list[float]]:
+    """Fit with early stopping on validation loss (best weights restored)."""
+    input_name = model.inputs[0].name
+
+    def pipe(split: Split, shuffle: bool) -> tf.data.Dataset:
+        """A tf.data pipeline over an in-memory split, keyed by the model's input name."""
+        ds = tf.data.Dataset.from_tensor_slices(({input_name: split.images}, split.labels))
+        if shuffle:
+            ds = ds.shuffle(len(split), seed=s.seed, reshuffle_each_iteration=True)
+        return ds.batch(s.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    history = model.fit(
+        pipe(train, True),
+        validation_data=pipe(val, False),
+        epochs=s.epochs,
+        verbose=0,
+        callbacks=[
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=s.patience, restore_best_weights=True
+            ),
+            EpochLog(stage),
+        ],
+    )
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+def plot_history(history: dict[str, list[float]], path: Path) -> None:
+    """Loss and accuracy curves as a PNG for the report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for key, style in ((metric, "-"), (f"val_{metric}", "--")):
+            if key in history:
+                ax.plot(range(1, len(history[key]) + 1), history[key], style, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def train(
+    ws_root: Path,
+    s: TrainSettings,
+    init_model: Path | None = None,
+    stage: str = "train",
+    data_dir: Path | None = None,
+) -> dict:
+    """Stage 2 (and the fit of stage 6): train and write ``<workspace>/model/``.
+
+    ``init_model`` fine-tunes an existing ``.keras`` model instead of building a new one.
+    """
+    s.validate()
+    ws = Workspace(ws_root)
+    data_dir = data_dir or ws.require(ws.data, "build")
+    data_manifest = read_json(ws.require(data_dir / "manifest.json", "build"))
+    train_split = load_split(data_dir / "train.npz")
+    val_split = load_split(data_dir / "val.npz")
+    keras.utils.set_random_seed(s.seed)
+    shape = tuple(train_split.images.shape[1:])
+    num_classes = int(data_manifest["num_classes"])
+    if init_model is not None:
+        model = keras.models.load_model(init_model)
+        check_interface(model, str(init_model))
+        model.optimizer.learning_rate.assign(s.learning_rate)
+    else:
+        model = build_model(shape, num_classes, s.model_fn, s.learning_rate)
+    if tuple(model.inputs[0].shape[1:]) != shape:
+        raise ConfigError(
+            f"model input shape {tuple(model.inputs[0].shape[1:])} does not match the data's {shape}"
+        )
+    event(
+        stage,
+        "training",
+        rows=len(train_split),
+        epochs=s.epochs,
+        data=data_manifest["data_hash"][:19],
+    )
+    started = time.monotonic()
+    history = fit(model, train_split, val_split, s, stage)
+    seconds = time.monotonic() - started
+    with ws.stage_output("train") as out:
+        model.save(out / "model.keras")
+        write_json(out / "history.json", history)
+        plot_history(history, out / "history.png")
+        info = {
+            "data_hash": data_manifest["data_hash"],
+            "model_sha256": sha256_file(out / "model.keras"),
+            "input_name": model.inputs[0].name,
+            "input_shape": list(shape),
+            "num_classes": num_classes,
+            "epochs_run": len(history.get("loss", [])),
+            "best_val_loss": min(history.get("val_loss", [float("nan")])),
+            "seconds": round(seconds, 2),
+            "settings": asdict(s),
+            "init_model": str(init_model) if init_model else None,
+            "keras_version": keras.__version__,
+            "tf_version": tf.__version__,
+        }
+        write_json(out / "train.json", info)
+    event(
+        stage,
+        "model saved",
+        epochs=info["epochs_run"],
+        best_val_loss=f"{info['best_val_loss']:.4f}",
+    )
+    return info
