@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""Stage 3: evaluate and apply the quality gate. The same as `tfship test`; run with --help for options."""
+"""Stage 3: evaluate and apply the quality gate.
+
+The same as `tfship test`; run with --help for options.
+"""
 
 import sys
 from pathlib import Path

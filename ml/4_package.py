@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""Stage 4: export the SavedModel with lineage and store it. The same as `tfship package`; run with --help for options."""
+"""Stage 4: export the SavedModel with lineage and store it.
+
+The same as `tfship package`; run with --help for options.
+"""
 
 import sys
 from pathlib import Path

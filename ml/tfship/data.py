@@ -131,7 +131,8 @@ def load_fashion_mnist() -> RawData:
     except Exception as exc:  # network, truncated gzip, wrong sizes: all bad input here
         raise DataError(
             f"fashion_mnist: could not load ({type(exc).__name__}: {exc})",
-            hint="check the network, or place the four .gz files in $KERAS_HOME/datasets/fashion-mnist",
+            hint="check the network, or put the four .gz files in"
+            " $KERAS_HOME/datasets/fashion-mnist",
         ) from exc
     return RawData(x_train, y_train, "fashion_mnist", test_images=x_test, test_labels=y_test)
 

@@ -12,6 +12,7 @@ Serving polling the folder) never sees a half-written version.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -200,10 +201,9 @@ def install_version(
         verify_tree(host.hash_tree(incoming), manifest, f"{host.name}:{incoming}")
         host.rename(incoming, final)
     except BaseException:
-        try:
+        # The connection may be gone; the next run cleans stale `.incoming-*` folders.
+        with contextlib.suppress(Exception):
             host.remove_tree(incoming)
-        except Exception:  # the connection may be gone; the next run cleans `.incoming-*`
-            pass
         raise
     return "uploaded", sent
 

@@ -136,7 +136,8 @@ def train(
         model = build_model(shape, num_classes, s.model_fn, s.learning_rate)
     if tuple(model.inputs[0].shape[1:]) != shape:
         raise ConfigError(
-            f"model input shape {tuple(model.inputs[0].shape[1:])} does not match the data's {shape}"
+            f"model input shape {tuple(model.inputs[0].shape[1:])}"
+            f" does not match the data's {shape}"
         )
     event(
         stage,
