@@ -324,6 +324,63 @@ def package(
     )
 
 
+@cli.command(context_settings=CONTEXT)
+@workspace_option
+@model_name_option
+@store_option
+@opt(
+    "--data",
+    env=ENV["data"],
+    default=config.DEFAULT_DATA,
+    show_default=True,
+    help="Same sources as `tfship build --data`.",
+)
+@opt("--data-sha256", env=ENV["data_sha256"], default=None)
+@opt(
+    "--epochs", env=ENV["epochs"], type=click.IntRange(1), default=config.EPOCHS, show_default=True
+)
+@gate_options
+@json_option
+def run(
+    workspace: Path,
+    model_name: str,
+    store: str,
+    data: str,
+    data_sha256: str | None,
+    epochs: int,
+    min_accuracy: float,
+    min_class_recall: float,
+    as_json: bool,
+) -> None:
+    """The main job, locally: build -> train -> test -> package, in one process.
+
+    Uses the embedded defaults (bundled data, local store) unless told otherwise; stops at
+    the first failing stage with that stage's exit code.
+    """
+    from tfship.evaluate import Gates
+    from tfship.pipeline import RunSettings, run_all
+
+    s = RunSettings(
+        workspace=workspace,
+        store=Path(store),
+        model_name=model_name,
+        data=data,
+        data_sha256=data_sha256,
+        epochs=epochs,
+        gates=Gates(min_accuracy, min_class_recall),
+    )
+    out = run_all(s)
+    if as_json:
+        emit(out, True, "")
+        return
+    pkg = out["results"]["package"]
+    acc = out["results"]["test"]["metrics"]["accuracy"]
+    click.echo(f"model {model_name} version {pkg['version']}: test accuracy {acc:.4f}")
+    click.echo(f"  stored in   {pkg['store']}/{model_name}/{pkg['version']}")
+    click.echo(f"  report      {workspace / 'eval' / 'report.md'}")
+    click.echo("  timings     " + ", ".join(f"{k} {v:.1f}s" for k, v in out["timings"].items()))
+
+
 def main(argv: list[str] | None = None, prog_name: str = "tfship") -> None:
     """Entry point: run the CLI; expected failures become one line and an exit code."""
     from tfship.env import load_dotenv_file

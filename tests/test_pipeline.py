@@ -1,0 +1,131 @@
+"""Stages 2-4 through the CLI on the default data with tiny epochs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import FAST_TRAIN, ROOT, clean_env, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_package_holds_a_servable_version_with_lineage(packaged):
+    vdir = packaged / "store" / "digits" / "1000"
+    assert (vdir / "saved_model.pb").is_file()
+    manifest = json.loads((vdir / "assets.extra" / "tfship.json").read_text())
+    assert manifest["model_name"] == "digits" and manifest["version"] == 1000
+    data_manifest = json.loads((packaged / "workspace" / "data" / "manifest.json").read_text())
+    assert manifest["data_hash"] == data_manifest["data_hash"]
+    assert manifest["signature"]["inputs"] == {
+        "image": {"dtype": "DT_FLOAT", "shape": [-1, 8, 8, 1]}
+    }
+    assert manifest["signature"]["outputs"] == {
+        "output_0": {"dtype": "DT_FLOAT", "shape": [-1, 10]}
+    }
+    assert manifest["code_commit"] and manifest["tf_version"].startswith("2.21")
+    assert manifest["thresholds"] == {"min_accuracy": 0.5, "min_class_recall": 0.0}
+    # Every file but the manifest is listed with its hash; the workspace copy is the same.
+    listed = set(manifest["files"])
+    on_disk = {p.relative_to(vdir).as_posix() for p in vdir.rglob("*") if p.is_file()}
+    assert on_disk - listed == {"assets.extra/tfship.json"}
+    assert {
+        "assets.extra/model.keras",
+        "assets.extra/tf_serving_warmup_requests",
+        "assets.extra/test.npz",
+        "variables/variables.index",
+    } <= listed
+    package_info = json.loads((packaged / "workspace" / "package" / "package.json").read_text())
+    assert package_info["version"] == 1000
+
+
+def test_exported_savedmodel_reproduces_the_golden_outputs(packaged):
+    import tensorflow as tf
+
+    vdir = packaged / "store" / "digits" / "1000"
+    manifest = json.loads((vdir / "assets.extra" / "tfship.json").read_text())
+    fn = tf.saved_model.load(str(vdir)).signatures["serving_default"]
+    out = fn(image=tf.constant(np.asarray(manifest["golden"]["inputs"], np.float32)))
+    assert (
+        np.max(np.abs(out["output_0"].numpy() - np.asarray(manifest["golden"]["outputs"]))) <= 1e-5
+    )
+
+
+def test_warmup_file_is_prediction_logs_for_the_serving_signature(packaged):
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = packaged / "store" / "digits" / "1000" / "assets.extra" / "tf_serving_warmup_requests"
+    logs = [
+        prediction_log_pb2.PredictionLog.FromString(r.numpy())
+        for r in tf.data.TFRecordDataset(str(path))
+    ]
+    assert len(logs) == 2
+    req = logs[1].predict_log.request
+    assert req.model_spec.name == "digits" and req.model_spec.signature_name == "serving_default"
+    assert list(req.inputs) == ["image"]
+    assert [d.size for d in req.inputs["image"].tensor_shape.dim] == [8, 8, 8, 1]
+
+
+def test_eval_outputs_for_circleci(packaged):
+    ev = packaged / "workspace" / "eval"
+    suite = ET.parse(ev / "junit.xml").getroot().find("testsuite")
+    assert suite.get("failures") == "0" and int(suite.get("tests")) == 11
+    assert "**Gate PASSED**" in (ev / "report.md").read_text()
+    assert (ev / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert (packaged / "workspace" / "model" / "history.png").stat().st_size > 1000
+
+
+def test_repackaging_the_same_version_is_refused_when_content_differs(packaged, tmp_path):
+    work = tmp_path / "w"
+    shutil.copytree(packaged, work)
+    r = run_cli("package", "--version", "1000", cwd=work)  # new export: new bytes, same version
+    assert r.code == 8, r.err
+    assert "already exists" in r.err_lines[-1] and "never rewritten" in r.err_lines[-1]
+
+
+def test_a_failed_gate_exits_3_writes_the_report_and_blocks_packaging(packaged, tmp_path):
+    work = tmp_path / "w"
+    shutil.copytree(packaged / "workspace", work / "workspace")
+    r = run_cli("test", "--min-accuracy", "0.999", cwd=work)
+    assert r.code == 3
+    assert r.err_lines[-1].startswith("tfship test: gate failed: quality gate failed: accuracy:")
+    assert "FAILED (missed by" in r.err_lines[-1]
+    assert "**Gate FAILED**" in (work / "workspace" / "eval" / "report.md").read_text()
+    r = run_cli("package", cwd=work)
+    assert r.code == 3 and "did not pass `tfship test`" in r.err_lines[-1]
+    assert not (work / "store").exists()
+
+
+def test_train_with_a_user_model_function(tmp_path):
+    env = clean_env(PYTHONPATH=str(ROOT / "tests" / "fixtures"))
+    assert run_cli("build", cwd=tmp_path, env=env).code == 0
+    r = run_cli(
+        "train",
+        "--epochs",
+        "1",
+        "--model-fn",
+        "user_models:tiny_dense",
+        "--json",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["input_name"] == "pixels"
+    r = run_cli(
+        "train", "--epochs", "1", "--model-fn", "user_models:unnamed_input", cwd=tmp_path, env=env
+    )
+    assert r.code == 2 and "input is unnamed" in r.err_lines[-1]
+    r = run_cli("train", "--model-fn", "user_models:nope", cwd=tmp_path, env=env)
+    assert r.code == 2 and "has no function nope" in r.err_lines[-1]
+
+
+def test_stages_say_which_stage_to_run_first(tmp_path):
+    r = run_cli("train", *FAST_TRAIN, cwd=tmp_path)
+    assert r.code == 2
+    assert "run `tfship build` first" in r.err_lines[-1]
+    assert not Path(tmp_path / "workspace" / "model").exists()
