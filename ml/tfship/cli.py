@@ -381,6 +381,113 @@ def run(
     click.echo("  timings     " + ", ".join(f"{k} {v:.1f}s" for k, v in out["timings"].items()))
 
 
+@cli.command(context_settings=CONTEXT)
+@opt(
+    "--model_name",
+    env="MODEL_NAME",
+    default=config.DEFAULT_MODEL_NAME,
+    show_default=True,
+    help="Name the model answers to (ignored with --model_config_file).",
+)
+@opt(
+    "--model_base_path",
+    env="MODEL_BASE_PATH",
+    default=None,
+    help="Folder whose integer-named children are the model's versions.",
+)
+@opt(
+    "--rest_api_port",
+    env="TFSHIP_REST_API_PORT",
+    type=click.IntRange(0, 65535),
+    default=config.REST_PORT,
+    show_default=True,
+    help="REST port; 0 turns REST off.",
+)
+@opt(
+    "--port",
+    env="TFSHIP_GRPC_PORT",
+    type=click.IntRange(0, 65535),
+    default=config.GRPC_PORT,
+    show_default=True,
+    help="gRPC port.",
+)
+@opt(
+    "--host",
+    env="TFSHIP_SERVE_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind. 0.0.0.0 exposes the model to the network.",
+)
+@opt(
+    "--file_system_poll_wait_seconds",
+    env="TFSHIP_POLL_SECONDS",
+    type=click.FloatRange(0),
+    default=config.POLL_SECONDS,
+    show_default=True,
+    help="How often to look for new versions; 0 = only at start.",
+)
+@opt(
+    "--model_config_file",
+    env="TFSHIP_MODEL_CONFIG_FILE",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="TF Serving model config (text proto): several models, version policy, labels.",
+)
+@opt(
+    "--model_config_file_poll_wait_seconds",
+    env="TFSHIP_MODEL_CONFIG_POLL_SECONDS",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="How often to re-read --model_config_file; 0 = read once.",
+)
+@opt(
+    "--ready_file",
+    env="TFSHIP_READY_FILE",
+    default=None,
+    help="Write {rest_port, grpc_port, pid} as JSON here once serving (for scripts).",
+)
+def serve(
+    model_name: str,
+    model_base_path: str | None,
+    rest_api_port: int,
+    port: int,
+    host: str,
+    file_system_poll_wait_seconds: float,
+    model_config_file: str | None,
+    model_config_file_poll_wait_seconds: float,
+    ready_file: str | None,
+) -> None:
+    """A local TF-Serving-compatible model server (REST and gRPC).
+
+    For local runs, tests, and hosts without Docker: it answers as tensorflow_model_server
+    does, on the same flags, paths and wire formats (status, metadata, predict,
+    classify, regress; versions and labels; TF Serving's error codes and messages), polls the
+    base path for new versions, and keeps the old version answering until the new one is
+    AVAILABLE. Production hosts run TensorFlow Serving itself (tools/install_server.sh).
+
+    \b
+    Example:
+      tfship serve --model_name digits --model_base_path store/digits --rest_api_port 8501
+      curl localhost:8501/v1/models/digits
+    """
+    from tfship.server import ServeOptions, serve_forever
+
+    serve_forever(
+        ServeOptions(
+            model_name=model_name,
+            model_base_path=model_base_path,
+            rest_api_port=rest_api_port,
+            port=port,
+            host=host,
+            file_system_poll_wait_seconds=file_system_poll_wait_seconds,
+            model_config_file=model_config_file,
+            model_config_file_poll_wait_seconds=model_config_file_poll_wait_seconds,
+            ready_file=ready_file,
+        )
+    )
+
+
 def main(argv: list[str] | None = None, prog_name: str = "tfship") -> None:
     """Entry point: run the CLI; expected failures become one line and an exit code."""
     from tfship.env import load_dotenv_file
