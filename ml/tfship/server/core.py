@@ -317,7 +317,7 @@ class ServerCore:
                 for cfg in configs:
                     model = self.models.get(cfg.name)
                     available = model.available() if model else []
-                    for label, version in cfg.labels.items():
+                    for version in cfg.labels.values():
                         if version not in available:
                             raise RpcError(
                                 "FAILED_PRECONDITION",
@@ -366,7 +366,7 @@ class ServerCore:
         cfg = model.cfg
         on_disk = disk_versions(cfg.base_path)
         wanted = aspired(cfg, list(on_disk))
-        for v, path in list(model.failed_paths.items()):
+        for v in list(model.failed_paths):
             if v not in on_disk:  # gone from disk: may be retried if it comes back
                 del model.failed_paths[v]
         for v in sorted(wanted):  # load oldest first so the newest ends up answering

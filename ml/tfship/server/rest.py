@@ -47,6 +47,7 @@ STATUS_RE = re.compile(
     re.I,
 )
 MAX_BODY_BYTES = 64 * 1024 * 1024
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 # DataType enum -> (name in messages, kind). Kinds decide which JSON values are accepted.
 DTYPES = {
@@ -132,13 +133,12 @@ def _scalar(value: object, dtype: int) -> object:
     }[kind]
     if not ok:
         raise _type_error(value, name)
-    if kind == "float" and isinstance(value, float) and math.isfinite(value) and dtype == 1:
-        if abs(value) > np.finfo(np.float32).max:
-            raise RpcError(
-                "INVALID_ARGUMENT",
-                f"Cannot convert JSON value: {_json_text(value)} "
-                "to float without loss of precision.",
-            )
+    too_big = isinstance(value, float) and math.isfinite(value) and abs(value) > FLOAT32_MAX
+    if kind == "float" and dtype == 1 and too_big:
+        raise RpcError(
+            "INVALID_ARGUMENT",
+            f"Cannot convert JSON value: {_json_text(value)} to float without loss of precision.",
+        )
     return value.encode() if kind == "string" else value
 
 
@@ -368,10 +368,10 @@ def format_float(value: float, single: bool = True) -> str:
         return "NaN"
     if math.isinf(value):
         return "-Infinity" if value < 0 else "Infinity"
-    text = "%g" % value
+    text = f"{value:g}"
     cast = np.float32 if single else float
     if cast(float(text)) != cast(value):
-        text = ("%.9g" if single else "%.17g") % value
+        text = f"{value:.9g}" if single else f"{value:.17g}"
     if "." not in text and "e" not in text:
         text += ".0"
     return text
