@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import digits_arrays, write_npz
+from helpers import digits_arrays, write_npz
 
 
 def _assert_rejected(r, cwd: Path, *needles: str) -> None:

@@ -7,7 +7,7 @@ import struct
 
 import numpy as np
 import pytest
-from conftest import digits_arrays, write_npz
+from helpers import digits_arrays, write_npz
 from tfship import data
 from tfship.errors import DataError
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAST_TRAIN, ROOT, clean_env, run_cli
+from helpers import FAST_TRAIN, ROOT, clean_env, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -488,6 +488,121 @@ def serve(
     )
 
 
+def serving_options(f):
+    """Where TF Serving is and how to reach it (stage 7, deploy, retrain)."""
+    f = opt(
+        "--transport",
+        env="TFSHIP_SERVING_TRANSPORT",
+        type=click.Choice(["rest", "grpc"]),
+        default="rest",
+        show_default=True,
+        help="REST (url http://host:8501) or gRPC (url host:8500).",
+    )(f)
+    f = opt(
+        "--url",
+        env=ENV["serving_url"],
+        default=None,
+        help="TF Serving address. Default: http://$DEPLOY_SERVER_HOSTNAME:8501, "
+        "else http://127.0.0.1:8501.",
+    )(f)
+    return f
+
+
+@cli.command("test-deployed", context_settings=CONTEXT)
+@workspace_option
+@model_name_option
+@serving_options
+@opt(
+    "--version",
+    "version",
+    env="TFSHIP_EXPECTED_VERSION",
+    type=int,
+    default=None,
+    help="Version to verify. Default: the one in workspace/package/.",
+)
+@opt(
+    "--manifest",
+    env="TFSHIP_MANIFEST",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A package's assets.extra/tfship.json, instead of workspace/package/.",
+)
+@opt(
+    "--min-accuracy",
+    env="TFSHIP_SERVED_MIN_ACCURACY",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Served accuracy gate. Default: the gate recorded in the manifest.",
+)
+@opt(
+    "--samples",
+    env="TFSHIP_VERIFY_SAMPLES",
+    type=click.IntRange(1),
+    default=200,
+    show_default=True,
+    help="Held-out test rows sent for the accuracy check.",
+)
+@opt(
+    "--latency-requests",
+    env="TFSHIP_LATENCY_REQUESTS",
+    type=click.IntRange(1),
+    default=50,
+    show_default=True,
+)
+@opt(
+    "--max-p95-ms",
+    env="TFSHIP_MAX_P95_MS",
+    type=click.FloatRange(0),
+    default=250.0,
+    show_default=True,
+)
+@opt(
+    "--wait-seconds",
+    env="TFSHIP_WAIT_SECONDS",
+    type=click.FloatRange(0),
+    default=config.AVAILABLE_TIMEOUT,
+    show_default=True,
+    help="How long to wait for the version to become AVAILABLE.",
+)
+@json_option
+def test_deployed(
+    workspace: Path,
+    model_name: str,
+    url: str | None,
+    transport: str,
+    version: int | None,
+    manifest: Path | None,
+    min_accuracy: float | None,
+    samples: int,
+    latency_requests: int,
+    max_p95_ms: float,
+    wait_seconds: float,
+    as_json: bool,
+) -> None:
+    """Stage 7: verify the model TF Serving serves against its package (exit 6 on a miss).
+
+    Checks, on the version's own endpoint: AVAILABLE; signature equals the manifest's;
+    golden inputs give the manifest's outputs (1e-4); accuracy on held-out rows reaches
+    the gate; p95 latency. Writes workspace/deployed/ (verify.json, junit.xml, report.md).
+    """
+    from tfship.serving import default_serving_url
+    from tfship.verify import VerifySettings
+    from tfship.verify import test_deployed as run
+
+    settings = VerifySettings(min_accuracy, samples, latency_requests, max_p95_ms, wait_seconds)
+    result = run(
+        workspace, url or default_serving_url(), model_name, settings, version, manifest, transport
+    )
+    lat = result["latency_ms"]
+    emit(
+        result,
+        as_json,
+        f"verified {model_name} version {result['version']} at "
+        f"{result['url']}: accuracy {result['accuracy']:.4f}, "
+        f"p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms",
+    )
+
+
 def main(argv: list[str] | None = None, prog_name: str = "tfship") -> None:
     """Entry point: run the CLI; expected failures become one line and an exit code."""
     from tfship.env import load_dotenv_file

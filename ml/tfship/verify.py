@@ -1,0 +1,189 @@
+"""Stage 7: verify what TF Serving actually serves, against the package's manifest.
+
+The checks (all against the specific version's endpoint, so they test exactly what was
+deployed): the version is AVAILABLE; the served signature equals the manifest's; the golden
+inputs give the manifest's outputs (tolerance 1e-4); accuracy on a sample of the held-out test
+set reaches the gate; p95 latency over N single-row requests is under ``max_p95_ms``.
+
+:func:`verify_version` is used by deploy and rollback too; :func:`test_deployed` is the stage:
+it also writes ``<workspace>/deployed/`` (verify.json, junit.xml, report.md).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tfship import config
+from tfship.errors import DataError, ServingError, VerificationFailed
+from tfship.log import event
+from tfship.report import Check, check_table, failed, summary, write_junit
+from tfship.serving import ServingClient
+from tfship.store import MANIFEST
+from tfship.workspace import Workspace, read_json, write_json
+
+
+@dataclass
+class VerifySettings:
+    """Thresholds and sizes for stage 7."""
+
+    min_accuracy: float | None = None  # None: the gate recorded in the manifest
+    samples: int = 200
+    latency_requests: int = 50
+    max_p95_ms: float = 250.0
+    wait_seconds: float = config.AVAILABLE_TIMEOUT
+    tolerance: float = config.SERVING_TOLERANCE
+
+
+def load_test_split(package_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out test split that travels in the package."""
+    path = package_dir / "assets.extra" / "test.npz"
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return npz["images"], npz["labels"]
+    except FileNotFoundError as exc:
+        raise DataError(f"{path} not found: the package has no test split") from exc
+
+
+def verify_version(
+    client: ServingClient,
+    manifest: dict,
+    version: int,
+    images: np.ndarray,
+    labels: np.ndarray,
+    s: VerifySettings,
+    stage: str = "test-deployed",
+) -> tuple[list[Check], dict]:
+    """Run every stage-7 check against ``version``; return (checks, measurements)."""
+    checks: list[Check] = []
+    facts: dict = {"version": version, "model": client.model, "url": client.url}
+
+    waited = client.wait_available(version, timeout=s.wait_seconds)
+    facts["seconds_to_available"] = round(waited, 3)
+    checks.append(Check("available", 1.0, "==", 1.0, f"version {version} AVAILABLE"))
+
+    served = client.signature(version)
+    expected = manifest["signature"]
+    same = served["inputs"] == expected["inputs"] and served["outputs"] == expected["outputs"]
+    checks.append(
+        Check(
+            "signature",
+            float(same),
+            "==",
+            1.0,
+            "" if same else f"served {served}, manifest {expected}",
+        )
+    )
+    if not same:
+        return checks, facts
+
+    golden = manifest["golden"]
+    input_name, output_name = golden["input_name"], golden["output_name"]
+    out = client.predict({input_name: np.asarray(golden["inputs"], np.float32)}, version=version)
+    out = out[output_name] if isinstance(out, dict) else out
+    exp = np.asarray(golden["outputs"])
+    if out.shape != exp.shape or not np.all(np.isfinite(out)):
+        diff = float("inf")
+    else:
+        diff = float(np.max(np.abs(out - exp)))
+    facts["golden_max_abs_diff"] = diff
+    checks.append(Check("golden outputs max abs diff", diff, "<=", s.tolerance))
+
+    n = min(s.samples, len(labels))
+    rng = np.random.default_rng(0)
+    idx = np.sort(rng.choice(len(labels), size=n, replace=False))
+    probs = client.predict({input_name: images[idx]}, version=version)
+    probs = probs[output_name] if isinstance(probs, dict) else probs
+    accuracy = float(np.mean(np.asarray(probs).argmax(axis=1) == labels[idx])) if n else 0.0
+    gate = s.min_accuracy if s.min_accuracy is not None else manifest["thresholds"]["min_accuracy"]
+    facts["accuracy"] = accuracy
+    facts["accuracy_rows"] = int(n)
+    checks.append(Check("served accuracy", accuracy, ">=", float(gate), f"{n} test rows"))
+
+    times = []
+    for i in range(s.latency_requests):
+        row = images[idx[i % max(n, 1)]][np.newaxis] if n else images[:1]
+        start = time.perf_counter()
+        client.predict({input_name: row}, version=version)
+        times.append((time.perf_counter() - start) * 1000)
+    p50, p95 = (float(np.percentile(times, q)) for q in (50, 95)) if times else (0.0, 0.0)
+    facts["latency_ms"] = {"p50": round(p50, 3), "p95": round(p95, 3), "n": len(times)}
+    checks.append(Check("latency p95 ms", p95, "<=", s.max_p95_ms, f"p50 {p50:.2f} ms"))
+    event(
+        stage,
+        "verified" if not failed(checks) else "verification failed",
+        model=client.model,
+        version=version,
+        accuracy=f"{accuracy:.4f}",
+        p95_ms=f"{p95:.1f}",
+    )
+    return checks, facts
+
+
+def package_manifest(ws: Workspace, manifest_path: Path | None = None) -> tuple[dict, Path]:
+    """The manifest of the packaged version in the workspace (or at ``manifest_path``)."""
+    if manifest_path is None:
+        info = read_json(ws.require(ws.package / "package.json", "package"))
+        vdir = ws.package / str(info["version"])
+        manifest_path = vdir / MANIFEST
+    manifest_path = Path(manifest_path)
+    return read_json(manifest_path), manifest_path.parent.parent
+
+
+def render(checks: list[Check], facts: dict) -> str:
+    verdict = "PASSED" if not failed(checks) else "FAILED"
+    lat = facts.get("latency_ms", {})
+    return "\n".join(
+        [
+            "## Deployed model",
+            "",
+            f"**Verification {verdict}** for {facts['model']} version {facts['version']} at "
+            f"{facts['url']}: {summary(checks)}",
+            "",
+            check_table(checks),
+            "",
+            f"Latency over {lat.get('n', 0)} single-row requests: p50 {lat.get('p50', 0):.2f} ms, "
+            f"p95 {lat.get('p95', 0):.2f} ms.",
+            "",
+        ]
+    )
+
+
+def test_deployed(
+    ws_root: Path,
+    url: str,
+    model_name: str,
+    s: VerifySettings,
+    version: int | None = None,
+    manifest_path: Path | None = None,
+    transport: str = "rest",
+) -> dict:
+    """Stage 7: verify the served model; write ``deployed/``; raise VerificationFailed."""
+    ws = Workspace(ws_root)
+    manifest, package_dir = package_manifest(ws, manifest_path)
+    version = version if version is not None else int(manifest["version"])
+    images, labels = load_test_split(package_dir)
+    client = ServingClient(url, model_name, transport=transport)
+    started = time.monotonic()
+    try:
+        checks, facts = verify_version(client, manifest, version, images, labels, s)
+    except ServingError as exc:
+        checks = [Check("available", 0.0, "==", 1.0, str(exc))]
+        facts = {"version": version, "model": model_name, "url": url, "error": str(exc)}
+    finally:
+        client.close()
+    result = {"passed": not failed(checks), "checks": [c.to_dict() for c in checks], **facts}
+    with ws.stage_output("test-deployed") as out:
+        write_json(out / "verify.json", result)
+        write_junit(out / "junit.xml", "tfship.test-deployed", checks, time.monotonic() - started)
+        (out / "report.md").write_text(render(checks, facts))
+    if not result["passed"]:
+        raise VerificationFailed(
+            f"deployed model failed verification: {summary(checks)}",
+            hint=f"report: {ws.deployed / 'report.md'}",
+        )
+    return json.loads(json.dumps(result, default=float))

@@ -1,0 +1,149 @@
+"""Helpers shared by the tests: run the real CLI, make data, start `tfship serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+CONFORMANCE = SHARED / "conformance" / "tf-serving"
+
+# Tiny training for tests: the default data, few epochs, a gate the tiny model can meet.
+FAST_TRAIN = ["--epochs", "6"]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def err_lines(self) -> list[str]:
+        """stderr lines that are ours (TF's C++ logger writes a banner we do not control)."""
+        return [
+            line
+            for line in self.err.splitlines()
+            if line.strip()
+            and not line.startswith(("WARNING: All log messages", "I0000", "E0000", "W0000"))
+        ]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment minus any tfship/deploy settings of the developer's shell."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TFSHIP_", "DEPLOY_SERVER_", "CIRCLE_")) and k != "MODEL_NAME"
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 240,
+    script: str | None = None,
+) -> Result:
+    """Run ``python -m tfship ARGS`` (or ``python ml/<script> ARGS``) in ``cwd``."""
+    cmd = (
+        [sys.executable, str(ROOT / "ml" / script)] if script else [sys.executable, "-m", "tfship"]
+    )
+    proc = subprocess.run(
+        [*cmd, *args],
+        cwd=cwd,
+        env=env or clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def write_npz(path: Path, images, labels, **extra) -> Path:
+    np.savez(path, images=np.asarray(images), labels=np.asarray(labels), **extra)
+    return path
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    from tfship.data import load_digits
+
+    raw = load_digits()
+    # digits are 0..16; x15 puts them on the 0..255 scale our loaders expect of uint8 data.
+    return (raw.images * 15).astype(np.uint8), raw.labels
+
+
+HALF_PLUS_TWO = CONFORMANCE / "saved_model_half_plus_two_2_versions"
+HPT = "saved_model_half_plus_two_2_versions"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen
+    rest: str
+    grpc: str
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait()
+        return self.proc.returncode
+
+
+def start_serve(tmp: Path, *args: str, timeout: float = 60) -> Served:
+    """Start `tfship serve ARGS` and wait until it has written its ready file."""
+    ready = tmp / f"ready-{time.monotonic_ns()}.json"
+    log = tmp / f"serve-{time.monotonic_ns()}.log"
+    rest, grpc_port = free_port(), free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "tfship",
+        "serve",
+        "--rest_api_port",
+        str(rest),
+        "--port",
+        str(grpc_port),
+        "--ready_file",
+        str(ready),
+        *args,
+    ]
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=clean_env())
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"tfship serve did not start:\n{log.read_text()}")
+        time.sleep(0.1)
+    info = json.loads(ready.read_text())
+    return Served(
+        proc, f"http://127.0.0.1:{info['rest_port']}", f"127.0.0.1:{info['grpc_port']}", log
+    )
