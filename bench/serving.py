@@ -28,14 +28,20 @@ from _common import save  # noqa: E402
 def make_package(work: Path) -> Path:
     """Stages 1-4 on the default data (few epochs: the model size is what matters here)."""
     tfship = [sys.executable, "-m", "tfship"]
-    subprocess.run([*tfship, "run", "--epochs", "3", "--min-accuracy", "0", "--min-class-recall",
-                    "0"], cwd=work, check=True, capture_output=True)
+    subprocess.run(
+        [*tfship, "run", "--epochs", "3", "--min-accuracy", "0", "--min-class-recall", "0"],
+        cwd=work,
+        check=True,
+        capture_output=True,
+    )
     return work / "store" / "digits"
 
 
 def percentiles(ms: list[float]) -> dict:
-    return {"p50": round(float(np.percentile(ms, 50)), 3),
-            "p99": round(float(np.percentile(ms, 99)), 3)}
+    return {
+        "p50": round(float(np.percentile(ms, 50)), 3),
+        "p99": round(float(np.percentile(ms, 99)), 3),
+    }
 
 
 def drive(call, clients: int, per_client: int) -> dict:
@@ -61,8 +67,12 @@ def drive(call, clients: int, per_client: int) -> dict:
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
-    return {"clients": clients, "requests": len(lat), "rps": round(len(lat) / elapsed, 1),
-            **percentiles(lat)}
+    return {
+        "clients": clients,
+        "requests": len(lat),
+        "rps": round(len(lat) / elapsed, 1),
+        **percentiles(lat),
+    }
 
 
 def main() -> None:
@@ -72,7 +82,6 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
     from helpers import start_serve
-
     from tfship.serving import ServingClient
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,8 +121,8 @@ def main() -> None:
 {rows}
 
 REST p50 is {rest_gap:.2f} ms above the in-process call (goal: within 3 ms). Throughput with 8
-clients vs 1: REST x{results['rest_8']['rps'] / results['rest_1']['rps']:.2f}, gRPC
-x{results['grpc_8']['rps'] / results['grpc_1']['rps']:.2f} (clients and server share the 2 cores).
+clients vs 1: REST x{results["rest_8"]["rps"] / results["rest_1"]["rps"]:.2f}, gRPC
+x{results["grpc_8"]["rps"] / results["grpc_1"]["rps"]:.2f} (clients and server share the 2 cores).
 """
     save("serving", {"results": results, "rest_p50_gap_ms": round(rest_gap, 3)}, md)
     print(md)

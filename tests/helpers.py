@@ -147,3 +147,93 @@ def start_serve(tmp: Path, *args: str, timeout: float = 60) -> Served:
     return Served(
         proc, f"http://127.0.0.1:{info['rest_port']}", f"127.0.0.1:{info['grpc_port']}", log
     )
+
+
+# --------------------------------------------------------------------------------------------
+# A real OpenSSH sshd on loopback
+# --------------------------------------------------------------------------------------------
+
+SSHD = "/usr/sbin/sshd"
+
+
+@dataclass
+class Sshd:
+    """A running sshd: where it listens, the client key, and the known_hosts that trusts it."""
+
+    proc: subprocess.Popen
+    port: int
+    client_key: Path
+    known_hosts: Path
+    root: Path
+    user: str
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for `tfship deploy` to reach this host (``extra`` overrides)."""
+        settings = {
+            "DEPLOY_SERVER_HOSTNAME": "127.0.0.1",
+            "DEPLOY_SERVER_PORT": str(self.port),
+            "DEPLOY_SERVER_USERNAME": self.user,
+            "DEPLOY_SERVER_SSH_KEY_FILE": str(self.client_key),
+            "DEPLOY_SERVER_KNOWN_HOSTS": str(self.known_hosts),
+        }
+        return clean_env(**{**settings, **extra})
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def keygen(path: Path) -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path
+
+
+def start_sshd(tmp: Path) -> Sshd:
+    """Start sshd on a free loopback port with generated host and client keys."""
+    import getpass
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    host_key = keygen(tmp / "host_key")
+    client_key = keygen(tmp / "client_key")
+    auth = tmp / "authorized_keys"
+    auth.write_text(Path(f"{client_key}.pub").read_text())
+    auth.chmod(0o600)
+    port = free_port()
+    conf = tmp / "sshd_config"
+    conf.write_text(f"""Port {port}
+ListenAddress 127.0.0.1
+HostKey {host_key}
+PidFile {tmp}/sshd.pid
+AuthorizedKeysFile {auth}
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+Subsystem sftp internal-sftp
+LogLevel ERROR
+MaxStartups 50:30:100
+MaxSessions 50
+""")
+    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation folder
+    with open(tmp / "sshd.log", "w") as log:  # sshd keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=log
+        )
+    deadline = time.monotonic() + 15
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"sshd did not start: {(tmp / 'sshd.log').read_text()}")
+        time.sleep(0.05)
+    pub = Path(f"{host_key}.pub").read_text().split()
+    known = tmp / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
+    return Sshd(proc, port, client_key, known, tmp, getpass.getuser())

@@ -603,6 +603,337 @@ def test_deployed(
     )
 
 
+def host_options(f):
+    """Where the deploy target is: the CircleCI sample's DEPLOY_SERVER_* variables."""
+    options = [
+        opt(
+            "--hostname",
+            env=ENV["hostname"],
+            default=None,
+            help="Deploy host (SSH). Empty: a local folder served by `tfship serve`.",
+        ),
+        opt("--username", env=ENV["username"], default=None, help="SSH user."),
+        opt(
+            "--base-path",
+            env=ENV["path"],
+            default="serving",
+            show_default=True,
+            help="Models root on the host; TF Serving's --model_base_path is <this>/<model>.",
+        ),
+        opt(
+            "--ssh-port",
+            env=ENV["port"],
+            type=click.IntRange(1, 65535),
+            default=22,
+            show_default=True,
+        ),
+        opt(
+            "--ssh-key-file",
+            env=ENV["ssh_key_file"],
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="Private key file.",
+        ),
+        opt(
+            "--ssh-key-env",
+            env="TFSHIP_SSH_KEY_ENV",
+            default=ENV["ssh_key"],
+            show_default=True,
+            help="Name of the variable holding the private key's text (CircleCI: add it as "
+            "a project environment variable). Read in memory, never written to disk.",
+        ),
+        opt(
+            "--known-hosts",
+            env=ENV["known_hosts"],
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="Default: ~/.ssh/known_hosts.",
+        ),
+        click.option(
+            "--accept-unknown-host-key",
+            is_flag=True,
+            help="Connect to a host whose key is not in known_hosts (prints a warning; "
+            "a CHANGED key is still refused).",
+        ),
+        opt(
+            "--ssh-timeout",
+            env="TFSHIP_SSH_TIMEOUT",
+            type=click.FloatRange(0.1),
+            default=10.0,
+            show_default=True,
+            help="Connect timeout, seconds.",
+        ),
+    ]
+    for o in reversed(options):
+        f = o(f)
+    return f
+
+
+def deploy_options(f):
+    options = [
+        opt(
+            "--keep",
+            env="TFSHIP_KEEP_VERSIONS",
+            type=click.IntRange(1),
+            default=config.KEEP_VERSIONS,
+            show_default=True,
+            help="Versions kept on the host (never the one serving).",
+        ),
+        opt(
+            "--lock-stale-seconds",
+            env="TFSHIP_LOCK_STALE_SECONDS",
+            type=click.FloatRange(0),
+            default=config.LOCK_STALE_SECONDS,
+            show_default=True,
+            help="A lock older than this is broken, with a warning.",
+        ),
+        opt(
+            "--lock-wait-seconds",
+            env="TFSHIP_LOCK_WAIT_SECONDS",
+            type=click.FloatRange(0),
+            default=60.0,
+            show_default=True,
+            help="How long to wait for another deploy.",
+        ),
+        opt(
+            "--wait-seconds",
+            env="TFSHIP_WAIT_SECONDS",
+            type=click.FloatRange(0),
+            default=config.AVAILABLE_TIMEOUT,
+            show_default=True,
+            help="How long TF Serving may take to make the version AVAILABLE.",
+        ),
+        opt(
+            "--latency-requests",
+            env="TFSHIP_LATENCY_REQUESTS",
+            type=click.IntRange(1),
+            default=50,
+            show_default=True,
+        ),
+        opt(
+            "--max-p95-ms",
+            env="TFSHIP_MAX_P95_MS",
+            type=click.FloatRange(0),
+            default=250.0,
+            show_default=True,
+        ),
+    ]
+    for o in reversed(options):
+        f = o(f)
+    return f
+
+
+def _target(
+    hostname,
+    username,
+    base_path,
+    ssh_port,
+    ssh_key_file,
+    ssh_key_env,
+    known_hosts,
+    accept_unknown_host_key,
+    ssh_timeout,
+    url,
+    transport,
+):
+    import os
+
+    from tfship.deploy import make_target
+
+    ssh = {
+        "username": username,
+        "port": ssh_port,
+        "key_file": ssh_key_file,
+        "key_text": os.environ.get(ssh_key_env) if ssh_key_env else None,
+        "password": os.environ.get(ENV["password"]),
+        "known_hosts": known_hosts,
+        "accept_unknown_host": accept_unknown_host_key,
+        "connect_timeout": ssh_timeout,
+    }
+    return make_target(hostname, base_path, url, transport, ssh)
+
+
+@cli.command(context_settings=CONTEXT)
+@workspace_option
+@host_options
+@serving_options
+@deploy_options
+@opt(
+    "--package",
+    "package_dir",
+    env="TFSHIP_PACKAGE",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A version folder to deploy. Default: the one in workspace/package/.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Deploy even if the version serving is not the one retrain compared with.",
+)
+@json_option
+def deploy(
+    workspace: Path,
+    hostname,
+    username,
+    base_path,
+    ssh_port,
+    ssh_key_file,
+    ssh_key_env,
+    known_hosts,
+    accept_unknown_host_key,
+    ssh_timeout,
+    url,
+    transport,
+    keep,
+    lock_stale_seconds,
+    lock_wait_seconds,
+    wait_seconds,
+    latency_requests,
+    max_p95_ms,
+    package_dir: Path | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Stage 5: ship the package to TF Serving with no downtime; roll back on failure.
+
+    \b
+    Never stops TF Serving. Takes a per-model lock on the host, uploads to a hidden
+    .incoming-* folder, checks every file's sha256 on the host, renames it to the
+    version number in one step, waits until TF Serving has it AVAILABLE, runs the stage 7
+    checks, and keeps --keep versions. Any failure after the rename moves the version to
+    <model>/.rejected/ and waits for the previous version to answer again (exit 4).
+
+    \b
+    Host: DEPLOY_SERVER_HOSTNAME / _USERNAME / _PATH / _PORT, key in DEPLOY_SERVER_SSH_KEY
+    (text) or DEPLOY_SERVER_SSH_KEY_FILE, host key checked against DEPLOY_SERVER_KNOWN_HOSTS.
+    Without a hostname the target is the local folder --base-path (tfship serve's).
+    """
+    from tfship.deploy import DeploySettings
+    from tfship.deploy import deploy as run
+    from tfship.verify import VerifySettings
+    from tfship.workspace import Workspace, read_json
+
+    ws = Workspace(workspace)
+    expect = None
+    if package_dir is None:
+        info = read_json(ws.require(ws.package / "package.json", "package"))
+        package_dir = ws.package / str(info["version"])
+    if (ws.retrain / "retrain.json").exists():
+        expect = read_json(ws.retrain / "retrain.json").get("champion_version")
+    settings = DeploySettings(
+        keep=keep,
+        lock_stale_seconds=lock_stale_seconds,
+        lock_wait_seconds=lock_wait_seconds,
+        expect_serving=expect,
+        force=force,
+        verify=VerifySettings(
+            latency_requests=latency_requests, max_p95_ms=max_p95_ms, wait_seconds=wait_seconds
+        ),
+    )
+    target = _target(
+        hostname,
+        username,
+        base_path,
+        ssh_port,
+        ssh_key_file,
+        ssh_key_env,
+        known_hosts,
+        accept_unknown_host_key,
+        ssh_timeout,
+        url,
+        transport,
+    )
+    try:
+        result = run(target, package_dir, settings)
+    finally:
+        target.host.close()
+    emit(
+        result.to_dict(),
+        as_json,
+        f"{result.state}: {result.model} version {result.version} on {result.host} "
+        f"(was {result.previous}); verified in {result.seconds['total']:.1f} s",
+    )
+
+
+@cli.command(context_settings=CONTEXT)
+@model_name_option
+@host_options
+@serving_options
+@deploy_options
+@opt(
+    "--to",
+    "to",
+    env="TFSHIP_ROLLBACK_TO",
+    type=int,
+    default=None,
+    help="Version to serve. Default: the newest kept version older than the one serving.",
+)
+@json_option
+def rollback(
+    model_name,
+    hostname,
+    username,
+    base_path,
+    ssh_port,
+    ssh_key_file,
+    ssh_key_env,
+    known_hosts,
+    accept_unknown_host_key,
+    ssh_timeout,
+    url,
+    transport,
+    keep,
+    lock_stale_seconds,
+    lock_wait_seconds,
+    wait_seconds,
+    latency_requests,
+    max_p95_ms,
+    to: int | None,
+    as_json: bool,
+) -> None:
+    """Serve an older kept version again, with the same lock and checks as deploy.
+
+    Newer versions are moved to <model>/.rejected/ (not deleted), then the older version is
+    verified against its own manifest once it answers.
+    """
+    from tfship.deploy import DeploySettings
+    from tfship.deploy import rollback as run
+    from tfship.verify import VerifySettings
+
+    settings = DeploySettings(
+        keep=keep,
+        lock_stale_seconds=lock_stale_seconds,
+        lock_wait_seconds=lock_wait_seconds,
+        verify=VerifySettings(
+            latency_requests=latency_requests, max_p95_ms=max_p95_ms, wait_seconds=wait_seconds
+        ),
+    )
+    target = _target(
+        hostname,
+        username,
+        base_path,
+        ssh_port,
+        ssh_key_file,
+        ssh_key_env,
+        known_hosts,
+        accept_unknown_host_key,
+        ssh_timeout,
+        url,
+        transport,
+    )
+    try:
+        result = run(target, model_name, to, settings)
+    finally:
+        target.host.close()
+    emit(
+        result,
+        as_json,
+        f"rolled back {model_name} to version {result['version']} "
+        f"(was {result['previous']}); moved aside: {result['moved_aside']}",
+    )
+
+
 def main(argv: list[str] | None = None, prog_name: str = "tfship") -> None:
     """Entry point: run the CLI; expected failures become one line and an exit code."""
     from tfship.env import load_dotenv_file

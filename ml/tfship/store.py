@@ -77,6 +77,7 @@ class Host(Protocol):
         """sha256 of every file below ``path``, keyed by relative POSIX path."""
 
     def read_text(self, path: str) -> str: ...
+    def read_bytes(self, path: str) -> bytes: ...
     def write_text(self, path: str, text: str) -> None: ...
     def close(self) -> None: ...
 
@@ -131,6 +132,9 @@ class LocalHost:
 
     def read_text(self, path: str) -> str:
         return Path(path).read_text()
+
+    def read_bytes(self, path: str) -> bytes:
+        return Path(path).read_bytes()
 
     def write_text(self, path: str, text: str) -> None:
         tmp = f"{path}.tmp-{secrets.token_hex(4)}"

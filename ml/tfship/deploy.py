@@ -1,0 +1,442 @@
+"""Stage 5: ship a packaged version to TF Serving with no downtime, and roll back on failure.
+
+Unlike the original CircleCI sample (stop the container, delete and copy version ``1``,
+restart), a deploy here never stops TF Serving:
+
+1. take a per-model lock on the host (atomic ``mkdir``; a stale lock may be broken);
+2. upload to ``<base>/<model>/.incoming-<version>-<random>`` (TF Serving ignores it), check
+   every file's sha256 on the host against the manifest, rename to ``<base>/<model>/<version>``
+   in one step (an identical version already there is not uploaded again);
+3. wait (bounded) until TF Serving reports the version AVAILABLE;
+4. run the stage 7 checks against that version;
+5. on any failure after the rename: move the version to ``<model>/.rejected/``, wait until the
+   previous version answers again, and fail naming what failed and what is serving;
+6. keep the newest K versions on the host, never removing the one serving.
+
+:func:`rollback` moves back to the previous (or a named) kept version with the same checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from tfship import config
+from tfship.errors import (
+    DeployError,
+    HostError,
+    ServingError,
+    StaleChampion,
+    StoreError,
+    TfshipError,
+)
+from tfship.log import event
+from tfship.report import failed, summary
+from tfship.serving import ServingClient
+from tfship.store import MANIFEST, Host, check_model_name, check_version, install_version
+from tfship.verify import VerifySettings, load_test_split, verify_version
+
+LOCK = ".tfship-lock"
+REJECTED = ".rejected"
+
+
+@dataclass
+class Target:
+    """One TF Serving host: where its model base path is and how to query it."""
+
+    host: Host
+    base: str  # the models root; TF Serving's --model_base_path is <base>/<model>
+    serving_url: str
+    transport: str = "rest"
+
+    def model_dir(self, model: str) -> str:
+        return str(PurePosixPath(self.base) / check_model_name(model))
+
+    def client(self, model: str) -> ServingClient:
+        return ServingClient(self.serving_url, model, transport=self.transport)
+
+
+@dataclass
+class DeploySettings:
+    """Knobs of a deploy (all have CLI flags)."""
+
+    keep: int = config.KEEP_VERSIONS
+    lock_stale_seconds: float = config.LOCK_STALE_SECONDS
+    lock_wait_seconds: float = 60.0
+    expect_serving: int | None = None  # stale-approval guard (retrain records it)
+    force: bool = False
+    verify: VerifySettings = field(default_factory=VerifySettings)
+
+
+@dataclass
+class DeployResult:
+    model: str
+    version: int
+    host: str
+    state: str  # deployed | already-deployed
+    bytes_sent: int
+    previous: int | None
+    seconds: dict[str, float]
+    verification: dict
+    removed: list[int]
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+# --------------------------------------------------------------------------------------------
+# Lock
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def model_lock(
+    target: Target, model: str, stale_seconds: float, wait_seconds: float, purpose: str
+) -> Iterator[None]:
+    """Hold ``<model_dir>/.tfship-lock`` (atomic mkdir) for the duration of a deploy."""
+    model_dir = target.model_dir(model)
+    target.host.makedirs(model_dir)
+    lock = f"{model_dir}/{LOCK}"
+    owner = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "time": time.time(),
+        "purpose": purpose,
+        "build": os.environ.get("CIRCLE_BUILD_URL"),
+    }
+    deadline = time.monotonic() + wait_seconds
+    announced = False
+    while True:
+        try:
+            target.host.mkdir(lock)
+            break
+        except FileExistsError:
+            holder = _lock_owner(target.host, lock)
+            age = time.time() - float(holder.get("time", 0))
+            if age > stale_seconds:
+                event(
+                    "deploy",
+                    f"WARNING: breaking a stale lock ({age:.0f} s old, held by "
+                    f"{holder.get('host')}:{holder.get('pid')} for "
+                    f"{holder.get('purpose')})",
+                    host=target.host.name,
+                )
+                target.host.remove_tree(lock)
+                continue
+            if time.monotonic() > deadline:
+                raise DeployError(
+                    f"{target.host.name}: another deploy of {model} holds the lock "
+                    f"({holder.get('purpose')} by {holder.get('host')}:{holder.get('pid')}, "
+                    f"{age:.0f} s ago)",
+                    hint="wait for it, raise --lock-wait-seconds, or lower "
+                    "--lock-stale-seconds to break a dead one",
+                ) from None
+            if not announced:
+                event(
+                    "deploy",
+                    "waiting for another deploy's lock",
+                    host=target.host.name,
+                    held_by=f"{holder.get('host')}:{holder.get('pid')}",
+                )
+                announced = True
+            time.sleep(0.3)
+    try:
+        target.host.write_text(f"{lock}/owner.json", json.dumps(owner))
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            target.host.remove_tree(lock)
+
+
+def _lock_owner(host: Host, lock: str) -> dict:
+    try:
+        return json.loads(host.read_text(f"{lock}/owner.json"))
+    except (OSError, ValueError, HostError):
+        # Created but not yet described (or crashed in between): age it from "now" so a
+        # concurrent deploy waits rather than breaking it.
+        return {"time": time.time(), "host": "?", "pid": "?", "purpose": "?"}
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def clean_incoming(target: Target, model: str) -> list[str]:
+    """Remove leftover ``.incoming-*`` folders (we hold the lock: nobody else is uploading)."""
+    model_dir = target.model_dir(model)
+    leftovers = [n for n in target.host.listdir(model_dir) if n.startswith(".incoming-")]
+    for name in leftovers:
+        target.host.remove_tree(f"{model_dir}/{name}")
+        event("deploy", "removed an interrupted upload", host=target.host.name, path=name)
+    return leftovers
+
+
+def on_disk(target: Target, model: str) -> list[int]:
+    from tfship.store import numeric_versions
+
+    return numeric_versions(target.host.listdir(target.model_dir(model)))
+
+
+def reject(target: Target, model: str, version: int) -> str:
+    """Move a version out of TF Serving's sight, to ``<model>/.rejected/<version>-<time>``."""
+    model_dir = target.model_dir(model)
+    target.host.makedirs(f"{model_dir}/{REJECTED}")
+    dest = f"{model_dir}/{REJECTED}/{version}-{int(time.time())}-{secrets.token_hex(2)}"
+    target.host.rename(f"{model_dir}/{version}", dest)
+    event(
+        "deploy",
+        "moved version out of the base path",
+        host=target.host.name,
+        version=version,
+        to=dest,
+    )
+    return dest
+
+
+def wait_serving(client: ServingClient, version: int | None, timeout: float) -> None:
+    """Wait until requests without a version are answered by ``version``."""
+    deadline = time.monotonic() + timeout
+    current = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ServingError):
+            current = client.serving_version()
+            if current == version:
+                return
+        time.sleep(0.25)
+    raise ServingError(
+        f"version {version} is not answering after {timeout:g} s (serving: {current})"
+    )
+
+
+def retain(target: Target, model: str, keep: int, serving: int | None) -> list[int]:
+    """Delete all but the newest ``keep`` versions; never the serving one."""
+    versions = on_disk(target, model)
+    doomed = [v for v in versions[:-keep] if v != serving] if keep > 0 else []
+    for v in doomed:
+        target.host.remove_tree(f"{target.model_dir(model)}/{v}")
+    if doomed:
+        event(
+            "deploy",
+            "retention removed old versions",
+            host=target.host.name,
+            versions=",".join(map(str, doomed)),
+            keep=keep,
+        )
+    return doomed
+
+
+def load_package(package_dir: Path) -> dict:
+    """The manifest of a local package folder."""
+    try:
+        return json.loads((Path(package_dir) / MANIFEST).read_text())
+    except FileNotFoundError as exc:
+        raise StoreError(
+            f"{package_dir}: no {MANIFEST}; not a tfship package", hint="run `tfship package` first"
+        ) from exc
+
+
+# --------------------------------------------------------------------------------------------
+# Deploy
+# --------------------------------------------------------------------------------------------
+
+
+def deploy(target: Target, package_dir: Path, s: DeploySettings) -> DeployResult:
+    """Install, wait, verify; roll back automatically on failure after the rename."""
+    manifest = load_package(package_dir)
+    model = check_model_name(manifest["model_name"])
+    version = check_version(manifest["version"])
+    images, labels = load_test_split(Path(package_dir))
+    client = target.client(model)
+    host = target.host.name
+    times: dict[str, float] = {}
+    t0 = time.monotonic()
+    with model_lock(target, model, s.lock_stale_seconds, s.lock_wait_seconds, f"deploy {version}"):
+        times["lock"] = round(time.monotonic() - t0, 3)
+        clean_incoming(target, model)
+        previous = client.serving_version()
+        if s.expect_serving is not None and previous != s.expect_serving and not s.force:
+            raise StaleChampion(
+                f"{model}: the retrain compared against version {s.expect_serving}, but "
+                f"{previous} is serving now; the approval was for another champion",
+                hint="retrain again, or pass --force to deploy anyway",
+            )
+        existing = on_disk(target, model)
+        if existing and version < max(existing) and version not in existing:
+            raise DeployError(
+                f"{host}: version {version} is older than version {max(existing)} on the host; "
+                "TF Serving serves the highest version, so it would never answer",
+                hint="package a new version (the default version is the current time)",
+            )
+        event("deploy", "uploading", model=model, version=version, host=host, serving=previous)
+        t = time.monotonic()
+        state, sent = install_version(
+            target.host, target.base, model, version, Path(package_dir), manifest
+        )
+        times["upload"] = round(time.monotonic() - t, 3)
+        event(
+            "deploy",
+            "installed" if state == "uploaded" else "already on host",
+            model=model,
+            version=version,
+            host=host,
+            bytes=sent,
+        )
+        try:
+            t = time.monotonic()
+            checks, facts = verify_version(
+                client, manifest, version, images, labels, s.verify, stage="deploy"
+            )
+            times["verify"] = round(time.monotonic() - t, 3)
+            times["to_available"] = facts.get("seconds_to_available", 0.0)
+            if failed(checks):
+                raise DeployError(f"verification failed: {summary(checks)}")
+            if client.serving_version() != version:
+                raise DeployError(
+                    f"version {version} is AVAILABLE but version "
+                    f"{client.serving_version()} still answers by default"
+                )
+        except (TfshipError, OSError, ValueError) as exc:
+            raise _rolled_back(target, model, version, previous, exc, s) from exc
+        removed = retain(target, model, s.keep, version)
+    times["total"] = round(time.monotonic() - t0, 3)
+    event(
+        "deploy", "deployed and verified", model=model, version=version, host=host, s=times["total"]
+    )
+    return DeployResult(
+        model,
+        version,
+        host,
+        "deployed" if state == "uploaded" else "already-deployed",
+        sent,
+        previous,
+        times,
+        facts,
+        removed,
+    )
+
+
+def _rolled_back(
+    target: Target,
+    model: str,
+    version: int,
+    previous: int | None,
+    cause: Exception,
+    s: DeploySettings,
+) -> DeployError:
+    """Undo a failed deploy; return the error to raise (it says what is serving now)."""
+    host = target.host.name
+    event("deploy", f"FAILED: {cause}; rolling back", model=model, version=version, host=host)
+    if previous == version:
+        return DeployError(
+            f"{host}: version {version} failed verification again: {cause}",
+            hint="it was already serving; nothing was changed",
+        )
+    try:
+        reject(target, model, version)
+        client = target.client(model)
+        if previous is not None:
+            wait_serving(client, previous, s.verify.wait_seconds)
+        now = client.serving_version()
+    except TfshipError as exc:
+        return DeployError(
+            f"{host}: deploy of {model} version {version} failed ({cause}) and the rollback "
+            f"did not complete ({exc})",
+            hint="run `tfship rollback` and check the host",
+        )
+    return DeployError(
+        f"{host}: deploy of {model} version {version} failed and was rolled back: {cause}. "
+        f"Serving now: version {now}",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Rollback
+# --------------------------------------------------------------------------------------------
+
+
+def rollback(target: Target, model: str, to: int | None, s: DeploySettings) -> dict:
+    """Serve an older kept version again: move the newer ones aside, wait, verify."""
+    check_model_name(model)
+    client = target.client(model)
+    with model_lock(target, model, s.lock_stale_seconds, s.lock_wait_seconds, "rollback"):
+        clean_incoming(target, model)
+        serving = client.serving_version()
+        versions = on_disk(target, model)
+        if to is None:
+            older = [v for v in versions if serving is None or v < serving]
+            if not older:
+                raise DeployError(
+                    f"{target.host.name}: no older version of {model} is kept "
+                    f"to roll back to (on host: {versions or 'none'})"
+                )
+            to = older[-1]
+        to = check_version(to)
+        if to not in versions:
+            raise DeployError(
+                f"{target.host.name}: version {to} of {model} is not on the host "
+                f"(kept: {versions or 'none'})"
+            )
+        moved = [v for v in versions if v > to]
+        for v in moved:
+            reject(target, model, v)
+        event(
+            "rollback",
+            "waiting for the older version",
+            model=model,
+            version=to,
+            host=target.host.name,
+        )
+        wait_serving(client, to, s.verify.wait_seconds)
+        manifest = json.loads(target.host.read_text(f"{target.model_dir(model)}/{to}/{MANIFEST}"))
+        with np.load(
+            _bytes_io(
+                target.host.read_bytes(f"{target.model_dir(model)}/{to}/assets.extra/test.npz")
+            )
+        ) as npz:
+            images, labels = npz["images"], npz["labels"]
+        checks, facts = verify_version(
+            client, manifest, to, images, labels, s.verify, stage="rollback"
+        )
+        if failed(checks):
+            raise DeployError(f"rolled back to {to}, but it fails verification: {summary(checks)}")
+    event("rollback", "done", model=model, version=to, previous=serving, host=target.host.name)
+    return {
+        "model": model,
+        "version": to,
+        "previous": serving,
+        "moved_aside": moved,
+        "verification": facts,
+    }
+
+
+def make_target(
+    hostname: str | None, base: str, serving_url: str | None, transport: str, ssh: dict
+) -> Target:
+    """A local folder (no hostname: the embedded default) or an SSH host."""
+    if not hostname:
+        from tfship.store import LocalHost
+
+        root = str(Path(base).expanduser().absolute())
+        return Target(
+            LocalHost(), root, serving_url or f"http://127.0.0.1:{config.REST_PORT}", transport
+        )
+    from tfship.ssh import SSHHost, SSHSettings
+
+    host = SSHHost(SSHSettings(hostname=hostname, **ssh)).connect()
+    return Target(host, base, serving_url or f"http://{hostname}:{config.REST_PORT}", transport)
+
+
+def _bytes_io(data: bytes):
+    import io
+
+    return io.BytesIO(data)
