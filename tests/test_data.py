@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import json
 import struct
 
 import numpy as np
 import pytest
-from helpers import digits_arrays, write_npz
+from helpers import clean_env, digits_arrays, run_cli, write_npz
 from tfship import data
 from tfship.errors import DataError
 
@@ -140,17 +141,37 @@ def _idx(path, array: np.ndarray, magic: int) -> None:
         fh.write(header + array.astype(np.uint8).tobytes())
 
 
-def test_fashion_mnist_uses_keras_real_loader_from_its_cache(tmp_path, monkeypatch):
+def test_fashion_mnist_uses_keras_real_loader_from_its_cache(tmp_path):
     # Keras reads $KERAS_HOME/datasets/fashion-mnist/*.gz and only downloads missing files:
-    # tiny files in the real IDX format exercise the real loading code offline.
-    cache = tmp_path / "datasets" / "fashion-mnist"
+    # tiny files in the real IDX format exercise the real loading code offline. A subprocess,
+    # because Keras reads KERAS_HOME once, at import.
+    cache = tmp_path / "keras" / "datasets" / "fashion-mnist"
     cache.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 60), ("t10k", 20)):
         _idx(cache / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10, 0x801)
         _idx(cache / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)), 0x803)
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    raw = data.load_source("fashion_mnist")
-    assert raw.images.shape == (60, 28, 28) and raw.test_images.shape == (20, 28, 28)
-    p = data.prepare(raw, data.Checks(min_rows_per_class=2, max_label_drift=1, max_pixel_drift=1))
-    assert len(p.test) == 20 and p.train.images.shape[1:] == (28, 28, 1)
+    env = clean_env(KERAS_HOME=str(tmp_path / "keras"))
+    r = run_cli(
+        "build",
+        "--data",
+        "fashion_mnist",
+        "--min-rows-per-class",
+        "2",
+        "--max-label-drift",
+        "1",
+        "--max-pixel-drift",
+        "1",
+        "--json",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert r.code == 0, r.err
+    info = json.loads(r.out)
+    assert info["origin"] == "fashion_mnist" and info["rows"]["test"] == 20
+    assert info["image_shape"] == [28, 28, 1]
+    assert {p.name for p in cache.iterdir()} == {
+        f"{a}-{b}-idx{n}-ubyte.gz"
+        for a in ("train", "t10k")
+        for b, n in (("labels", 1), ("images", 3))
+    }  # nothing downloaded

@@ -71,6 +71,16 @@ def load_key_text(text: str) -> paramiko.PKey:
     )
 
 
+class FastTransport(paramiko.Transport):
+    """Prefer AES-GCM: authenticated encryption without a separate per-packet HMAC."""
+
+    _preferred_ciphers = (
+        "aes128-gcm@openssh.com",
+        "aes256-gcm@openssh.com",
+        *(c for c in paramiko.Transport._preferred_ciphers if "gcm" not in c),
+    )
+
+
 class SSHHost:
     """:class:`tfship.store.Host` over SSH (SFTP for metadata, exec channels for bulk)."""
 
@@ -142,6 +152,7 @@ class SSHHost:
                 auth_timeout=self.s.connect_timeout,
                 allow_agent=False,
                 look_for_keys=False,
+                transport_factory=FastTransport,
             )
         except paramiko.BadHostKeyException as exc:
             raise HostError(
@@ -296,27 +307,34 @@ class SSHHost:
         chan.exec_command(f"mkdir -- {q} && tar -x -f - -C {q}")
         sent = 0
 
-        class Sink(io.RawIOBase):
-            def writable(self) -> bool:
-                return True
+        def send(data: bytes) -> None:
+            nonlocal sent
+            chan.sendall(data)
+            sent += len(data)
+            if progress:
+                progress(sent)
 
-            def write(self, data) -> int:
-                nonlocal sent
-                chan.sendall(bytes(data))
-                sent += len(data)
-                if progress:
-                    progress(sent)
-                return len(data)
-
-        # Stream mode ("w|") buffers into CHUNK-sized writes itself.
-        with tarfile.open(
-            fileobj=Sink(),
-            mode="w|",
-            format=tarfile.PAX_FORMAT,
-            bufsize=CHUNK,
-        ) as tar:
-            for path in sorted(Path(local).rglob("*")):
-                tar.add(path, arcname=path.relative_to(local).as_posix(), recursive=False)
+        # A pax stream written by hand: headers from TarInfo, file bodies in 1 MiB chunks
+        # straight to the channel (tarfile's 16 KiB copy loop costs half the throughput).
+        root = Path(local)
+        for path in sorted(root.rglob("*")):
+            info = tarfile.TarInfo(path.relative_to(root).as_posix())
+            st = path.lstat()
+            info.mode, info.mtime = st.st_mode & 0o7777, int(st.st_mtime)
+            if path.is_dir():
+                info.type = tarfile.DIRTYPE
+                send(info.tobuf(tarfile.PAX_FORMAT))
+                continue
+            if not path.is_file():
+                raise HostError(f"{path}: only files and folders can be uploaded")
+            info.size = st.st_size
+            send(info.tobuf(tarfile.PAX_FORMAT))
+            with open(path, "rb") as fh:
+                while block := fh.read(CHUNK):
+                    send(block)
+            if info.size % tarfile.BLOCKSIZE:
+                send(tarfile.NUL * (tarfile.BLOCKSIZE - info.size % tarfile.BLOCKSIZE))
+        send(tarfile.NUL * tarfile.BLOCKSIZE * 2)
         chan.shutdown_write()
         out, err = _drain(chan)
         code = chan.recv_exit_status()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,9 @@ def start(opts: ServeOptions) -> Running:
     from tfship.server.grpc_api import start_grpc
     from tfship.server.rest import start_rest
 
+    # Loading a SavedModel is long pure-Python work in the poll thread; a short GIL switch
+    # interval lets request threads in meanwhile (p99 during a version swap, see BENCHMARKS).
+    sys.setswitchinterval(0.0005)
     core = ServerCore(load_configs(opts), opts.file_system_poll_wait_seconds)
     core.start()
     rest = None
