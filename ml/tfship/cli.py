@@ -283,6 +283,8 @@ def test_cmd(workspace: Path, min_accuracy: float, min_class_recall: float, as_j
     """
     from tfship.evaluate import Gates, evaluate
 
+    if _skip_if_no_new_data(workspace, "test"):
+        return
     result = evaluate(workspace, Gates(min_accuracy, min_class_recall))
     emit(
         result,
@@ -313,6 +315,8 @@ def package(
     The version folder holds saved_model.pb, variables/ and assets.extra/ (tfship.json
     manifest, tf_serving_warmup_requests, model.keras for retraining, the test split).
     """
+    if _skip_if_no_new_data(workspace, "package"):
+        return
     from tfship.package import package as run
     from tfship.store import local_store
 
@@ -325,37 +329,68 @@ def package(
 
 
 @cli.command(context_settings=CONTEXT)
+@click.argument("mode", required=False, type=click.Choice(["retrain"]))
 @workspace_option
 @model_name_option
 @store_option
+@opt(
+    "--serving",
+    env="TFSHIP_SERVING_DIR",
+    default="serving",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Models root of the local TF-Serving-compatible server.",
+)
 @opt(
     "--data",
     env=ENV["data"],
     default=config.DEFAULT_DATA,
     show_default=True,
-    help="Same sources as `tfship build --data`.",
+    help="Same sources as `tfship build --data` (first run).",
 )
 @opt("--data-sha256", env=ENV["data_sha256"], default=None)
+@opt(
+    "--retrain-data",
+    env="TFSHIP_RETRAIN_DATA",
+    default=None,
+    help="New data for the retrain cycle. Default: a shifted snapshot of the default data.",
+)
+@click.option("--retrain", is_flag=True, help="Also run the retrain cycle (same as `run retrain`).")
 @opt(
     "--epochs", env=ENV["epochs"], type=click.IntRange(1), default=config.EPOCHS, show_default=True
 )
 @gate_options
+@click.option(
+    "--stop-serving",
+    is_flag=True,
+    help="Stop the local serving at the end (default: keep it up to query it).",
+)
 @json_option
 def run(
+    mode: str | None,
     workspace: Path,
     model_name: str,
     store: str,
+    serving: Path,
     data: str,
     data_sha256: str | None,
+    retrain_data: str | None,
+    retrain: bool,
     epochs: int,
     min_accuracy: float,
     min_class_recall: float,
+    stop_serving: bool,
     as_json: bool,
 ) -> None:
-    """The main job, locally: build -> train -> test -> package, in one process.
+    """The main job, locally, end to end on the embedded defaults.
 
-    Uses the embedded defaults (bundled data, local store) unless told otherwise; stops at
-    the first failing stage with that stage's exit code.
+    \b
+    build -> train -> test -> package -> start the local serving -> deploy -> test-deployed.
+    `tfship run retrain` (or --retrain) then makes a new data snapshot (the default data
+    with a shift, or --retrain-data) -> build -> retrain -> test -> package -> deploy ->
+    test-deployed. It stops at the first failing stage with that stage's exit code; each
+    stage is atomic, so Ctrl-C leaves no half state. At the end it prints what is serving,
+    where the reports are, and how to query the model with curl.
     """
     from tfship.evaluate import Gates
     from tfship.pipeline import RunSettings, run_all
@@ -363,22 +398,37 @@ def run(
     s = RunSettings(
         workspace=workspace,
         store=Path(store),
+        serving=serving,
         model_name=model_name,
         data=data,
         data_sha256=data_sha256,
+        retrain_data=retrain_data,
         epochs=epochs,
         gates=Gates(min_accuracy, min_class_recall),
+        retrain=retrain or mode == "retrain",
+        keep_serving=not stop_serving,
     )
     out = run_all(s)
     if as_json:
         emit(out, True, "")
         return
-    pkg = out["results"]["package"]
-    acc = out["results"]["test"]["metrics"]["accuracy"]
-    click.echo(f"model {model_name} version {pkg['version']}: test accuracy {acc:.4f}")
-    click.echo(f"  stored in   {pkg['store']}/{model_name}/{pkg['version']}")
-    click.echo(f"  report      {workspace / 'eval' / 'report.md'}")
-    click.echo("  timings     " + ", ".join(f"{k} {v:.1f}s" for k, v in out["timings"].items()))
+    version = out["serving_version"]
+    click.echo(
+        f"\nserving: {model_name} version {version} at {out['url']}"
+        + ("" if out["kept_serving"] else " (stopped)")
+    )
+    reports = [workspace / d / "report.md" for d in ("eval", "retrain", "deployed")]
+    click.echo("reports: " + ", ".join(str(r) for r in reports if r.exists()))
+    click.echo("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in out["timings"].items()))
+    if out["kept_serving"]:
+        url = f"{out['url']}/v1/models/{model_name}"
+        click.echo(f"query:   curl -s {url}")
+        click.echo(f"         curl -s {url}/metadata")
+        click.echo(
+            '         python3 -c \'import json; print(json.dumps({"instances": '
+            f"[[[[0.0]] * 8] * 8]}}))' | curl -s -d @- {url}:predict"
+        )
+        click.echo(f"stop:    kill {out['server']['pid']}")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -589,6 +639,8 @@ def test_deployed(
     from tfship.verify import VerifySettings
     from tfship.verify import test_deployed as run
 
+    if version is None and manifest is None and _skip_if_no_new_data(workspace, "verify"):
+        return
     settings = VerifySettings(min_accuracy, samples, latency_requests, max_p95_ms, wait_seconds)
     result = run(
         workspace, url or default_serving_url(), model_name, settings, version, manifest, transport
@@ -816,11 +868,15 @@ def deploy(
 
     ws = Workspace(workspace)
     expect = None
+    if package_dir is None and _skip_if_no_new_data(workspace, "deploy"):
+        return
     if package_dir is None:
         info = read_json(ws.require(ws.package / "package.json", "package"))
         package_dir = ws.package / str(info["version"])
     if (ws.retrain / "retrain.json").exists():
-        expect = read_json(ws.retrain / "retrain.json").get("champion_version")
+        decision = read_json(ws.retrain / "retrain.json")
+        if decision.get("decision") == "deploy-challenger":
+            expect = decision.get("champion_version")
     settings = DeploySettings(
         keep=keep,
         lock_stale_seconds=lock_stale_seconds,
@@ -931,6 +987,202 @@ def rollback(
         as_json,
         f"rolled back {model_name} to version {result['version']} "
         f"(was {result['previous']}); moved aside: {result['moved_aside']}",
+    )
+
+
+def _skip_if_no_new_data(workspace: Path, command: str) -> bool:
+    """True (and say so) when retrain decided there is no new data for this workspace."""
+    from tfship.retrain import no_new_data
+    from tfship.workspace import Workspace
+
+    decision = no_new_data(Workspace(workspace))
+    if decision:
+        click.echo(
+            f"no new data since version {decision['champion_version']}: nothing to {command}"
+        )
+    return decision is not None
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@opt(
+    "--kind",
+    env="TFSHIP_SNAPSHOT_KIND",
+    type=click.Choice(["shift", "poisoned"]),
+    default="shift",
+    show_default=True,
+)
+@opt("--seed", env=ENV["seed"], type=int, default=1, show_default=True)
+def snapshot(out: Path, kind: str, seed: int) -> None:
+    """Write a new data snapshot (NPZ) from the bundled digits, for demos and drills.
+
+    shift: moved and dimmed images (new data a retrain should accept). poisoned: labels
+    shuffled independently of the images (the gate must reject it).
+    """
+    from tfship.data import make_snapshot
+
+    info = make_snapshot(out, kind, seed)
+    click.echo(f"wrote {info['rows']} rows ({kind}) to {info['path']}")
+
+
+@cli.command(context_settings=CONTEXT)
+@workspace_option
+@model_name_option
+@store_option
+@host_options
+@serving_options
+@train_options
+@opt(
+    "--data",
+    env=ENV["data"],
+    default=None,
+    help="New data (same sources as build). Default: what `tfship build` left in the workspace.",
+)
+@opt("--data-sha256", env=ENV["data_sha256"], default=None)
+@opt(
+    "--tolerance",
+    env="TFSHIP_RETRAIN_TOLERANCE",
+    type=click.FloatRange(0, 1),
+    default=config.RETRAIN_TOLERANCE,
+    show_default=True,
+    help="Challenger accuracy may be this much below the champion's.",
+)
+@opt(
+    "--min-accuracy",
+    env=ENV["min_accuracy"],
+    type=click.FloatRange(0, 1),
+    default=config.MIN_ACCURACY,
+    show_default=True,
+    help="Absolute accuracy floor.",
+)
+@opt(
+    "--max-class-drop",
+    env="TFSHIP_MAX_CLASS_DROP",
+    type=click.FloatRange(0, 1),
+    default=config.MAX_CLASS_DROP,
+    show_default=True,
+    help="No class's recall may drop by more than this.",
+)
+@click.option("--from-scratch", is_flag=True, help="Train anew instead of fine-tuning.")
+@opt(
+    "--fine-tune-learning-rate",
+    env="TFSHIP_FINE_TUNE_LEARNING_RATE",
+    type=float,
+    default=config.FINE_TUNE_LEARNING_RATE,
+    show_default=True,
+    help="Learning rate when fine-tuning the champion (--learning-rate is for from scratch).",
+)
+@click.option(
+    "--allow-cold-start",
+    is_flag=True,
+    help="If nothing is serving, train from scratch instead of failing.",
+)
+@json_option
+def retrain(
+    workspace: Path,
+    model_name: str,
+    store: str,
+    hostname,
+    username,
+    base_path,
+    ssh_port,
+    ssh_key_file,
+    ssh_key_env,
+    known_hosts,
+    accept_unknown_host_key,
+    ssh_timeout,
+    url,
+    transport,
+    epochs,
+    batch_size,
+    learning_rate,
+    model_fn,
+    seed,
+    data,
+    data_sha256,
+    tolerance,
+    min_accuracy,
+    max_class_drop,
+    from_scratch,
+    fine_tune_learning_rate,
+    allow_cold_start,
+    as_json,
+) -> None:
+    """Stage 6: retrain on new data against the version TF Serving is serving now.
+
+    \b
+    Champion = the highest AVAILABLE version on the deploy target, fetched from the store
+    (or the host). Same data hash as the champion's -> "no new data", exit 0, and package,
+    deploy and test-deployed skip. Otherwise the challenger fine-tunes the champion (or
+    --from-scratch) and both are evaluated on the champion's test set + the new test
+    split: challenger >= champion - --tolerance, >= --min-accuracy, no class recall drop
+    over --max-class-drop; else exit 3. retrain/report.md shows both side by side.
+    """
+    from tfship.data import Checks
+    from tfship.data import build as build_data
+    from tfship.retrain import RetrainSettings
+    from tfship.retrain import retrain as run
+    from tfship.store import local_store
+    from tfship.train import TrainSettings
+
+    if data:
+        build_data(workspace, data, Checks(), seed, data_sha256)
+    target = _target(
+        hostname,
+        username,
+        base_path,
+        ssh_port,
+        ssh_key_file,
+        ssh_key_env,
+        known_hosts,
+        accept_unknown_host_key,
+        ssh_timeout,
+        url,
+        transport,
+    )
+
+    def from_host(version: int, dest: Path) -> Path:
+        target.host.get_tree(f"{target.model_dir(model_name)}/{version}", dest)
+        return dest
+
+    try:
+        decision = run(
+            workspace,
+            local_store(store),
+            target.client(model_name),
+            model_name,
+            RetrainSettings(
+                tolerance,
+                min_accuracy,
+                max_class_drop,
+                from_scratch,
+                allow_cold_start,
+                fine_tune_learning_rate,
+            ),
+            TrainSettings(epochs, batch_size, learning_rate, seed=seed, model_fn=model_fn),
+            host_fetch=from_host,
+        )
+    finally:
+        target.host.close()
+    if decision["decision"] == "no-new-data":
+        emit(
+            decision,
+            as_json,
+            f"no new data, nothing to do (version "
+            f"{decision['champion_version']} was trained on it)",
+        )
+        return
+    emit(
+        decision,
+        as_json,
+        f"challenger accepted: accuracy {decision['challenger']['accuracy']:.4f}"
+        + (
+            f" vs champion {decision['champion']['accuracy']:.4f} (version "
+            f"{decision['champion_version']})"
+            if decision["champion"]
+            else ""
+        )
+        + f"; report {workspace / 'retrain' / 'report.md'}",
     )
 
 

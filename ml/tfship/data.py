@@ -531,3 +531,36 @@ def build(
             save_split(out / f"{name}.npz", getattr(prepared, name))
         write_json(out / "manifest.json", info)
     return info
+
+
+def make_snapshot(out: Path, kind: str = "shift", seed: int = 0, source: str = "digits") -> dict:
+    """Write a new data snapshot (NPZ, uint8 0-255) derived from ``source``.
+
+    ``shift``: the same images moved one pixel and dimmed a little, with a seed-dependent
+    sample: new data a retrain should learn from. ``poisoned``: labels shuffled independently
+    of the images, the failure the original CircleCI sample simulates; the gate must reject it.
+    """
+    raw = load_source(source)
+    full = normalise(raw.images, raw.labels, raw.origin, Checks(), raw.scale)
+    rng = np.random.default_rng(seed)
+    images, labels = full.images[..., 0], full.labels.copy()
+    if kind == "shift":
+        keep = rng.random(labels.size) < 0.9
+        images, labels = images[keep], labels[keep]
+        moved = np.roll(images, shift=1 if seed % 2 == 0 else -1, axis=2)
+        some = rng.random(labels.size) < 0.3
+        images = np.where(some[:, None, None], moved, images) * 0.95
+    elif kind == "poisoned":
+        labels = rng.permutation(labels)
+    else:
+        raise DataError(f"unknown snapshot kind {kind!r}", hint="use shift or poisoned")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.npz")
+    np.savez_compressed(
+        tmp,
+        images=np.round(np.clip(images, 0, 1) * 255).astype(np.uint8),
+        labels=labels.astype(np.int64),
+    )
+    tmp.replace(out)
+    return {"path": str(out), "kind": kind, "rows": int(labels.size)}

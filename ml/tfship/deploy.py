@@ -307,6 +307,9 @@ def deploy(target: Target, package_dir: Path, s: DeploySettings) -> DeployResult
                 )
         except (TfshipError, OSError, ValueError) as exc:
             raise _rolled_back(target, model, version, previous, exc, s) from exc
+        except BaseException as exc:  # Ctrl-C / SIGTERM mid-verification: leave no half state
+            _rolled_back(target, model, version, previous, exc, s)
+            raise
         removed = retain(target, model, s.keep, version)
     times["total"] = round(time.monotonic() - t0, 3)
     event(
@@ -424,12 +427,11 @@ def make_target(
 ) -> Target:
     """A local folder (no hostname: the embedded default) or an SSH host."""
     if not hostname:
+        from tfship.serving import default_serving_url
         from tfship.store import LocalHost
 
         root = str(Path(base).expanduser().absolute())
-        return Target(
-            LocalHost(), root, serving_url or f"http://127.0.0.1:{config.REST_PORT}", transport
-        )
+        return Target(LocalHost(), root, serving_url or default_serving_url(base), transport)
     from tfship.ssh import SSHHost, SSHSettings
 
     host = SSHHost(SSHSettings(hostname=hostname, **ssh)).connect()

@@ -111,6 +111,8 @@ def predict_keras(model_path: Path, images: np.ndarray, batch_size: int = 256) -
     import keras
 
     model = keras.models.load_model(model_path)
+    # A single-input Keras 3 model takes the plain array (a dict keyed by the input's name
+    # makes Keras warn about the structure).
     return np.asarray(model.predict(images, batch_size=batch_size, verbose=0))
 
 

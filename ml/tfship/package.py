@@ -150,7 +150,9 @@ def package(
             "eval/metrics.json is for another model than model/model.keras",
             hint="run `tfship test` again",
         )
-    version = check_version(version if version is not None else default_version())
+    if version is None:  # time-based, but always above what the store already holds
+        version = max(default_version(), max(store.versions(model_name), default=0) + 1)
+    version = check_version(version)
     test = load_split(ws.data / "test.npz")
     golden = test.images[: config.GOLDEN_BATCH]
     model = keras.models.load_model(model_path)

@@ -1,13 +1,27 @@
-"""``tfship run``: the main job, every stage in one process on the embedded defaults."""
+"""``tfship run``: the main job, end to end on the embedded defaults.
+
+First run: build -> train -> test -> package -> start the local serving (``tfship serve`` on a
+free port, in the background) -> deploy -> test-deployed. With ``retrain``: then a new data
+snapshot (the default data with a shift, or ``--data``) -> build -> retrain -> test -> package
+-> deploy -> test-deployed. Every stage is atomic, so Ctrl-C leaves no half state.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tfship import config
 from tfship.data import Checks
+from tfship.errors import ServingError
 from tfship.evaluate import Gates
 from tfship.log import event
 
@@ -18,36 +32,185 @@ class RunSettings:
 
     workspace: Path = Path("workspace")
     store: Path = Path("store")
+    serving: Path = Path("serving")
     model_name: str = config.DEFAULT_MODEL_NAME
     data: str = config.DEFAULT_DATA
     data_sha256: str | None = None
+    retrain_data: str | None = None
     checks: Checks = field(default_factory=Checks)
     gates: Gates = field(default_factory=Gates)
     epochs: int = config.EPOCHS
     seed: int = config.DEFAULT_SEED
     version: int | None = None
+    retrain: bool = False
+    keep_serving: bool = True
+    latency_requests: int = 50
+
+
+@dataclass
+class LocalServer:
+    """The background `tfship serve` that ``tfship run`` deploys to."""
+
+    pid: int
+    rest_port: int
+    grpc_port: int
+    log: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _alive(state: dict, model: str) -> bool:
+    import requests
+
+    try:
+        os.kill(state["pid"], 0)
+        requests.get(f"http://127.0.0.1:{state['rest_port']}/v1/models/{model}", timeout=2)
+        return True
+    except (OSError, KeyError, requests.RequestException):
+        return False
+
+
+def ensure_server(serving: Path, model: str, timeout: float = 90) -> LocalServer:
+    """Reuse the local serving of an earlier run if it answers, else start one."""
+    serving = serving.absolute()
+    (serving / model).mkdir(parents=True, exist_ok=True)
+    state_file = serving / "serve.json"
+    if state_file.exists():
+        state = json.loads(state_file.read_text())
+        if _alive(state, model):
+            return LocalServer(state["pid"], state["rest_port"], state["grpc_port"], state["log"])
+    ready = serving / ".ready.json"
+    ready.unlink(missing_ok=True)
+    log = serving / "serve.log"
+    rest, grpc = _free_port(), _free_port()
+    with open(log, "a") as fh:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tfship",
+                "serve",
+                "--model_name",
+                model,
+                "--model_base_path",
+                str(serving / model),
+                "--rest_api_port",
+                str(rest),
+                "--port",
+                str(grpc),
+                "--file_system_poll_wait_seconds",
+                "0.5",
+                "--ready_file",
+                str(ready),
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise ServingError(f"the local tfship serve did not start; see {log}")
+        time.sleep(0.1)
+    info = json.loads(ready.read_text())
+    server = LocalServer(proc.pid, info["rest_port"], info["grpc_port"], str(log))
+    state_file.write_text(json.dumps(server.__dict__))
+    event("run", "local serving started", url=server.url, pid=server.pid)
+    return server
 
 
 def run_all(s: RunSettings) -> dict:
-    """build -> train -> test -> package; returns each stage's result and timings."""
-    from tfship.data import build
+    """The whole loop; returns each stage's result, timings and where things are."""
+    from tfship.data import build, make_snapshot
+    from tfship.deploy import DeploySettings, deploy, make_target
     from tfship.evaluate import evaluate
     from tfship.package import package
+    from tfship.retrain import RetrainSettings, retrain
     from tfship.store import local_store
     from tfship.train import TrainSettings, train
+    from tfship.verify import VerifySettings, test_deployed
 
     timings: dict[str, float] = {}
     results: dict[str, dict] = {}
+    store = local_store(s.store)
+    verify = VerifySettings(min_accuracy=None, latency_requests=s.latency_requests)
 
     def step(name: str, fn, *args) -> dict:
         started = time.monotonic()
-        event("run", f"stage {name} starting")
+        event("run", f"stage {name}")
         results[name] = fn(*args)
         timings[name] = round(time.monotonic() - started, 2)
         return results[name]
 
-    step("build", build, s.workspace, s.data, s.checks, s.seed, s.data_sha256)
-    step("train", train, s.workspace, TrainSettings(epochs=s.epochs, seed=s.seed))
-    step("test", evaluate, s.workspace, s.gates)
-    step("package", package, s.workspace, local_store(s.store), s.model_name, s.version)
-    return {"results": results, "timings": timings}
+    def ship(prefix: str, expect: int | None = None) -> None:
+        step(f"{prefix}test", evaluate, s.workspace, s.gates)
+        pkg = step(
+            f"{prefix}package",
+            package,
+            s.workspace,
+            store,
+            s.model_name,
+            s.version if not prefix else None,
+        )
+        target = make_target(None, str(s.serving), server.url, "rest", {})
+        settings = DeploySettings(expect_serving=expect, verify=verify)
+        step(f"{prefix}deploy", lambda: deploy(target, Path(pkg["path"]), settings).to_dict())
+        step(f"{prefix}test-deployed", test_deployed, s.workspace, server.url, s.model_name, verify)
+
+    server = ensure_server(s.serving, s.model_name)
+    try:
+        client = make_target(None, str(s.serving), server.url, "rest", {}).client(s.model_name)
+        first = client.serving_version() is None or not s.retrain
+        if first:
+            step("build", build, s.workspace, s.data, s.checks, s.seed, s.data_sha256)
+            step("train", train, s.workspace, TrainSettings(epochs=s.epochs, seed=s.seed))
+            ship("")
+        if s.retrain:
+            spec = s.retrain_data
+            if spec is None:
+                snap = (
+                    s.workspace.parent
+                    / "snapshots"
+                    / time.strftime("%Y%m%dT%H%M%S.npz", time.gmtime())
+                )
+                spec = step("snapshot", make_snapshot, snap, "shift", int(time.time()) % 100_000)[
+                    "path"
+                ]
+            step("retrain:build", build, s.workspace, spec, s.checks, s.seed, None)
+            decision = step(
+                "retrain",
+                retrain,
+                s.workspace,
+                store,
+                client,
+                s.model_name,
+                RetrainSettings(min_accuracy=s.gates.min_accuracy),
+                TrainSettings(epochs=s.epochs, seed=s.seed),
+            )
+            if decision["decision"] != "no-new-data":
+                ship("retrain:", decision["champion_version"])
+        serving_now = client.serving_version()
+    finally:
+        if not s.keep_serving:
+            server.stop()
+    return {
+        "results": results,
+        "timings": timings,
+        "serving_version": serving_now,
+        "server": server.__dict__,
+        "url": server.url,
+        "kept_serving": s.keep_serving,
+    }

@@ -54,12 +54,19 @@ def failed(checks: list[Check]) -> list[Check]:
     return [c for c in checks if not c.passed]
 
 
-def summary(checks: list[Check]) -> str:
-    """One line naming each failed check with its numbers (or 'all N checks passed')."""
+def summary(checks: list[Check], limit: int = 3) -> str:
+    """One line naming the failed checks with their numbers (or 'all N checks passed').
+
+    At most ``limit`` are spelled out (the first ones: the headline metrics come first);
+    the report and JUnit file list every one.
+    """
     bad = failed(checks)
     if not bad:
         return f"all {len(checks)} checks passed"
-    return "; ".join(c.describe() for c in bad)
+    text = "; ".join(c.describe() for c in bad[:limit])
+    if len(bad) > limit:
+        text += f"; and {len(bad) - limit} more failed checks"
+    return text
 
 
 def write_junit(path: Path, suite: str, checks: list[Check], seconds: float = 0.0) -> None:

@@ -38,14 +38,25 @@ class VersionState:
     error_message: str = ""
 
 
-def default_serving_url() -> str:
-    """``TF_SERVING_URL``, else the deploy host on 8501, else localhost."""
+def default_serving_url(local_base: str = "serving") -> str:
+    """``TF_SERVING_URL``; else the deploy host on 8501; else the local serving that
+    ``tfship run`` started (``<local_base>/serve.json``); else localhost:8501."""
+    import json
     import os
+    from pathlib import Path
 
     if os.environ.get("TF_SERVING_URL"):
         return os.environ["TF_SERVING_URL"]
-    host = (os.environ.get("DEPLOY_SERVER_HOSTNAME") or "127.0.0.1").split(",")[0].strip()
-    return f"http://{host}:{config.REST_PORT}"
+    host = (os.environ.get("DEPLOY_SERVER_HOSTNAME") or "").split(",")[0].strip()
+    if host:
+        return f"http://{host}:{config.REST_PORT}"
+    state = Path(local_base) / "serve.json"
+    if state.is_file():
+        try:
+            return f"http://127.0.0.1:{int(json.loads(state.read_text())['rest_port'])}"
+        except (ValueError, KeyError, OSError):
+            pass
+    return f"http://127.0.0.1:{config.REST_PORT}"
 
 
 class ServingClient:

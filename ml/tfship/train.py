@@ -64,11 +64,10 @@ def fit(
     model: keras.Model, train: Split, val: Split, s: TrainSettings, stage: str = "train"
 ) -> dict[str, list[float]]:
     """Fit with early stopping on validation loss (best weights restored)."""
-    input_name = model.inputs[0].name
 
     def pipe(split: Split, shuffle: bool) -> tf.data.Dataset:
-        """A tf.data pipeline over an in-memory split, keyed by the model's input name."""
-        ds = tf.data.Dataset.from_tensor_slices(({input_name: split.images}, split.labels))
+        """A tf.data pipeline over an in-memory split (plain tensors: one named input)."""
+        ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
         if shuffle:
             ds = ds.shuffle(len(split), seed=s.seed, reshuffle_each_iteration=True)
         return ds.batch(s.batch_size).prefetch(tf.data.AUTOTUNE)
@@ -126,6 +125,7 @@ def train(
     train_split = load_split(data_dir / "train.npz")
     val_split = load_split(data_dir / "val.npz")
     keras.utils.set_random_seed(s.seed)
+    tf.config.experimental.enable_op_determinism()  # same seed, same data -> same model
     shape = tuple(train_split.images.shape[1:])
     num_classes = int(data_manifest["num_classes"])
     if init_model is not None:
