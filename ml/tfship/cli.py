@@ -1186,6 +1186,348 @@ def retrain(
     )
 
 
+@cli.command(context_settings=CONTEXT)
+@workspace_option
+@opt(
+    "--event",
+    "event_kind",
+    env="TFSHIP_NOTIFY_EVENT",
+    type=click.Choice(["fail", "pass", "approval", "info"]),
+    default="fail",
+    show_default=True,
+)
+@opt(
+    "--webhook-env",
+    env="TFSHIP_WEBHOOK_ENV",
+    default="TFSHIP_WEBHOOK_URL",
+    show_default=True,
+    help="Name of the variable holding the webhook URL (a secret: never printed).",
+)
+@opt(
+    "--format",
+    "fmt",
+    env="TFSHIP_NOTIFY_FORMAT",
+    type=click.Choice(["slack", "json"]),
+    default="slack",
+    show_default=True,
+    help="Slack incoming-webhook JSON, or a generic JSON body.",
+)
+@opt("--job", env="CIRCLE_JOB", default=None, help="Job name (CircleCI sets CIRCLE_JOB).")
+@opt("--stage", env="TFSHIP_STAGE", default=None)
+@opt("--message", env="TFSHIP_NOTIFY_MESSAGE", default=None)
+@opt(
+    "--evidence",
+    "evidence_file",
+    env="TFSHIP_NOTIFY_EVIDENCE",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A markdown file to include (e.g. workspace/retrain/report.md before an approval).",
+)
+@click.option("--strict", is_flag=True, help="Fail (exit 7) if the post fails.")
+@json_option
+def notify(
+    workspace: Path,
+    event_kind: str,
+    webhook_env: str,
+    fmt: str,
+    job: str | None,
+    stage: str | None,
+    message: str | None,
+    evidence_file: Path | None,
+    strict: bool,
+    as_json: bool,
+) -> None:
+    """Post what happened to a webhook: job, stage, version, the failed check and its numbers.
+
+    Reads the failed check from the workspace reports (deployed/, retrain/, eval/). Network
+    errors never fail the job unless --strict.
+    """
+    import os
+
+    from tfship.notify import notify as run
+
+    n = run(
+        workspace,
+        event_kind,
+        os.environ.get(webhook_env),
+        fmt,
+        job,
+        stage,
+        message,
+        evidence_file,
+        strict,
+    )
+    emit(
+        n,
+        as_json,
+        f"notification {'sent' if n['sent'] else 'not sent'}: {event_kind}"
+        + (f" ({n['failed_check']})" if n.get("failed_check") else ""),
+    )
+
+
+@cli.group(context_settings=CONTEXT)
+def ci() -> None:
+    """The CircleCI API: trigger, status, approve, schedule, watch-data.
+
+    Needs a personal API token in CIRCLE_TOKEN (never printed) and the project slug
+    (vcs/org/repo) in CIRCLE_PROJECT_SLUG or --project.
+    """
+
+
+def api_options(f):
+    f = opt(
+        "--api-url",
+        env="CIRCLECI_API_URL",
+        default="https://circleci.com/api/v2",
+        show_default=True,
+        help="API base (CircleCI server installs have their own).",
+    )(f)
+    f = opt(
+        "--token-env",
+        env="TFSHIP_TOKEN_ENV",
+        default="CIRCLE_TOKEN",
+        show_default=True,
+        help="Variable holding the personal API token.",
+    )(f)
+    return f
+
+
+def project_option(f):
+    return opt(
+        "--project", env="CIRCLE_PROJECT_SLUG", required=True, help="Project slug: gh/org/repo."
+    )(f)
+
+
+def _api(api_url: str, token_env: str):
+    import os
+
+    from tfship.circleci import CircleCI
+
+    return CircleCI(os.environ.get(token_env, ""), api_url)
+
+
+@ci.command("trigger", context_settings=CONTEXT)
+@api_options
+@project_option
+@opt("--branch", env="TFSHIP_CI_BRANCH", default=None, help="Default: main.")
+@opt("--tag", env="TFSHIP_CI_TAG", default=None)
+@click.option("--param", "params", multiple=True, help="Pipeline parameter k=v (repeatable).")
+@opt(
+    "--definition-id",
+    env="TFSHIP_DEFINITION_ID",
+    default=None,
+    help="Use POST .../pipeline/run with this pipeline definition id.",
+)
+@click.option("--wait", is_flag=True, help="Follow the pipeline until its workflows exist.")
+@json_option
+def ci_trigger(
+    api_url, token_env, project, branch, tag, params, definition_id, wait, as_json
+) -> None:
+    """Trigger a pipeline (e.g. --param retrain=true --param data_uri=...)."""
+    from tfship.circleci import parse_params
+
+    api = _api(api_url, token_env)
+    parameters = parse_params(params)
+    if definition_id:
+        p = api.run_pipeline(project, definition_id, branch, tag, parameters)
+    else:
+        p = api.trigger(project, branch, tag, parameters)
+    out = {"pipeline": p}
+    if wait:
+        out["workflows"] = api.wait_workflows(p["id"])
+    emit(
+        out,
+        as_json,
+        f"pipeline {p.get('number')} created ({p['id']})"
+        + "".join(f"\n  workflow {w['name']}: {w['status']}" for w in out.get("workflows", [])),
+    )
+
+
+@ci.command("status", context_settings=CONTEXT)
+@api_options
+@click.argument("pipeline_id")
+@json_option
+def ci_status(api_url, token_env, pipeline_id, as_json) -> None:
+    """A pipeline's workflows and their jobs (status like the web console)."""
+    api = _api(api_url, token_env)
+    flows = api.workflows(pipeline_id)
+    out = [{**w, "jobs": api.jobs(w["id"])} for w in flows]
+    lines = []
+    for w in out:
+        lines.append(f"{w['name']}: {w['status']}")
+        lines += [f"  {j['name']}: {j['status']}" for j in w["jobs"]]
+    emit({"workflows": out}, as_json, "\n".join(lines) or "no workflows yet")
+
+
+@ci.command("approve", context_settings=CONTEXT)
+@api_options
+@click.argument("workflow_id")
+@opt(
+    "--job",
+    "job_name",
+    env="TFSHIP_APPROVAL_JOB",
+    default="hold",
+    show_default=True,
+    help="Name of the approval job.",
+)
+@opt(
+    "--timeout",
+    env="TFSHIP_APPROVAL_TIMEOUT",
+    type=click.FloatRange(0),
+    default=300.0,
+    show_default=True,
+    help="How long to wait for the approval job to appear (seconds).",
+)
+@opt(
+    "--poll",
+    env="TFSHIP_APPROVAL_POLL",
+    type=click.FloatRange(0.01),
+    default=5.0,
+    show_default=True,
+)
+@click.option("--reject", is_flag=True, help="Cancel the approval job instead.")
+@json_option
+def ci_approve(api_url, token_env, workflow_id, job_name, timeout, poll, reject, as_json) -> None:
+    """Approve (or --reject) the on-hold approval job of a workflow, waiting for it."""
+    api = _api(api_url, token_env)
+    job = api.find_approval(workflow_id, job_name, timeout, poll)
+    if reject:
+        api.cancel_job(job["id"])
+    else:
+        api.approve(workflow_id, job.get("approval_request_id") or job["id"])
+    verb = "rejected" if reject else "approved"
+    emit({"job": job, "action": verb}, as_json, f"{verb} {job['name']} in workflow {workflow_id}")
+
+
+@ci.group("schedule", context_settings=CONTEXT)
+def ci_schedule() -> None:
+    """Schedule triggers (e.g. the nightly retrain)."""
+
+
+@ci_schedule.command("create", context_settings=CONTEXT)
+@api_options
+@project_option
+@opt("--name", env="TFSHIP_SCHEDULE_NAME", default="nightly-retrain", show_default=True)
+@opt(
+    "--hour",
+    "hours",
+    multiple=True,
+    type=click.IntRange(0, 23),
+    default=(2,),
+    show_default=True,
+    help="UTC hour (repeatable).",
+)
+@opt(
+    "--day",
+    "days",
+    multiple=True,
+    type=click.Choice(["MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"]),
+    default=("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"),
+    show_default=True,
+)
+@opt("--branch", env="TFSHIP_CI_BRANCH", default="main", show_default=True)
+@click.option(
+    "--param", "params", multiple=True, help="Pipeline parameter k=v. Default: retrain=true."
+)
+@json_option
+def ci_schedule_create(
+    api_url, token_env, project, name, hours, days, branch, params, as_json
+) -> None:
+    """Create a schedule trigger; it sets retrain=true so the retrain-deploy workflow runs."""
+    from tfship.circleci import parse_params
+
+    parameters = parse_params(params) if params else {"retrain": True}
+    s = _api(api_url, token_env).create_schedule(
+        project, name, list(hours), list(days), branch, parameters
+    )
+    emit(
+        s,
+        as_json,
+        f"schedule {s.get('name', name)} created ({s.get('id')}): "
+        f"{','.join(days)} at {','.join(f'{h:02d}:00' for h in hours)} UTC",
+    )
+
+
+@ci_schedule.command("list", context_settings=CONTEXT)
+@api_options
+@project_option
+@json_option
+def ci_schedule_list(api_url, token_env, project, as_json) -> None:
+    """List the project's schedules."""
+    items = _api(api_url, token_env).schedules(project)
+    emit(
+        {"items": items},
+        as_json,
+        "\n".join(f"{s['id']}  {s['name']}" for s in items) or "no schedules",
+    )
+
+
+@ci_schedule.command("delete", context_settings=CONTEXT)
+@api_options
+@click.argument("schedule_id")
+def ci_schedule_delete(api_url, token_env, schedule_id) -> None:
+    """Delete a schedule."""
+    _api(api_url, token_env).delete_schedule(schedule_id)
+    click.echo(f"schedule {schedule_id} deleted")
+
+
+@ci.command("watch-data", context_settings=CONTEXT)
+@api_options
+@project_option
+@click.argument("source")
+@opt(
+    "--state",
+    "state_file",
+    env="TFSHIP_WATCH_STATE",
+    default=".tfship-watch.json",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Remembers which snapshots were already triggered.",
+)
+@opt("--branch", env="TFSHIP_CI_BRANCH", default="main", show_default=True)
+@opt(
+    "--interval",
+    env="TFSHIP_WATCH_INTERVAL",
+    type=click.FloatRange(0.1),
+    default=300.0,
+    show_default=True,
+    help="Seconds between polls.",
+)
+@opt(
+    "--max-polls",
+    env="TFSHIP_WATCH_MAX_POLLS",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Polls before exiting (1: check once, for cron).",
+)
+@json_option
+def ci_watch_data(
+    api_url, token_env, project, source, state_file, branch, interval, max_polls, as_json
+) -> None:
+    """Trigger retrain-deploy once per new data snapshot at SOURCE.
+
+    SOURCE is a folder, an https:// listing ('<url> <sha256>' per line) or
+    ssh://user@host/path. The pipeline gets retrain=true and data_uri=<uri>#sha256=<hex>.
+    """
+    import time
+
+    from tfship.circleci import watch_once
+
+    api = _api(api_url, token_env)
+    results = []
+    for n in range(max_polls):
+        results.append(watch_once(api, project, source, state_file, branch))
+        if n + 1 < max_polls:
+            time.sleep(interval)
+    last = results[-1]
+    emit(
+        {"polls": results},
+        as_json,
+        f"{last['action']}: " + (last.get("data_uri") or last.get("reason", "")),
+    )
+
+
 def main(argv: list[str] | None = None, prog_name: str = "tfship") -> None:
     """Entry point: run the CLI; expected failures become one line and an exit code."""
     from tfship.env import load_dotenv_file
