@@ -1,0 +1,396 @@
+#!/usr/bin/env python3
+"""Checks for the orb and .circleci/config.yml that the CircleCI JSON schema does not make.
+
+- orb-tools review rules: RC001 display.source_url; RC002 descriptions on every command, job,
+  executor and example; RC003 at least one example; RC005 orb description >= 64 characters;
+  RC008 every `run` is a map with a `name`; RC009 a `command` over 64 characters is an
+  `<<include(...)>>`; RC010 snake_case component and parameter names; RC012 no `$ENV` in a
+  cache key.
+- What the schema misses: steps that are neither built-in nor defined commands, undefined
+  executors and jobs, parameters used but not declared (`<< parameters.x >>`,
+  `<< pipeline.parameters.x >>`), arguments a command or job does not take, required
+  arguments not given, enum defaults outside the enum, `type:` other than `approval`, approval
+  names that are defined jobs, unknown `requires`, unknown keys (`requirs:`), unknown top-level
+  keys, and invalid cron strings.
+
+    python tools/check_orb.py     # checks orb/src, orb/orb.yml and .circleci/config.yml
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILTIN_STEPS = {
+    "run",
+    "checkout",
+    "setup_remote_docker",
+    "save_cache",
+    "restore_cache",
+    "deploy",
+    "store_artifacts",
+    "store_test_results",
+    "persist_to_workspace",
+    "attach_workspace",
+    "add_ssh_keys",
+    "when",
+    "unless",
+}
+CONFIG_KEYS = {
+    "version",
+    "orbs",
+    "commands",
+    "executors",
+    "jobs",
+    "workflows",
+    "parameters",
+    "setup",
+}
+ORB_KEYS = {
+    "version",
+    "description",
+    "display",
+    "orbs",
+    "commands",
+    "executors",
+    "jobs",
+    "examples",
+}
+WORKFLOW_ENTRY_KEYS = {
+    "requires",
+    "name",
+    "context",
+    "filters",
+    "type",
+    "matrix",
+    "pre-steps",
+    "post-steps",
+    "serial-group",
+    "override-with",
+}
+SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
+PARAM_REF = re.compile(r"<<\s*parameters\.([A-Za-z0-9_-]+)\s*>>")
+PIPELINE_REF = re.compile(r"<<\s*pipeline\.parameters\.([A-Za-z0-9_-]+)\s*>>")
+INCLUDE = re.compile(r"^<<\s*include\([^()]+\)\s*>>$")
+PARAM_TYPES = {"string", "boolean", "integer", "enum", "env_var_name", "steps", "executor"}
+CRON_RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
+
+
+def _strings(value):
+    """Every string inside a YAML value."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def _step_name(step) -> tuple[str, dict]:
+    if isinstance(step, str):
+        return step, {}
+    if isinstance(step, dict) and len(step) == 1:
+        name, args = next(iter(step.items()))
+        return name, args if isinstance(args, dict) else {}
+    return "?", {}
+
+
+# --------------------------------------------------------------------------------------------
+# Review rules (on the source tree, where includes are still visible)
+# --------------------------------------------------------------------------------------------
+
+
+def review(src: Path) -> list[str]:
+    """orb-tools review rules on orb/src."""
+    out: list[str] = []
+    top = yaml.safe_load((src / "@orb.yml").read_text()) or {}
+    if not (top.get("display") or {}).get("source_url"):
+        out.append("RC001 @orb.yml: display.source_url is not set")
+    if len(str(top.get("description", "")).strip()) < 64:
+        out.append("RC005 @orb.yml: the orb description is under 64 characters")
+    examples = list((src / "examples").glob("*.yml")) if (src / "examples").is_dir() else []
+    if not examples:
+        out.append("RC003 orb/src/examples: no usage example")
+    for folder in ("commands", "jobs", "executors", "examples"):
+        for f in sorted((src / folder).glob("*.yml")) if (src / folder).is_dir() else []:
+            where = f"{folder}/{f.name}"
+            body = yaml.safe_load(f.read_text()) or {}
+            if not str(body.get("description", "")).strip():
+                out.append(f"RC002 {where}: no description")
+            if not SNAKE.match(f.stem):
+                out.append(f"RC010 {where}: component name {f.stem!r} is not snake_case")
+            for p in body.get("parameters") or {}:
+                if not SNAKE.match(p):
+                    out.append(f"RC010 {where}: parameter {p!r} is not snake_case")
+            for step in _all_steps(body):
+                out += _review_step(step, where)
+    return out
+
+
+def _all_steps(body: dict):
+    yield from body.get("steps") or []
+
+
+def _review_step(step, where: str) -> list[str]:
+    out = []
+    name, args = _step_name(step)
+    if name == "run":
+        if not isinstance(step["run"], dict):
+            out.append(f"RC008 {where}: a `run` step is a string; make it a map with a name")
+        else:
+            if not args.get("name"):
+                out.append(f"RC008 {where}: a `run` step has no name")
+            command = str(args.get("command", ""))
+            if len(command) > 64 and not INCLUDE.match(command.strip()):
+                out.append(
+                    f"RC009 {where}: a command of {len(command)} characters is inline; "
+                    "move it to src/scripts and <<include(...)>> it"
+                )
+    if name in ("restore_cache", "save_cache"):
+        keys = [args.get("key")] + list(args.get("keys") or [])
+        for key in filter(None, keys):
+            if "$" in key:
+                out.append(f"RC012 {where}: cache key {key!r} uses an environment variable")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Semantic checks (on the packed orb and the config)
+# --------------------------------------------------------------------------------------------
+
+
+def _check_params(decl: dict | None, where: str) -> list[str]:
+    out = []
+    for pname, p in (decl or {}).items():
+        if not isinstance(p, dict):
+            out.append(f"{where}: parameter {pname!r} is not a map")
+            continue
+        if p.get("type") not in PARAM_TYPES:
+            out.append(f"{where}: parameter {pname!r} has type {p.get('type')!r}")
+        if p.get("type") == "enum" and "default" in p and p["default"] not in (p.get("enum") or []):
+            out.append(
+                f"{where}: enum parameter {pname!r} default {p['default']!r} is not in "
+                f"its enum {p.get('enum')}"
+            )
+    return out
+
+
+def _check_refs(body, declared: dict | None, where: str) -> list[str]:
+    used = {m for s in _strings(body) for m in PARAM_REF.findall(s)}
+    return [
+        f"{where}: << parameters.{u} >> is used but not declared"
+        for u in sorted(used - set(declared or {}))
+    ]
+
+
+def _check_args(
+    target: str, decl: dict | None, args: dict, where: str, extra_ok: set[str] = frozenset()
+) -> list[str]:
+    decl = decl or {}
+    out = [
+        f"{where}: {target} takes no argument {k!r}"
+        for k in args
+        if k not in decl and k not in extra_ok
+    ]
+    out += [
+        f"{where}: {target} needs argument {k!r} (no default)"
+        for k, p in decl.items()
+        if isinstance(p, dict) and "default" not in p and k not in args
+    ]
+    return out
+
+
+def check_components(doc: dict, label: str, prefix: str = "") -> list[str]:
+    """Commands, jobs and executors of a config or an orb: steps, executors, parameters."""
+    out = []
+    commands = doc.get("commands") or {}
+    executors = doc.get("executors") or {}
+    orbs = doc.get("orbs") or {}
+
+    def known_command(name: str) -> dict | None | bool:
+        if name in commands:
+            return commands[name]
+        if "/" in name:
+            orb_name, _, cmd = name.partition("/")
+            orb = orbs.get(orb_name)
+            if isinstance(orb, dict):
+                return (orb.get("commands") or {}).get(cmd, False)
+            return orb is not None  # an external orb: cannot look inside
+        return False
+
+    def steps_ok(steps, where, declared) -> list[str]:
+        errs = []
+        for step in steps or []:
+            name, args = _step_name(step)
+            if name in BUILTIN_STEPS:
+                continue
+            if name == "?":
+                errs.append(f"{where}: a step is not a name or a one-key map: {step!r}")
+                continue
+            target = known_command(name)
+            if target is False:
+                errs.append(f"{where}: step {name!r} is neither a built-in step nor a command")
+            elif isinstance(target, dict):
+                errs += _check_args(f"command {name!r}", target.get("parameters"), args, where)
+        return errs
+
+    for cname, c in commands.items():
+        where = f"{label} command {prefix}{cname}"
+        out += _check_params(c.get("parameters"), where)
+        out += _check_refs(c, c.get("parameters"), where)
+        out += steps_ok(c.get("steps"), where, c.get("parameters"))
+    for ename, e in executors.items():
+        where = f"{label} executor {prefix}{ename}"
+        out += _check_params(e.get("parameters"), where)
+        out += _check_refs(e, e.get("parameters"), where)
+    for jname, j in (doc.get("jobs") or {}).items():
+        where = f"{label} job {prefix}{jname}"
+        out += _check_params(j.get("parameters"), where)
+        out += _check_refs(j, j.get("parameters"), where)
+        out += steps_ok(j.get("steps"), where, j.get("parameters"))
+        ex = j.get("executor")
+        ex_name = ex.get("name") if isinstance(ex, dict) else ex
+        named = isinstance(ex_name, str) and not PARAM_REF.search(ex_name)
+        if named and ex_name not in executors and "/" not in ex_name:
+            out.append(f"{where}: executor {ex_name!r} is not defined")
+        if not (ex or j.get("docker") or j.get("machine") or j.get("macos")):
+            out.append(f"{where}: no executor, docker, machine or macos")
+        for pname, p in (j.get("parameters") or {}).items():
+            if (
+                isinstance(p, dict)
+                and p.get("type") == "executor"
+                and "default" in p
+                and p["default"] not in executors
+            ):
+                out.append(
+                    f"{where}: executor parameter {pname!r} default {p['default']!r} "
+                    "is not a defined executor"
+                )
+    return out
+
+
+def check_orb(orb: dict, label: str = "orb") -> list[str]:
+    """Semantic checks of a packed orb."""
+    out = [f"{label}: unknown top-level key {k!r}" for k in orb if k not in ORB_KEYS]
+    out += check_components(orb, label)
+    return out
+
+
+def valid_cron(expr: str) -> bool:
+    """Five fields, each *, a number, a range, a list, or with a /step, inside its range."""
+    fields = str(expr).split()
+    if len(fields) != 5:
+        return False
+    for field, (lo, hi) in zip(fields, CRON_RANGES, strict=True):
+        for part in field.split(","):
+            base, _, step = part.partition("/")
+            if step and (not step.isdigit() or int(step) == 0):
+                return False
+            if base == "*":
+                continue
+            bounds = base.split("-")
+            if len(bounds) > 2 or not all(b.isdigit() for b in bounds):
+                return False
+            if not all(lo <= int(b) <= hi for b in bounds):
+                return False
+    return True
+
+
+def check_config(config: dict) -> list[str]:
+    """Semantic checks of .circleci/config.yml, its inline orbs included."""
+    out = [f"config: unknown top-level key {k!r}" for k in config if k not in CONFIG_KEYS]
+    pipeline_params = config.get("parameters") or {}
+    out += _check_params(pipeline_params, "config pipeline")
+    used = {m for s in _strings(config.get("workflows") or {}) for m in PIPELINE_REF.findall(s)}
+    used |= {m for s in _strings(config.get("jobs") or {}) for m in PIPELINE_REF.findall(s)}
+    out += [
+        f"config: << pipeline.parameters.{u} >> is used but not declared"
+        for u in sorted(used - set(pipeline_params))
+    ]
+    orbs = config.get("orbs") or {}
+    for oname, orb in orbs.items():
+        if isinstance(orb, dict):
+            out += check_orb(orb, f"inline orb {oname}")
+            code = {k: v for k, v in orb.items() if k != "examples"}  # usage is a config
+            inside = {m for s in _strings(code) for m in PIPELINE_REF.findall(s)}
+            out += [
+                f"inline orb {oname}: uses << pipeline.parameters.{u} >> (pipeline "
+                "parameters are not visible inside orbs)"
+                for u in sorted(inside)
+            ]
+    out += check_components(config, "config")
+    jobs = config.get("jobs") or {}
+
+    def job_decl(name: str) -> dict | None | bool:
+        if name in jobs:
+            return jobs[name]
+        if "/" in name:
+            orb_name, _, job = name.partition("/")
+            orb = orbs.get(orb_name)
+            if isinstance(orb, dict):
+                return (orb.get("jobs") or {}).get(job, False)
+            return orb is not None
+        return False
+
+    for wname, wf in (config.get("workflows") or {}).items():
+        if wname == "version" or not isinstance(wf, dict):
+            continue
+        where = f"workflow {wname}"
+        for key in wf:
+            if key not in ("jobs", "when", "unless", "triggers", "max_auto_reruns"):
+                out.append(f"{where}: unknown key {key!r}")
+        for trig in wf.get("triggers") or []:
+            cron = (trig.get("schedule") or {}).get("cron")
+            if cron is not None and not valid_cron(cron):
+                out.append(f"{where}: invalid cron {cron!r}")
+        entries = []
+        for entry in wf.get("jobs") or []:
+            name, args = _step_name(entry)
+            entries.append((name, args, args.get("name", name)))
+        names = {alias for _, _, alias in entries}
+        for name, args, alias in entries:
+            w = f"{where} job {alias}"
+            if "type" in args:
+                if args["type"] != "approval":
+                    out.append(f"{w}: type {args['type']!r} (the only job type is 'approval')")
+                elif job_decl(name) not in (False, None):
+                    out.append(f"{w}: an approval job must not be named like a defined job")
+            else:
+                decl = job_decl(name)
+                if decl is False:
+                    out.append(f"{w}: job {name!r} is not defined")
+                elif isinstance(decl, dict):
+                    params = {k for k in args if k not in WORKFLOW_ENTRY_KEYS}
+                    out += _check_args(
+                        f"job {name!r}", decl.get("parameters"), {k: args[k] for k in params}, w
+                    )
+            for req in args.get("requires") or []:
+                req_name = next(iter(req)) if isinstance(req, dict) else req
+                if req_name not in names:
+                    out.append(f"{w}: requires {req_name!r}, which is not a job of this workflow")
+    return out
+
+
+def main() -> int:
+    from pack_orb import SRC, pack
+
+    problems = review(SRC)
+    problems += check_orb(pack(SRC), "orb/orb.yml")
+    config = yaml.safe_load((ROOT / ".circleci" / "config.yml").read_text())
+    problems += check_config(config)
+    for p in problems:
+        print(p)
+    print(f"check_orb: {len(problems)} problem(s)", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.exit(main())
