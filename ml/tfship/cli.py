@@ -1528,6 +1528,114 @@ def ci_watch_data(
     )
 
 
+@ci.command("local", context_settings=CONTEXT)
+@click.argument("workflow")
+@opt(
+    "--config",
+    "config_path",
+    env="TFSHIP_CI_CONFIG",
+    default=".circleci/config.yml",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+)
+@click.option("--param", "params", multiple=True, help="Pipeline parameter k=v (repeatable).")
+@click.option("--env", "envs", multiple=True, help="Extra environment k=v for every job.")
+@opt(
+    "--branch",
+    env="TFSHIP_CI_BRANCH",
+    default=None,
+    help="Branch for filters and pipeline.git.branch. Default: the checkout's branch.",
+)
+@click.option("--approve", "approve", multiple=True, help="Approve this approval job.")
+@click.option("--reject", "reject", multiple=True, help="Reject this approval job.")
+@opt(
+    "--jobs",
+    "parallel",
+    env="TFSHIP_CI_JOBS",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Independent jobs to run at once.",
+)
+@opt(
+    "--out",
+    env="TFSHIP_CI_OUT",
+    default=".tfship-ci",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where job folders, workspace layers, artifacts and test results go (emptied first).",
+)
+@json_option
+def ci_local(
+    workflow, config_path, params, envs, branch, approve, reject, parallel, out, as_json
+) -> None:
+    """Run a workflow of .circleci/config.yml on this machine, as CircleCI would.
+
+    \b
+    Expands the inline orb and parameters, evaluates when/unless, runs jobs in requires
+    order (each in its own folder under --out, with CircleCI's workspace layers and step
+    `when` rules), holds at approval jobs (asks on a terminal; --approve/--reject decide;
+    otherwise it reports on_hold), and prints a summary like the web console. Exit 11 if a
+    job failed. Executors are not containers here; caches are no-ops; anything else the
+    runner does not support is refused by name before running.
+    """
+    import os
+
+    from tfship.circleci import parse_params
+    from tfship.localci import (
+        Runner,
+        WorkflowFailed,
+        current_branch,
+        load_config,
+        plan,
+        summary,
+        terminal_decider,
+    )
+
+    project = Path.cwd()
+    branch = branch or current_branch(project)
+    doc = load_config(config_path)
+    jobs, runs = plan(doc, workflow, parse_params(params), branch)
+    if not runs:
+        click.echo(
+            f"workflow {workflow}: its when/unless condition is false for these "
+            "parameters; nothing to run"
+        )
+        return
+    extra = {}
+    for pair in envs:
+        k, sep, v = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"--env {pair!r}: expected k=v")
+        extra[k] = v
+    runner = Runner(
+        project,
+        out,
+        {**os.environ, **extra},
+        branch,
+        terminal_decider(set(approve), set(reject)),
+        parallel,
+        echo=lambda line: click.echo(line, err=True),
+    )
+    results = runner.run(jobs)
+    text = summary(results, workflow)
+    emit(
+        {
+            "workflow": workflow,
+            "jobs": {k: v.__dict__ for k, v in results.items()},
+            "out": str(out),
+        },
+        as_json,
+        text,
+    )
+    failed = [r.name for r in results.values() if r.status == "failed"]
+    if failed:
+        raise WorkflowFailed(
+            f"{workflow}: job(s) failed: {', '.join(failed)}",
+            hint=f"logs in {out}/jobs/<job>/log.txt",
+        )
+
+
 def main(argv: list[str] | None = None, prog_name: str = "tfship") -> None:
     """Entry point: run the CLI; expected failures become one line and an exit code."""
     from tfship.env import load_dotenv_file

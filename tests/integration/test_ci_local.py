@@ -1,0 +1,200 @@
+"""`tfship ci local` runs the project's own config and orb against real sshd and tfship serve."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import subprocess
+import sys
+import threading
+
+import pytest
+import requests
+from helpers import ROOT, start_serve, start_sshd
+
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
+
+
+class Site:
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.sshd = start_sshd(tmp / "sshd")
+        self.base = tmp / "models"
+        (self.base / "digits").mkdir(parents=True)
+        self.served = start_serve(
+            tmp,
+            "--model_name",
+            "digits",
+            "--model_base_path",
+            str(self.base / "digits"),
+            "--file_system_poll_wait_seconds",
+            "0.2",
+        )
+        self.runs = 0
+
+    def local(self, workflow: str, *args: str, **env: str):
+        self.runs += 1
+        out = self.tmp / f"ci-{self.runs}"
+        e = self.sshd.env(
+            DEPLOY_SERVER_PATH=str(self.base),
+            TF_SERVING_URL=self.served.rest,
+            TFSHIP_EPOCHS="8",
+            **env,
+        )
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tfship",
+                "ci",
+                "local",
+                workflow,
+                "--branch",
+                "main",
+                "--out",
+                str(out),
+                "--json",
+                *args,
+            ],
+            cwd=ROOT,
+            env=e,
+            capture_output=True,
+            text=True,
+            timeout=500,
+        )
+        doc = json.loads(p.stdout) if p.stdout.strip().startswith("{") else {}
+        statuses = {k: v["status"] for k, v in doc.get("jobs", {}).items()}
+        return p, statuses, out
+
+    def serving(self) -> int:
+        doc = requests.get(f"{self.served.rest}/v1/models/digits", timeout=5).json()
+        return max(
+            int(v["version"]) for v in doc["model_version_status"] if v["state"] == "AVAILABLE"
+        )
+
+    def stop(self):
+        self.served.stop()
+        self.sshd.stop()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    s = Site(tmp_path_factory.mktemp("cilocal"))
+    p, statuses, out = s.local("build-deploy")
+    s.first = (p, statuses, out)
+    yield s
+    s.stop()
+
+
+def test_build_deploy_runs_green_and_leaves_the_model_served_and_verified(site):
+    p, statuses, out = site.first
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert statuses == dict.fromkeys(
+        ["build", "train", "test", "package", "deploy", "test_deployment"], "success"
+    )
+    package = json.loads(
+        next(
+            (out / "jobs" / "package" / "project" / "workspace" / "package").glob("package.json")
+        ).read_text()
+    )
+    assert site.serving() == package["version"]
+    assert (out / "test-results" / "test" / "junit.xml").exists()
+    assert (out / "test-results" / "test_deployment" / "junit.xml").exists()
+    assert (out / "artifacts" / "test").rglob("report.md")
+    assert "Executors are not containers here" in p.stderr
+
+
+def test_retrain_with_approval_deploys_the_challenger_and_unchanged_data_deploys_nothing(
+    site, tmp_path
+):
+    champion = site.serving()
+    snap = tmp_path / "snap.npz"
+    subprocess.run(
+        [sys.executable, "-m", "tfship", "snapshot", str(snap), "--seed", "4"],
+        check=True,
+        capture_output=True,
+    )
+    p, statuses, _ = site.local(
+        "retrain-deploy",
+        "--param",
+        "retrain=true",
+        "--param",
+        f"data_uri={snap}",
+        "--approve",
+        "hold",
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert set(statuses.values()) == {"success"}
+    challenger = site.serving()
+    assert challenger > champion
+    p, statuses, _ = site.local(
+        "retrain-deploy",
+        "--param",
+        "retrain=true",
+        "--param",
+        f"data_uri={snap}",
+        "--approve",
+        "hold",
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "no new data, nothing to do" in p.stderr
+    assert f"no new data since version {challenger}: nothing to deploy" in p.stderr
+    assert site.serving() == challenger
+
+
+def test_reject_deploys_nothing_and_no_decision_leaves_the_hold_on_hold(site, tmp_path):
+    before = site.serving()
+    snap = tmp_path / "snap.npz"
+    subprocess.run(
+        [sys.executable, "-m", "tfship", "snapshot", str(snap), "--seed", "6"],
+        check=True,
+        capture_output=True,
+    )
+    args = ("--param", "retrain=true", "--param", f"data_uri={snap}")
+    loose = {"TFSHIP_RETRAIN_TOLERANCE": "0.05"}  # this test is about the hold, not the gate
+    p, statuses, _ = site.local("retrain-deploy", *args, "--reject", "hold", **loose)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert statuses["hold"] == "canceled"
+    assert [statuses[j] for j in ("package", "deploy", "test_deployment")] == ["not_run"] * 3
+    assert site.serving() == before
+    p, statuses, _ = site.local("retrain-deploy", *args, **loose)
+    assert p.returncode == 0
+    assert statuses["hold"] == "on_hold" and statuses["package"] == "blocked"
+    assert site.serving() == before
+
+
+@pytest.fixture
+def webhook():
+    received = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    server.shutdown()
+
+
+def test_a_failed_gate_stops_the_workflow_and_the_hook_reports_it(site, webhook):
+    url, received = webhook
+    before = site.serving()
+    p, statuses, _ = site.local(
+        "build-deploy", TFSHIP_MIN_ACCURACY="0.999", TFSHIP_WEBHOOK_URL=url, MODEL_NAME="digits"
+    )
+    assert p.returncode == 11
+    assert statuses["test"] == "failed"
+    assert [statuses[j] for j in ("package", "deploy", "test_deployment")] == ["not_run"] * 3
+    assert "job(s) failed: test" in p.stderr.splitlines()[-1]
+    assert len(received) == 1
+    text = received[0]["text"]
+    assert "tfship test failed" in text and "accuracy: 0." in text
+    assert ">= 0.999 FAILED (missed by" in text
+    assert site.serving() == before
