@@ -805,11 +805,132 @@ def _target(
     return make_target(hostname, base_path, url, transport, ssh)
 
 
+def fleet_options(f):
+    """Several TF Serving hosts: canary first, then batches; all or nothing."""
+    options = [
+        opt(
+            "--hosts-file",
+            env="TFSHIP_HOSTS_FILE",
+            default=None,
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="One 'user@host:port base_path serving_url' per line (a fleet).",
+        ),
+        opt(
+            "--canary-seconds",
+            env="TFSHIP_CANARY_SECONDS",
+            type=click.FloatRange(0),
+            default=30.0,
+            show_default=True,
+            help="Fleet: soak time on the canary host, with the checks repeated.",
+        ),
+        opt(
+            "--max-parallel",
+            env="TFSHIP_MAX_PARALLEL",
+            type=click.IntRange(1),
+            default=2,
+            show_default=True,
+            help="Fleet: hosts deployed at once after the canary.",
+        ),
+        click.option(
+            "--require-all/--no-require-all",
+            default=True,
+            show_default=True,
+            help="Fleet: stop before any change if a host is unreachable.",
+        ),
+    ]
+    for o in reversed(options):
+        f = o(f)
+    return f
+
+
+def _fleet_champion_target(
+    hostname,
+    username,
+    base_path,
+    ssh_port,
+    ssh_key_file,
+    ssh_key_env,
+    known_hosts,
+    accept_unknown_host_key,
+    ssh_timeout,
+    url,
+    transport,
+    model_name,
+):
+    """A fleet's champion is the version every host serves: refuse a mixed fleet."""
+    from tfship.fleet import serving_version, state
+
+    targets = _fleet(
+        hostname,
+        None,
+        username,
+        base_path,
+        ssh_port,
+        ssh_key_file,
+        ssh_key_env,
+        known_hosts,
+        accept_unknown_host_key,
+        ssh_timeout,
+        url,
+        transport,
+        True,
+    )
+    try:
+        serving_version(state(targets, model_name))
+    except Exception:
+        for t in targets:
+            t.host.close()
+        raise
+    for t in targets[1:]:
+        t.host.close()
+    return targets[0]
+
+
+def _is_fleet(hostname: str | None, hosts_file: Path | None) -> bool:
+    return bool(hosts_file) or bool(hostname and "," in hostname)
+
+
+def _fleet(
+    hostname,
+    hosts_file,
+    username,
+    base_path,
+    ssh_port,
+    ssh_key_file,
+    ssh_key_env,
+    known_hosts,
+    accept_unknown_host_key,
+    ssh_timeout,
+    url,
+    transport,
+    require_all,
+):
+    """Connect to every host of the fleet (preflight)."""
+    import os
+
+    from tfship.fleet import connect, parse_hosts
+
+    specs = parse_hosts(hostname, hosts_file, username, ssh_port, base_path, url)
+    ssh = {
+        "key_file": ssh_key_file,
+        "key_text": os.environ.get(ssh_key_env) if ssh_key_env else None,
+        "password": os.environ.get(ENV["password"]),
+        "known_hosts": known_hosts,
+        "accept_unknown_host": accept_unknown_host_key,
+        "connect_timeout": ssh_timeout,
+    }
+    targets, errors = connect(specs, ssh, transport, require_all)
+    for e in errors:
+        click.echo(f"WARNING: skipping unreachable host {e}", err=True)
+    return targets
+
+
 @cli.command(context_settings=CONTEXT)
 @workspace_option
 @host_options
 @serving_options
 @deploy_options
+@fleet_options
 @opt(
     "--package",
     "package_dir",
@@ -843,6 +964,10 @@ def deploy(
     wait_seconds,
     latency_requests,
     max_p95_ms,
+    hosts_file,
+    canary_seconds,
+    max_parallel,
+    require_all,
     package_dir: Path | None,
     force: bool,
     as_json: bool,
@@ -860,6 +985,11 @@ def deploy(
     Host: DEPLOY_SERVER_HOSTNAME / _USERNAME / _PATH / _PORT, key in DEPLOY_SERVER_SSH_KEY
     (text) or DEPLOY_SERVER_SSH_KEY_FILE, host key checked against DEPLOY_SERVER_KNOWN_HOSTS.
     Without a hostname the target is the local folder --base-path (tfship serve's).
+
+    \b
+    A fleet (DEPLOY_SERVER_HOSTNAME=a,b,c or --hosts-file): every host reached first,
+    one version served by all, then a canary (full checks + --canary-seconds soak), then
+    batches of --max-parallel; any failure rolls back every host already moved.
     """
     from tfship.deploy import DeploySettings
     from tfship.deploy import deploy as run
@@ -887,6 +1017,38 @@ def deploy(
             latency_requests=latency_requests, max_p95_ms=max_p95_ms, wait_seconds=wait_seconds
         ),
     )
+    if _is_fleet(hostname, hosts_file):
+        from tfship.fleet import FleetFailed, fleet_deploy
+
+        targets = _fleet(
+            hostname,
+            hosts_file,
+            username,
+            base_path,
+            ssh_port,
+            ssh_key_file,
+            ssh_key_env,
+            known_hosts,
+            accept_unknown_host_key,
+            ssh_timeout,
+            url,
+            transport,
+            require_all,
+        )
+        try:
+            fleet = fleet_deploy(
+                targets, package_dir, settings, canary_seconds, max_parallel, force
+            )
+        except FleetFailed as exc:
+            click.echo(
+                json.dumps(exc.result.to_dict(), indent=2) if as_json else exc.result.table()
+            )
+            raise
+        finally:
+            for t in targets:
+                t.host.close()
+        emit(fleet.to_dict(), as_json, fleet.table())
+        return
     target = _target(
         hostname,
         username,
@@ -1127,18 +1289,35 @@ def retrain(
 
     if data:
         build_data(workspace, data, Checks(), seed, data_sha256)
-    target = _target(
-        hostname,
-        username,
-        base_path,
-        ssh_port,
-        ssh_key_file,
-        ssh_key_env,
-        known_hosts,
-        accept_unknown_host_key,
-        ssh_timeout,
-        url,
-        transport,
+    target = (
+        _target(
+            hostname,
+            username,
+            base_path,
+            ssh_port,
+            ssh_key_file,
+            ssh_key_env,
+            known_hosts,
+            accept_unknown_host_key,
+            ssh_timeout,
+            url,
+            transport,
+        )
+        if not _is_fleet(hostname, None)
+        else _fleet_champion_target(
+            hostname,
+            username,
+            base_path,
+            ssh_port,
+            ssh_key_file,
+            ssh_key_env,
+            known_hosts,
+            accept_unknown_host_key,
+            ssh_timeout,
+            url,
+            transport,
+            model_name,
+        )
     )
 
     def from_host(version: int, dest: Path) -> Path:
@@ -1263,6 +1442,84 @@ def notify(
         f"notification {'sent' if n['sent'] else 'not sent'}: {event_kind}"
         + (f" ({n['failed_check']})" if n.get("failed_check") else ""),
     )
+
+
+@cli.command(context_settings=CONTEXT)
+@model_name_option
+@host_options
+@serving_options
+@fleet_options
+@json_option
+def status(
+    model_name,
+    hostname,
+    username,
+    base_path,
+    ssh_port,
+    ssh_key_file,
+    ssh_key_env,
+    known_hosts,
+    accept_unknown_host_key,
+    ssh_timeout,
+    url,
+    transport,
+    hosts_file,
+    canary_seconds,
+    max_parallel,
+    require_all,
+    as_json,
+) -> None:
+    """What the deploy target(s) hold and serve: host, versions on disk, serving, state.
+
+    A fleet serving more than one version is reported as MIXED (exit 4): retrain and deploy
+    refuse to run until it is resolved.
+    """
+    from tfship.errors import DeployError
+    from tfship.fleet import state, status_table
+
+    if _is_fleet(hostname, hosts_file):
+        targets = _fleet(
+            hostname,
+            hosts_file,
+            username,
+            base_path,
+            ssh_port,
+            ssh_key_file,
+            ssh_key_env,
+            known_hosts,
+            accept_unknown_host_key,
+            ssh_timeout,
+            url,
+            transport,
+            False,
+        )
+    else:
+        targets = [
+            _target(
+                hostname,
+                username,
+                base_path,
+                ssh_port,
+                ssh_key_file,
+                ssh_key_env,
+                known_hosts,
+                accept_unknown_host_key,
+                ssh_timeout,
+                url,
+                transport,
+            )
+        ]
+    try:
+        rows = state(targets, model_name)
+    finally:
+        for t in targets:
+            t.host.close()
+    emit({"hosts": rows}, as_json, status_table(rows))
+    if len({r["serving"] for r in rows}) > 1:
+        raise DeployError(
+            "the fleet serves mixed versions",
+            hint="`tfship rollback --to VERSION` or a deploy with --force",
+        )
 
 
 @cli.group(context_settings=CONTEXT)

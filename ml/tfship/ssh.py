@@ -101,7 +101,7 @@ class SSHHost:
                 return self
             except HostError:
                 raise
-            except TRANSIENT as exc:
+            except (*TRANSIENT, OSError) as exc:  # refused / unreachable / DNS: OSError kin
                 attempt += 1
                 if attempt > self.s.retries:
                     raise HostError(

@@ -1,0 +1,199 @@
+"""Fleet deploys over four real sshd hosts, each with its own `tfship serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from helpers import clean_env, free_port, run_cli, start_serve, start_sshd
+from test_deploy_ssh import make_version
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+FAST = ["--latency-requests", "3", "--canary-seconds", "1", "--max-parallel", "1", "--json"]
+
+
+class Fleet:
+    def __init__(self, tmp, packaged):
+        self.tmp = tmp
+        with ThreadPoolExecutor(4) as pool:
+            self.sshd = list(pool.map(lambda i: start_sshd(tmp / f"sshd{i}"), range(4)))
+        self.bases = []
+        for i in range(4):
+            base = tmp / f"host{i}" / "models"
+            (base / "digits").mkdir(parents=True)
+            shutil.copytree(packaged / "store" / "digits" / "1000", base / "digits" / "1000")
+            self.bases.append(base)
+        with ThreadPoolExecutor(4) as pool:
+            self.served = list(
+                pool.map(
+                    lambda b: start_serve(
+                        tmp,
+                        "--model_name",
+                        "digits",
+                        "--model_base_path",
+                        str(b / "digits"),
+                        "--file_system_poll_wait_seconds",
+                        "0.2",
+                    ),
+                    self.bases,
+                )
+            )
+        self.pkgs = tmp / "pkgs"
+        self.pkgs.mkdir()
+        self.packaged = packaged
+        self.next = 2000
+
+    def hosts_file(self, urls=None, extra: str = "") -> str:
+        lines = [
+            f"{s.user}@127.0.0.1:{s.port} {b} {(urls or {}).get(i, srv.rest)}"
+            for i, (s, b, srv) in enumerate(zip(self.sshd, self.bases, self.served, strict=True))
+        ]
+        path = self.tmp / f"hosts-{time.monotonic_ns()}.txt"
+        path.write_text("# the fleet\n" + "\n".join(lines) + "\n" + extra)
+        return str(path)
+
+    def env(self):
+        s = self.sshd[0]
+        keys = self.tmp / "known_hosts"
+        keys.write_text("".join(x.known_hosts.read_text() for x in self.sshd))
+        key = self.tmp / "id"
+        if not key.exists():
+            key.write_text(s.client_key.read_text())
+            key.chmod(0o600)
+            for x in self.sshd:  # one client key trusted by every host
+                (x.root / "authorized_keys").write_text(
+                    (x.root / "authorized_keys").read_text()
+                    + s.client_key.with_suffix(".pub").read_text()
+                )
+        return clean_env(DEPLOY_SERVER_SSH_KEY_FILE=str(key), DEPLOY_SERVER_KNOWN_HOSTS=str(keys))
+
+    def version(self, **kw) -> int:
+        self.next += 1000
+        make_version(self.packaged, self.pkgs, self.next, **kw)
+        return self.next
+
+    def deploy(self, version, hosts_file, *args):
+        return run_cli(
+            "deploy",
+            "--package",
+            str(self.pkgs / str(version)),
+            "--hosts-file",
+            hosts_file,
+            "--wait-seconds",
+            "8",
+            *FAST,
+            *args,
+            cwd=self.tmp,
+            env=self.env(),
+        )
+
+    def serving(self) -> list[int]:
+        out = []
+        for srv in self.served:
+            doc = requests.get(f"{srv.rest}/v1/models/digits", timeout=5).json()
+            out.append(
+                max(
+                    int(v["version"])
+                    for v in doc["model_version_status"]
+                    if v["state"] == "AVAILABLE"
+                )
+            )
+        return out
+
+    def on_disk(self) -> list[list[int]]:
+        return [
+            sorted(int(p.name) for p in (b / "digits").iterdir() if p.name.isdigit())
+            for b in self.bases
+        ]
+
+    def stop(self):
+        for x in self.served + self.sshd:
+            x.stop()
+
+
+@pytest.fixture(scope="module")
+def fleet(packaged, tmp_path_factory):
+    f = Fleet(tmp_path_factory.mktemp("fleet"), packaged)
+    yield f
+    f.stop()
+
+
+def test_a_clean_rollout_serves_the_same_version_everywhere(fleet):
+    v = fleet.version()
+    r = fleet.deploy(v, fleet.hosts_file())
+    assert r.code == 0, r.err
+    result = json.loads(r.out)
+    assert result["ok"] and [h["result"] for h in result["hosts"]] == ["deployed"] * 4
+    assert all(
+        h["upload_s"] is not None and h["to_available_s"] is not None for h in result["hosts"]
+    )
+    assert fleet.serving() == [v] * 4
+    assert "canary soak passed" in r.err
+    st = run_cli(
+        "status", "--hosts-file", fleet.hosts_file(), "--json", cwd=fleet.tmp, env=fleet.env()
+    )
+    assert st.code == 0 and {h["serving"] for h in json.loads(st.out)["hosts"]} == {v}
+
+
+def test_a_failing_canary_touches_nothing_else(fleet):
+    before = fleet.serving()
+    disk = fleet.on_disk()
+    v = fleet.version(golden_shift=0.5)
+    r = fleet.deploy(v, fleet.hosts_file())
+    assert r.code == 4
+    assert "fleet rollout of digits version" in r.err_lines[-1] and "stopped" in r.err_lines[-1]
+    result = json.loads(r.out[r.out.index("{") :])
+    assert [h["result"] for h in result["hosts"]][1:] == ["untouched"] * 3
+    assert fleet.serving() == before and fleet.on_disk() == disk
+
+
+def test_a_failure_on_the_third_host_rolls_every_host_back(fleet):
+    before = fleet.serving()
+    v = fleet.version()
+    # Host 3's serving URL is host 4's server: the version never becomes AVAILABLE there.
+    hosts = fleet.hosts_file(urls={2: fleet.served[3].rest})
+    r = fleet.deploy(v, hosts)
+    assert r.code == 4, r.err
+    result = json.loads(r.out[r.out.index("{") :])
+    states = [h["result"] for h in result["hosts"]]
+    assert states[:3] == ["rolled-back", "rolled-back", "failed, rolled back"]
+    assert states[3] == "untouched"
+    assert "not AVAILABLE after" in result["hosts"][2]["error"]
+    assert fleet.serving() == before
+    assert all(v not in d for d in fleet.on_disk())
+
+
+def test_an_unreachable_host_stops_the_rollout_before_any_change(fleet):
+    before, disk = fleet.serving(), fleet.on_disk()
+    v = fleet.version()
+    dead = f"root@127.0.0.1:{free_port()} /nowhere http://127.0.0.1:{free_port()}\n"
+    r = fleet.deploy(v, fleet.hosts_file(extra=dead))
+    assert r.code == 9
+    assert "not every host is reachable; nothing was changed" in r.err_lines[-1]
+    assert fleet.serving() == before and fleet.on_disk() == disk
+
+
+def test_a_mixed_fleet_is_reported_and_blocks_deploy(fleet):
+    before = fleet.serving()
+    v = fleet.version()
+    stray = fleet.bases[1] / "digits"
+    shutil.copytree(fleet.pkgs / str(v), stray / ".in")
+    os.rename(stray / ".in", stray / str(v))  # someone deployed to one host by hand
+    try:
+        deadline = time.monotonic() + 20
+        while fleet.serving()[1] != v and time.monotonic() < deadline:
+            time.sleep(0.2)
+        st = run_cli("status", "--hosts-file", fleet.hosts_file(), cwd=fleet.tmp, env=fleet.env())
+        assert st.code == 4 and "fleet: MIXED" in st.out
+        r = fleet.deploy(fleet.version(), fleet.hosts_file())
+        assert r.code == 4 and "mixed versions" in r.err_lines[-1]
+    finally:
+        shutil.rmtree(stray / str(v))
+        deadline = time.monotonic() + 20
+        while fleet.serving() != before and time.monotonic() < deadline:
+            time.sleep(0.2)
