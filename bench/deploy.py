@@ -114,7 +114,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--upload-mb", type=int, default=200)
     parser.add_argument("--rate", type=float, default=60.0, help="requests/s of the load")
+    parser.add_argument(
+        "--hosts", type=int, default=1, help="with N > 1: the fleet benchmark (N hosts vs one)"
+    )
     args = parser.parse_args()
+    if args.hosts > 1:
+        fleet_bench(args.hosts, args.rate)
+        return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from helpers import start_serve, start_sshd
     from tfship.deploy import DeploySettings, deploy, make_target, rollback
@@ -301,6 +307,134 @@ def main() -> None:
   {up["redeploy_state"]}, {up["redeploy_bytes"]} bytes sent.
 """
     save("deploy", figures, md)
+    print(md)
+
+
+def fleet_bench(n: int, rate: float) -> None:
+    """N sshd + N tfship serve: one-host deploy time vs N-host fleet time, under load."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from helpers import start_serve, start_sshd
+    from tfship.deploy import DeploySettings, deploy, make_target
+    from tfship.fleet import fleet_deploy
+    from tfship.verify import VerifySettings
+
+    work = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+    sshds, served = [], []
+    try:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tfship",
+                "run",
+                "--epochs",
+                "3",
+                "--min-accuracy",
+                "0",
+                "--min-class-recall",
+                "0",
+                "--stop-serving",
+            ],
+            cwd=work,
+            check=True,
+            capture_output=True,
+        )
+        src = next(p for p in (work / "store" / "digits").iterdir() if p.name.isdigit())
+        pkgs = work / "pkgs"
+        pkgs.mkdir()
+        single, many = new_version(src, pkgs, 1001), new_version(src, pkgs, 1002)
+        with ThreadPoolExecutor(n) as pool:
+            sshds = list(pool.map(lambda i: start_sshd(work / f"sshd{i}"), range(n)))
+        bases = []
+        for i in range(n):
+            base = work / f"host{i}"
+            shutil.copytree(src, base / "digits" / "1000")
+            bases.append(base)
+        with ThreadPoolExecutor(n) as pool:
+            served = list(
+                pool.map(
+                    lambda b: start_serve(
+                        work,
+                        "--model_name",
+                        "digits",
+                        "--model_base_path",
+                        str(b / "digits"),
+                        "--file_system_poll_wait_seconds",
+                        "1",
+                    ),
+                    bases,
+                )
+            )
+        settings = DeploySettings(verify=VerifySettings(latency_requests=20))
+
+        def target(i: int):
+            s = sshds[i]
+            return make_target(
+                "127.0.0.1",
+                str(bases[i]),
+                served[i].rest,
+                "rest",
+                {
+                    "username": s.user,
+                    "port": s.port,
+                    "key_file": str(s.client_key),
+                    "known_hosts": str(s.known_hosts),
+                },
+            )
+
+        body = {"instances": [np.zeros((8, 8, 1)).tolist()]}
+        loads = [
+            Load(f"{srv.rest}/v1/models/digits:predict", rate / n, body, threads=2)
+            for srv in served
+        ]
+        for load in loads:
+            load.__enter__()
+        try:
+            time.sleep(3)
+            t = time.monotonic()
+            one = target(0)
+            deploy(one, single, settings)
+            one.host.close()
+            single_s = time.monotonic() - t
+            targets = [target(i) for i in range(n)]
+            t = time.monotonic()
+            fleet_deploy(targets, many, settings, canary_seconds=0, max_parallel=n - 1, force=True)
+            fleet_s = time.monotonic() - t
+            for x in targets:
+                x.host.close()
+            time.sleep(1)
+        finally:
+            for load in loads:
+                load.__exit__()
+        per_host = [stats(load.records) for load in loads]
+    finally:
+        for x in served + sshds:
+            x.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    figures = {
+        "hosts": n,
+        "one_host_s": round(single_s, 2),
+        "fleet_s": round(fleet_s, 2),
+        "ratio": round(fleet_s / single_s, 2),
+        "load_per_host": per_host,
+    }
+    rows = "\n".join(
+        f"| host {i + 1} | {h['requests']} | **{h['failed']}** | {h['p99_ms']} |"
+        for i, h in enumerate(per_host)
+    )
+    md = f"""## Fleet deploy ({n} hosts over loopback SSH, `tfship serve` polling every 1 s)
+
+One host: {single_s:.2f} s from deploy start to verified. {n} hosts (canary, no soak, then
+{n - 1} in parallel): {fleet_s:.2f} s, **{fleet_s / single_s:.2f}x** one host (goal <= 1.5x;
+every process shares the same 2 cores).
+
+| load during both rollouts | requests | failed | p99 ms |
+|---|---|---|---|
+{rows}
+"""
+    save("deploy_fleet", figures, md)
     print(md)
 
 
