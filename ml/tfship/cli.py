@@ -8,9 +8,11 @@ imported inside the commands that need them so ``tfship --help`` stays fast.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -721,6 +723,91 @@ def host_options(f):
     return f
 
 
+@dataclass
+class Where:
+    """Where the deploy target is: one host, a fleet, or the local folder (no hostname)."""
+
+    hostname: str | None
+    username: str | None
+    base_path: str
+    ssh_port: int
+    ssh_key_file: str | None
+    ssh_key_env: str | None
+    known_hosts: str | None
+    accept_unknown_host_key: bool
+    ssh_timeout: float
+    url: str | None
+    transport: str
+
+    def ssh(self) -> dict:
+        """SSH settings shared by every host (secrets read from the environment here)."""
+        import os
+
+        return {
+            "key_file": self.ssh_key_file,
+            "key_text": os.environ.get(self.ssh_key_env) if self.ssh_key_env else None,
+            "password": os.environ.get(ENV["password"]),
+            "known_hosts": self.known_hosts,
+            "accept_unknown_host": self.accept_unknown_host_key,
+            "connect_timeout": self.ssh_timeout,
+        }
+
+    def target(self):
+        """The single target (SSH host, or the local folder without a hostname)."""
+        from tfship.deploy import make_target
+
+        return make_target(
+            self.hostname,
+            self.base_path,
+            self.url,
+            self.transport,
+            {**self.ssh(), "username": self.username, "port": self.ssh_port},
+        )
+
+    def is_fleet(self, hosts_file: Path | None) -> bool:
+        return bool(hosts_file) or bool(self.hostname and "," in self.hostname)
+
+    def fleet(self, hosts_file: Path | None, require_all: bool) -> list:
+        """Connect to every host of the fleet (preflight)."""
+        from tfship.fleet import connect, parse_hosts
+
+        specs = parse_hosts(
+            self.hostname, hosts_file, self.username, self.ssh_port, self.base_path, self.url
+        )
+        targets, errors = connect(specs, self.ssh(), self.transport, require_all)
+        for e in errors:
+            click.echo(f"WARNING: skipping unreachable host {e}", err=True)
+        return targets
+
+    def fleet_champion(self, model_name: str):
+        """A fleet's champion is the version every host serves: refuse a mixed fleet."""
+        from tfship.fleet import serving_version, state
+
+        targets = self.fleet(None, True)
+        try:
+            serving_version(state(targets, model_name))
+        except Exception:
+            for t in targets:
+                t.host.close()
+            raise
+        for t in targets[1:]:
+            t.host.close()
+        return targets[0]
+
+
+WHERE_FIELDS = tuple(Where.__dataclass_fields__)
+
+
+def target_options(f):
+    """host_options + serving_options, handed to the command as one ``where: Where``."""
+
+    @functools.wraps(f)
+    def wrapper(**kw):
+        return f(where=Where(**{k: kw.pop(k) for k in WHERE_FIELDS}), **kw)
+
+    return host_options(serving_options(wrapper))
+
+
 def deploy_options(f):
     options = [
         opt(
@@ -775,36 +862,6 @@ def deploy_options(f):
     return f
 
 
-def _target(
-    hostname,
-    username,
-    base_path,
-    ssh_port,
-    ssh_key_file,
-    ssh_key_env,
-    known_hosts,
-    accept_unknown_host_key,
-    ssh_timeout,
-    url,
-    transport,
-):
-    import os
-
-    from tfship.deploy import make_target
-
-    ssh = {
-        "username": username,
-        "port": ssh_port,
-        "key_file": ssh_key_file,
-        "key_text": os.environ.get(ssh_key_env) if ssh_key_env else None,
-        "password": os.environ.get(ENV["password"]),
-        "known_hosts": known_hosts,
-        "accept_unknown_host": accept_unknown_host_key,
-        "connect_timeout": ssh_timeout,
-    }
-    return make_target(hostname, base_path, url, transport, ssh)
-
-
 def fleet_options(f):
     """Several TF Serving hosts: canary first, then batches; all or nothing."""
     options = [
@@ -843,92 +900,9 @@ def fleet_options(f):
     return f
 
 
-def _fleet_champion_target(
-    hostname,
-    username,
-    base_path,
-    ssh_port,
-    ssh_key_file,
-    ssh_key_env,
-    known_hosts,
-    accept_unknown_host_key,
-    ssh_timeout,
-    url,
-    transport,
-    model_name,
-):
-    """A fleet's champion is the version every host serves: refuse a mixed fleet."""
-    from tfship.fleet import serving_version, state
-
-    targets = _fleet(
-        hostname,
-        None,
-        username,
-        base_path,
-        ssh_port,
-        ssh_key_file,
-        ssh_key_env,
-        known_hosts,
-        accept_unknown_host_key,
-        ssh_timeout,
-        url,
-        transport,
-        True,
-    )
-    try:
-        serving_version(state(targets, model_name))
-    except Exception:
-        for t in targets:
-            t.host.close()
-        raise
-    for t in targets[1:]:
-        t.host.close()
-    return targets[0]
-
-
-def _is_fleet(hostname: str | None, hosts_file: Path | None) -> bool:
-    return bool(hosts_file) or bool(hostname and "," in hostname)
-
-
-def _fleet(
-    hostname,
-    hosts_file,
-    username,
-    base_path,
-    ssh_port,
-    ssh_key_file,
-    ssh_key_env,
-    known_hosts,
-    accept_unknown_host_key,
-    ssh_timeout,
-    url,
-    transport,
-    require_all,
-):
-    """Connect to every host of the fleet (preflight)."""
-    import os
-
-    from tfship.fleet import connect, parse_hosts
-
-    specs = parse_hosts(hostname, hosts_file, username, ssh_port, base_path, url)
-    ssh = {
-        "key_file": ssh_key_file,
-        "key_text": os.environ.get(ssh_key_env) if ssh_key_env else None,
-        "password": os.environ.get(ENV["password"]),
-        "known_hosts": known_hosts,
-        "accept_unknown_host": accept_unknown_host_key,
-        "connect_timeout": ssh_timeout,
-    }
-    targets, errors = connect(specs, ssh, transport, require_all)
-    for e in errors:
-        click.echo(f"WARNING: skipping unreachable host {e}", err=True)
-    return targets
-
-
 @cli.command(context_settings=CONTEXT)
 @workspace_option
-@host_options
-@serving_options
+@target_options
 @deploy_options
 @fleet_options
 @opt(
@@ -947,17 +921,7 @@ def _fleet(
 @json_option
 def deploy(
     workspace: Path,
-    hostname,
-    username,
-    base_path,
-    ssh_port,
-    ssh_key_file,
-    ssh_key_env,
-    known_hosts,
-    accept_unknown_host_key,
-    ssh_timeout,
-    url,
-    transport,
+    where: Where,
     keep,
     lock_stale_seconds,
     lock_wait_seconds,
@@ -1017,24 +981,10 @@ def deploy(
             latency_requests=latency_requests, max_p95_ms=max_p95_ms, wait_seconds=wait_seconds
         ),
     )
-    if _is_fleet(hostname, hosts_file):
+    if where.is_fleet(hosts_file):
         from tfship.fleet import FleetFailed, fleet_deploy
 
-        targets = _fleet(
-            hostname,
-            hosts_file,
-            username,
-            base_path,
-            ssh_port,
-            ssh_key_file,
-            ssh_key_env,
-            known_hosts,
-            accept_unknown_host_key,
-            ssh_timeout,
-            url,
-            transport,
-            require_all,
-        )
+        targets = where.fleet(hosts_file, require_all)
         try:
             fleet = fleet_deploy(
                 targets, package_dir, settings, canary_seconds, max_parallel, force
@@ -1049,19 +999,7 @@ def deploy(
                 t.host.close()
         emit(fleet.to_dict(), as_json, fleet.table())
         return
-    target = _target(
-        hostname,
-        username,
-        base_path,
-        ssh_port,
-        ssh_key_file,
-        ssh_key_env,
-        known_hosts,
-        accept_unknown_host_key,
-        ssh_timeout,
-        url,
-        transport,
-    )
+    target = where.target()
     try:
         result = run(target, package_dir, settings)
     finally:
@@ -1076,8 +1014,7 @@ def deploy(
 
 @cli.command(context_settings=CONTEXT)
 @model_name_option
-@host_options
-@serving_options
+@target_options
 @deploy_options
 @opt(
     "--to",
@@ -1090,17 +1027,7 @@ def deploy(
 @json_option
 def rollback(
     model_name,
-    hostname,
-    username,
-    base_path,
-    ssh_port,
-    ssh_key_file,
-    ssh_key_env,
-    known_hosts,
-    accept_unknown_host_key,
-    ssh_timeout,
-    url,
-    transport,
+    where: Where,
     keep,
     lock_stale_seconds,
     lock_wait_seconds,
@@ -1127,19 +1054,7 @@ def rollback(
             latency_requests=latency_requests, max_p95_ms=max_p95_ms, wait_seconds=wait_seconds
         ),
     )
-    target = _target(
-        hostname,
-        username,
-        base_path,
-        ssh_port,
-        ssh_key_file,
-        ssh_key_env,
-        known_hosts,
-        accept_unknown_host_key,
-        ssh_timeout,
-        url,
-        transport,
-    )
+    target = where.target()
     try:
         result = run(target, model_name, to, settings)
     finally:
@@ -1191,8 +1106,7 @@ def snapshot(out: Path, kind: str, seed: int) -> None:
 @workspace_option
 @model_name_option
 @store_option
-@host_options
-@serving_options
+@target_options
 @train_options
 @opt(
     "--data",
@@ -1244,17 +1158,7 @@ def retrain(
     workspace: Path,
     model_name: str,
     store: str,
-    hostname,
-    username,
-    base_path,
-    ssh_port,
-    ssh_key_file,
-    ssh_key_env,
-    known_hosts,
-    accept_unknown_host_key,
-    ssh_timeout,
-    url,
-    transport,
+    where: Where,
     epochs,
     batch_size,
     learning_rate,
@@ -1289,36 +1193,7 @@ def retrain(
 
     if data:
         build_data(workspace, data, Checks(), seed, data_sha256)
-    target = (
-        _target(
-            hostname,
-            username,
-            base_path,
-            ssh_port,
-            ssh_key_file,
-            ssh_key_env,
-            known_hosts,
-            accept_unknown_host_key,
-            ssh_timeout,
-            url,
-            transport,
-        )
-        if not _is_fleet(hostname, None)
-        else _fleet_champion_target(
-            hostname,
-            username,
-            base_path,
-            ssh_port,
-            ssh_key_file,
-            ssh_key_env,
-            known_hosts,
-            accept_unknown_host_key,
-            ssh_timeout,
-            url,
-            transport,
-            model_name,
-        )
-    )
+    target = where.target() if not where.is_fleet(None) else where.fleet_champion(model_name)
 
     def from_host(version: int, dest: Path) -> Path:
         target.host.get_tree(f"{target.model_dir(model_name)}/{version}", dest)
@@ -1446,23 +1321,12 @@ def notify(
 
 @cli.command(context_settings=CONTEXT)
 @model_name_option
-@host_options
-@serving_options
+@target_options
 @fleet_options
 @json_option
 def status(
     model_name,
-    hostname,
-    username,
-    base_path,
-    ssh_port,
-    ssh_key_file,
-    ssh_key_env,
-    known_hosts,
-    accept_unknown_host_key,
-    ssh_timeout,
-    url,
-    transport,
+    where: Where,
     hosts_file,
     canary_seconds,
     max_parallel,
@@ -1477,38 +1341,7 @@ def status(
     from tfship.errors import DeployError
     from tfship.fleet import state, status_table
 
-    if _is_fleet(hostname, hosts_file):
-        targets = _fleet(
-            hostname,
-            hosts_file,
-            username,
-            base_path,
-            ssh_port,
-            ssh_key_file,
-            ssh_key_env,
-            known_hosts,
-            accept_unknown_host_key,
-            ssh_timeout,
-            url,
-            transport,
-            False,
-        )
-    else:
-        targets = [
-            _target(
-                hostname,
-                username,
-                base_path,
-                ssh_port,
-                ssh_key_file,
-                ssh_key_env,
-                known_hosts,
-                accept_unknown_host_key,
-                ssh_timeout,
-                url,
-                transport,
-            )
-        ]
+    targets = where.fleet(hosts_file, False) if where.is_fleet(hosts_file) else [where.target()]
     try:
         rows = state(targets, model_name)
     finally:

@@ -122,6 +122,15 @@ def model_lock(
         except FileExistsError:
             holder = _lock_owner(target.host, lock)
             age = time.time() - float(holder.get("time", 0))
+            if _dead_local_owner(holder):
+                event(
+                    "deploy",
+                    f"WARNING: breaking the lock of deploy process {holder['pid']}"
+                    ", which died on this machine",
+                    host=target.host.name,
+                )
+                target.host.remove_tree(lock)
+                continue
             if age > stale_seconds:
                 event(
                     "deploy",
@@ -155,6 +164,19 @@ def model_lock(
     finally:
         with contextlib.suppress(Exception):
             target.host.remove_tree(lock)
+
+
+def _dead_local_owner(holder: dict) -> bool:
+    """The lock was taken on this machine by a process that no longer exists."""
+    if holder.get("host") != socket.gethostname() or not str(holder.get("pid", "")).isdigit():
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _lock_owner(host: Host, lock: str) -> dict:

@@ -165,3 +165,35 @@ def test_watch_data_triggers_once_per_snapshot_and_survives_a_crash(api, tmp_pat
     assert json.loads(ci(api, *watch, cwd=tmp_path).out)["polls"][0]["action"] == "triggered"
     posts = [r for r in api.state.requests if r["method"] == "POST"]
     assert len(posts) == 2
+
+
+def test_watch_data_reads_an_https_style_listing(api, tmp_path):
+    import http.server
+    import threading
+
+    class Listing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = (
+                b"https://data.example.com/snaps/2026-11-01.npz " + b"a" * 64 + b"\n"
+                b"https://data.example.com/snaps/2026-11-02.npz " + b"b" * 64 + b"\n"
+            )
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Listing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/listing.txt"
+        r = ci(api, "watch-data", url, "--state", str(tmp_path / "s.json"), "--json", cwd=tmp_path)
+        assert r.code == 0, r.err
+        poll = json.loads(r.out)["polls"][0]
+        assert (
+            poll["data_uri"] == "https://data.example.com/snaps/2026-11-02.npz#sha256=" + "b" * 64
+        )
+    finally:
+        server.shutdown()

@@ -379,6 +379,8 @@ def format_float(value: float, single: bool = True) -> str:
 
 
 def _write(arr: np.ndarray, as_bytes: bool) -> str:
+    if not isinstance(arr, np.ndarray | np.generic):  # an element of a string (object) tensor
+        arr = np.asarray(arr, dtype=object)
     if arr.ndim == 0:
         v = arr.item()
         if arr.dtype.kind == "f":
@@ -595,6 +597,11 @@ def handle(core: ServerCore, method: str, path: str, body: bytes) -> tuple[int, 
         raise RpcError("INVALID_ARGUMENT", f"Malformed request: {method} {path}")
     except RpcError as exc:
         return HTTP_CODE.get(exc.code, 500), json.dumps({"error": exc.message})
+    except Exception as exc:  # a bug must cost one request a 500, never the connection
+        from tfship.log import event
+
+        event("serve", f"internal error on {method} {path}: {type(exc).__name__}: {exc}")
+        return 500, json.dumps({"error": f"Internal: {type(exc).__name__}"})
 
 
 class RestHandler(BaseHTTPRequestHandler):
