@@ -1,0 +1,96 @@
+"""`tfship deploy` killed with SIGKILL at any moment: nothing half-served, the next run recovers."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from helpers import run_cli, start_serve, start_sshd
+from tfship.store import MANIFEST, verify_tree
+from tfship.workspace import tree_hashes
+
+pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]
+
+
+def _versions_are_whole(model_dir) -> list[int]:
+    """Every numeric version folder holds exactly its manifest's files (else raises)."""
+    versions = sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
+    for v in versions:
+        manifest = json.loads((model_dir / str(v) / MANIFEST).read_text())
+        verify_tree(tree_hashes(model_dir / str(v)), manifest, str(v))
+    return versions
+
+
+def test_sigkill_at_any_point_of_a_deploy(packaged, tmp_path):
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "integration"))
+    from test_deploy_ssh import make_version
+
+    sshd = start_sshd(tmp_path / "sshd")
+    base = tmp_path / "models"
+    (base / "digits").mkdir(parents=True)
+    served = start_serve(
+        tmp_path,
+        "--model_name",
+        "digits",
+        "--model_base_path",
+        str(base / "digits"),
+        "--file_system_poll_wait_seconds",
+        "0.2",
+    )
+    env = sshd.env(DEPLOY_SERVER_PATH=str(base), TF_SERVING_URL=served.rest)
+    pkgs = tmp_path / "pkgs"
+    pkgs.mkdir()
+    fast = ["--latency-requests", "3", "--wait-seconds", "20"]
+    try:
+        assert (
+            run_cli(
+                "deploy",
+                "--package",
+                str(make_version(packaged, pkgs, 2000)),
+                *fast,
+                cwd=tmp_path,
+                env=env,
+            ).code
+            == 0
+        )
+        outcomes = []
+        for i, delay in enumerate([0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.7, 2.0]):
+            version = 3000 + i
+            pkg = make_version(packaged, pkgs, version)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tfship", "deploy", "--package", str(pkg), *fast],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            time.sleep(delay)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            err = proc.stderr.read()
+            outcomes.append(err.strip().splitlines()[-1][:80] if err.strip() else "(no output)")
+            # Whatever moment it died at: no half version, and a whole one answers.
+            versions = _versions_are_whole(base / "digits")
+            doc = requests.get(f"{served.rest}/v1/models/digits", timeout=5).json()
+            answering = max(
+                int(s["version"]) for s in doc["model_version_status"] if s["state"] == "AVAILABLE"
+            )
+            assert answering in versions
+            # The next run recovers: a dead process's lock is broken, leftovers cleaned.
+            r = run_cli("deploy", "--package", str(pkg), *fast, cwd=tmp_path, env=env)
+            assert r.code == 0, (delay, r.err)
+            assert not [
+                p
+                for p in (base / "digits").iterdir()
+                if p.name.startswith((".incoming-", ".tfship-lock"))
+            ]
+        assert len(set(outcomes)) > 2  # the kills landed at different steps
+    finally:
+        served.stop()
+        sshd.stop()
