@@ -808,6 +808,24 @@ def target_options(f):
     return host_options(serving_options(wrapper))
 
 
+def _deploy_settings(
+    keep, lock_stale_seconds, lock_wait_seconds, wait_seconds, latency_requests, max_p95_ms, **extra
+):
+    """DeploySettings from the deploy_options flags (deploy and rollback share them)."""
+    from tfship.deploy import DeploySettings
+    from tfship.verify import VerifySettings
+
+    return DeploySettings(
+        keep=keep,
+        lock_stale_seconds=lock_stale_seconds,
+        lock_wait_seconds=lock_wait_seconds,
+        verify=VerifySettings(
+            latency_requests=latency_requests, max_p95_ms=max_p95_ms, wait_seconds=wait_seconds
+        ),
+        **extra,
+    )
+
+
 def deploy_options(f):
     options = [
         opt(
@@ -955,9 +973,7 @@ def deploy(
     one version served by all, then a canary (full checks + --canary-seconds soak), then
     batches of --max-parallel; any failure rolls back every host already moved.
     """
-    from tfship.deploy import DeploySettings
     from tfship.deploy import deploy as run
-    from tfship.verify import VerifySettings
     from tfship.workspace import Workspace, read_json
 
     ws = Workspace(workspace)
@@ -971,15 +987,15 @@ def deploy(
         decision = read_json(ws.retrain / "retrain.json")
         if decision.get("decision") == "deploy-challenger":
             expect = decision.get("champion_version")
-    settings = DeploySettings(
-        keep=keep,
-        lock_stale_seconds=lock_stale_seconds,
-        lock_wait_seconds=lock_wait_seconds,
+    settings = _deploy_settings(
+        keep,
+        lock_stale_seconds,
+        lock_wait_seconds,
+        wait_seconds,
+        latency_requests,
+        max_p95_ms,
         expect_serving=expect,
         force=force,
-        verify=VerifySettings(
-            latency_requests=latency_requests, max_p95_ms=max_p95_ms, wait_seconds=wait_seconds
-        ),
     )
     if where.is_fleet(hosts_file):
         from tfship.fleet import FleetFailed, fleet_deploy
@@ -1042,17 +1058,10 @@ def rollback(
     Newer versions are moved to <model>/.rejected/ (not deleted), then the older version is
     verified against its own manifest once it answers.
     """
-    from tfship.deploy import DeploySettings
     from tfship.deploy import rollback as run
-    from tfship.verify import VerifySettings
 
-    settings = DeploySettings(
-        keep=keep,
-        lock_stale_seconds=lock_stale_seconds,
-        lock_wait_seconds=lock_wait_seconds,
-        verify=VerifySettings(
-            latency_requests=latency_requests, max_p95_ms=max_p95_ms, wait_seconds=wait_seconds
-        ),
+    settings = _deploy_settings(
+        keep, lock_stale_seconds, lock_wait_seconds, wait_seconds, latency_requests, max_p95_ms
     )
     target = where.target()
     try:

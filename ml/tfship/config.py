@@ -83,11 +83,3 @@ ENV = {
     "known_hosts": "DEPLOY_SERVER_KNOWN_HOSTS",
     "serving_url": "TF_SERVING_URL",
 }
-
-# Values that must never be printed or written to the workspace.
-SECRET_ENV = (
-    "DEPLOY_SERVER_SSH_KEY",
-    "DEPLOY_SERVER_PASSWORD",
-    "CIRCLE_TOKEN",
-    "TFSHIP_WEBHOOK_URL",
-)

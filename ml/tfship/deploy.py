@@ -19,6 +19,7 @@ restart), a deploy here never stops TF Serving:
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import secrets
@@ -424,7 +425,7 @@ def rollback(target: Target, model: str, to: int | None, s: DeploySettings) -> d
         wait_serving(client, to, s.verify.wait_seconds)
         manifest = json.loads(target.host.read_text(f"{target.model_dir(model)}/{to}/{MANIFEST}"))
         with np.load(
-            _bytes_io(
+            io.BytesIO(
                 target.host.read_bytes(f"{target.model_dir(model)}/{to}/assets.extra/test.npz")
             )
         ) as npz:
@@ -458,9 +459,3 @@ def make_target(
 
     host = SSHHost(SSHSettings(hostname=hostname, **ssh)).connect()
     return Target(host, base, serving_url or f"http://{hostname}:{config.REST_PORT}", transport)
-
-
-def _bytes_io(data: bytes):
-    import io
-
-    return io.BytesIO(data)

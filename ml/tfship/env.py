@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-
-from tfship import config
 
 
 def load_dotenv_file(path: Path | None = None) -> Path | None:
@@ -20,15 +17,3 @@ def load_dotenv_file(path: Path | None = None) -> Path | None:
 
     load_dotenv(path, override=False)
     return path
-
-
-def secret_values() -> list[str]:
-    """The secrets set in this process, to scrub from anything we print or write."""
-    return [v for k in config.SECRET_ENV if (v := os.environ.get(k)) and len(v) >= 4]
-
-
-def redact(text: str) -> str:
-    """Replace every known secret value in ``text`` with ``***``."""
-    for value in secret_values():
-        text = text.replace(value, "***")
-    return text

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -327,8 +326,3 @@ def status_table(rows: list[dict]) -> str:
         else f"MIXED: {', '.join(str(v) for v in sorted(versions, key=str))}"
     )
     return "\n".join(lines) + f"\n\nfleet: {verdict}"
-
-
-def write_json(path: Path, result: FleetResult) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result.to_dict(), indent=2))
