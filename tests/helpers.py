@@ -192,9 +192,22 @@ def keygen(path: Path) -> Path:
     return path
 
 
-def start_sshd(tmp: Path) -> Sshd:
-    """Start sshd on a free loopback port with generated host and client keys."""
+def start_sshd(tmp: Path, run_as_uid: int | None = None) -> Sshd:
+    """Start sshd on a free loopback port with generated host and client keys.
+
+    ``run_as_uid``: every session (commands and SFTP) runs as that uid after logging in, a
+    stand-in for a deploy user without rights on the base path (the tests run as root).
+    """
     import getpass
+
+    if run_as_uid is None:
+        sessions = "Subsystem sftp internal-sftp\n"
+    else:
+        drop = f"setpriv --reuid={run_as_uid} --regid={run_as_uid} --clear-groups"
+        sessions = (
+            "Subsystem sftp /usr/lib/openssh/sftp-server\n"
+            f'ForceCommand exec {drop} /bin/sh -c "$SSH_ORIGINAL_COMMAND"\n'
+        )
 
     tmp.mkdir(parents=True, exist_ok=True)
     host_key = keygen(tmp / "host_key")
@@ -215,8 +228,7 @@ PubkeyAuthentication yes
 PermitRootLogin prohibit-password
 StrictModes no
 UsePAM no
-Subsystem sftp internal-sftp
-LogLevel ERROR
+{sessions}LogLevel ERROR
 MaxStartups 50:30:100
 MaxSessions 50
 """)
@@ -237,3 +249,34 @@ MaxSessions 50
     known = tmp / "known_hosts"
     known.write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
     return Sshd(proc, port, client_key, known, tmp, getpass.getuser())
+
+
+def make_version(
+    packaged: Path,
+    dest: Path,
+    version: int,
+    *,
+    golden_shift: float = 0.0,
+    corrupt: bool = False,
+    filler_bytes: int = 0,
+) -> Path:
+    """A copy of the session's package under another version number (optionally broken)."""
+    import shutil
+
+    from tfship.store import MANIFEST
+    from tfship.workspace import tree_hashes
+
+    vdir = dest / str(version)
+    shutil.rmtree(vdir, ignore_errors=True)
+    shutil.copytree(packaged / "store" / "digits" / "1000", vdir)
+    manifest = json.loads((vdir / MANIFEST).read_text())
+    manifest["version"] = version
+    manifest["golden"]["outputs"][0][0] += golden_shift
+    if corrupt:
+        (vdir / "saved_model.pb").write_bytes(b"\x00 not a SavedModel")
+    if filler_bytes:
+        (vdir / "assets.extra" / "filler.bin").write_bytes(b"\x01" * filler_bytes)
+    (vdir / MANIFEST).unlink()
+    manifest["files"] = tree_hashes(vdir)
+    (vdir / MANIFEST).write_text(json.dumps(manifest))
+    return vdir

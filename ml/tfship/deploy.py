@@ -43,7 +43,15 @@ from tfship.errors import (
 from tfship.log import event
 from tfship.report import failed, summary
 from tfship.serving import ServingClient
-from tfship.store import MANIFEST, Host, check_model_name, check_version, install_version
+from tfship.store import (
+    MANIFEST,
+    Host,
+    check_model_name,
+    check_version,
+    discard_staged,
+    publish_staged,
+    stage_version,
+)
 from tfship.verify import VerifySettings, load_test_split, verify_version
 
 LOCK = ".tfship-lock"
@@ -273,17 +281,42 @@ def load_package(package_dir: Path) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def deploy(target: Target, package_dir: Path, s: DeploySettings) -> DeployResult:
-    """Install, wait, verify; roll back automatically on failure after the rename."""
+@dataclass
+class Staged:
+    """A version uploaded to a host's ``.incoming-*`` folder under the lock, not yet renamed.
+
+    :func:`commit` makes it visible to TF Serving and verifies it; :func:`abandon` removes it.
+    Either releases the lock.
+    """
+
+    target: Target
+    package_dir: Path
+    manifest: dict
+    model: str
+    version: int
+    previous: int | None
+    incoming: str | None  # None: an identical version is already on the host
+    sent: int
+    times: dict[str, float]
+    started: float
+    lock: contextlib.ExitStack
+    done: bool = False
+
+
+def stage(target: Target, package_dir: Path, s: DeploySettings) -> Staged:
+    """Lock, check, upload and hash-check ``package_dir`` on the host; nothing is served yet."""
     manifest = load_package(package_dir)
     model = check_model_name(manifest["model_name"])
     version = check_version(manifest["version"])
-    images, labels = load_test_split(Path(package_dir))
     client = target.client(model)
     host = target.host.name
     times: dict[str, float] = {}
     t0 = time.monotonic()
-    with model_lock(target, model, s.lock_stale_seconds, s.lock_wait_seconds, f"deploy {version}"):
+    lock = contextlib.ExitStack()
+    lock.enter_context(
+        model_lock(target, model, s.lock_stale_seconds, s.lock_wait_seconds, f"deploy {version}")
+    )
+    try:
         times["lock"] = round(time.monotonic() - t0, 3)
         clean_incoming(target, model)
         previous = client.serving_version()
@@ -302,17 +335,54 @@ def deploy(target: Target, package_dir: Path, s: DeploySettings) -> DeployResult
             )
         event("deploy", "uploading", model=model, version=version, host=host, serving=previous)
         t = time.monotonic()
-        state, sent = install_version(
+        incoming, sent = stage_version(
             target.host, target.base, model, version, Path(package_dir), manifest
         )
         times["upload"] = round(time.monotonic() - t, 3)
+    except BaseException:
+        lock.close()
+        raise
+    return Staged(
+        target,
+        Path(package_dir),
+        manifest,
+        model,
+        version,
+        previous,
+        incoming,
+        sent,
+        times,
+        t0,
+        lock,
+    )
+
+
+def abandon(st: Staged) -> None:
+    """Drop a staged upload that will not be committed, and release the lock."""
+    if st.done:
+        return
+    st.done = True
+    discard_staged(st.target.host, st.incoming)
+    st.lock.close()
+
+
+def commit(st: Staged, s: DeploySettings) -> DeployResult:
+    """Rename the staged version into place, wait, verify; roll back on failure."""
+    if st.done:
+        raise DeployError(f"{st.target.host.name}: this staged upload was already used")
+    target, model, version, manifest = st.target, st.model, st.version, st.manifest
+    host, client, times = target.host.name, target.client(model), st.times
+    try:
+        images, labels = load_test_split(st.package_dir)
+        if st.incoming is not None:
+            publish_staged(target.host, st.incoming, target.base, model, version)
         event(
             "deploy",
-            "installed" if state == "uploaded" else "already on host",
+            "installed" if st.incoming is not None else "already on host",
             model=model,
             version=version,
             host=host,
-            bytes=sent,
+            bytes=st.sent,
         )
         try:
             t = time.monotonic()
@@ -329,12 +399,15 @@ def deploy(target: Target, package_dir: Path, s: DeploySettings) -> DeployResult
                     f"{client.serving_version()} still answers by default"
                 )
         except (TfshipError, OSError, ValueError) as exc:
-            raise _rolled_back(target, model, version, previous, exc, s) from exc
+            raise _rolled_back(target, model, version, st.previous, exc, s) from exc
         except BaseException as exc:  # Ctrl-C / SIGTERM mid-verification: leave no half state
-            _rolled_back(target, model, version, previous, exc, s)
+            _rolled_back(target, model, version, st.previous, exc, s)
             raise
         removed = retain(target, model, s.keep, version)
-    times["total"] = round(time.monotonic() - t0, 3)
+    finally:
+        st.done = True
+        st.lock.close()
+    times["total"] = round(time.monotonic() - st.started, 3)
     event(
         "deploy", "deployed and verified", model=model, version=version, host=host, s=times["total"]
     )
@@ -342,13 +415,18 @@ def deploy(target: Target, package_dir: Path, s: DeploySettings) -> DeployResult
         model,
         version,
         host,
-        "deployed" if state == "uploaded" else "already-deployed",
-        sent,
-        previous,
+        "deployed" if st.incoming is not None else "already-deployed",
+        st.sent,
+        st.previous,
         times,
         facts,
         removed,
     )
+
+
+def deploy(target: Target, package_dir: Path, s: DeploySettings) -> DeployResult:
+    """Install, wait, verify; roll back automatically on failure after the rename."""
+    return commit(stage(target, package_dir, s), s)
 
 
 def _rolled_back(

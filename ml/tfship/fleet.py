@@ -20,12 +20,15 @@ from pathlib import Path
 from tfship import config
 from tfship.deploy import (
     DeploySettings,
+    Staged,
     Target,
-    deploy,
+    abandon,
+    commit,
     load_package,
     make_target,
     on_disk,
     reject,
+    stage,
     wait_serving,
 )
 from tfship.errors import ConfigError, DeployError, HostError, TfshipError
@@ -154,7 +157,9 @@ class HostResult:
     host: str
     old: int | None
     new: int
-    result: str = "untouched"  # untouched | deployed | already-deployed | failed | rolled-back
+    # untouched | deployed | already-deployed | failed before any change | failed |
+    # failed, rolled back | rolled-back | ROLLBACK FAILED
+    result: str = "untouched"
     upload_s: float | None = None
     to_available_s: float | None = None
     checks: str = ""
@@ -242,45 +247,75 @@ def fleet_deploy(
         model, version, [HostResult(t.host.name, old[t.host.name], version) for t in targets]
     )
     by_host = {h.host: h for h in result.hosts}
+    staged: dict[str, Staged] = {}
     moved: list[Target] = []
 
-    def one(t: Target, soak: float = 0.0) -> None:
+    def stage_one(t: Target) -> None:
         h = by_host[t.host.name]
         try:
-            r = deploy(t, package_dir, s)
-            h.upload_s, h.to_available_s = r.seconds.get("upload"), r.seconds.get("to_available")
+            st = stage(t, package_dir, s)
+        except TfshipError as exc:
+            h.result, h.checks, h.error = "failed before any change", "not run", str(exc)
+            raise
+        staged[t.host.name] = st
+        h.upload_s = st.times.get("upload")
+
+    def commit_one(t: Target, soak: float = 0.0) -> None:
+        h = by_host[t.host.name]
+        try:
+            r = commit(staged.pop(t.host.name), s)
+            h.to_available_s = r.seconds.get("to_available")
             moved.append(t)
             if soak > 0:
                 _soak(t, package_dir, manifest, version, soak, s)
             h.result, h.checks = r.state, "passed"
         except TfshipError as exc:
-            # deploy() rolls its own host back after the rename; say whether it did.
-            undone = "rolled back" in str(exc) or t not in moved
+            # commit() rolls its own host back when its checks fail; a failed soak does not.
+            undone = t not in moved and "did not complete" not in str(exc)
             h.result = "failed, rolled back" if undone else "failed"
             h.checks, h.error = "failed", str(exc)
             raise
 
     canary, rest = targets[0], targets[1:]
     event("fleet", "canary", host=canary.host.name, version=version)
+    pool = ThreadPoolExecutor(max(1, len(rest)))
+    uploads = []
     try:
-        one(canary, canary_seconds)
+        stage_one(canary)
+        # The others upload (hash-checked, not yet visible) while the canary is checked, so
+        # after it passes each host only renames, waits and verifies.
+        uploads = [pool.submit(stage_one, t) for t in rest]
+        commit_one(canary, canary_seconds)
+        _first_error(uploads)
         for i in range(0, len(rest), max(1, max_parallel)):
             batch = rest[i : i + max(1, max_parallel)]
             event("fleet", "batch", hosts=",".join(t.host.name for t in batch))
-            with ThreadPoolExecutor(len(batch)) as pool:
-                futures = [pool.submit(one, t) for t in batch]
-                errors = [f.exception() for f in futures if f.exception() is not None]
-            if errors:
-                raise errors[0]
+            _first_error([pool.submit(commit_one, t) for t in batch])
     except TfshipError as exc:
         result.ok = False
+        for f in uploads:  # let running uploads finish before their folders are removed
+            f.exception()
         _revert(moved, model, version, old, s, by_host)
         lines = ", ".join(f"{h.host}: {h.result}" for h in result.hosts)
         raise FleetFailed(
             f"fleet rollout of {model} version {version} stopped: {exc}. Hosts: {lines}", result
         ) from exc
+    finally:
+        for f in uploads:
+            f.cancel()
+        pool.shutdown(wait=True)
+        for st in list(staged.values()):
+            abandon(st)
     event("fleet", "rollout complete", model=model, version=version, hosts=len(targets))
     return result
+
+
+def _first_error(futures: list) -> None:
+    """Wait for every future; raise the first error among them."""
+    errors = [f.exception() for f in futures]
+    for e in errors:
+        if e is not None:
+            raise e
 
 
 class FleetFailed(DeployError):
@@ -298,7 +333,7 @@ def _revert(
 
     def one(t: Target) -> None:
         h = by_host[t.host.name]
-        if h.result.startswith("failed") or old[t.host.name] == version:
+        if h.result == "failed, rolled back" or old[t.host.name] == version:
             return
         try:
             reject(t, model, version)

@@ -214,7 +214,7 @@ class ServingClient:
         return versions[0] if versions else None
 
     def wait_available(
-        self, version: int, timeout: float = config.AVAILABLE_TIMEOUT, poll: float = 0.25
+        self, version: int, timeout: float = config.AVAILABLE_TIMEOUT, poll: float = 0.1
     ) -> float:
         """Wait until ``version`` is AVAILABLE; return seconds waited.
 

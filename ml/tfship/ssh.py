@@ -32,6 +32,22 @@ from tfship.log import event
 
 TRANSIENT = (EOFError, ConnectionError, socket.timeout, TimeoutError, paramiko.SSHException)
 CHUNK = 1 << 20
+# (text in a remote error, what to do about it): checked in order on failed remote commands.
+REMOTE_CAUSES = (
+    (
+        "No space left on device",
+        "free space on the host (old versions in <model>/.rejected/ can go) or lower --keep",
+    ),
+    (
+        "Disk quota exceeded",
+        "raise the deploy user's quota or free space on the host",
+    ),
+    (
+        "Permission denied",
+        "let DEPLOY_SERVER_USERNAME write DEPLOY_SERVER_PATH (chown/chmod it on the host)",
+    ),
+    ("Read-only file system", "DEPLOY_SERVER_PATH is on a read-only file system"),
+)
 
 
 @dataclass
@@ -186,6 +202,8 @@ class SSHHost:
         return self._client
 
     def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is not None and not self._sftp.get_channel().get_transport().is_active():
+            self.close()  # the link dropped since: start a new one
         if self._sftp is None:
             self._sftp = self._ssh().open_sftp()
             self._sftp.get_channel().settimeout(self.s.read_timeout)
@@ -206,7 +224,9 @@ class SSHHost:
         while True:
             try:
                 return fn()
-            except TRANSIENT as exc:
+            except (*TRANSIENT, OSError) as exc:
+                if isinstance(exc, OSError) and not _link_lost(exc):
+                    raise
                 attempt += 1
                 self.close()
                 if attempt > self.s.retries:
@@ -235,11 +255,17 @@ class SSHHost:
     def check(self, command: str, what: str, timeout: float | None = None) -> bytes:
         code, out, err = self.run(command, timeout=timeout)
         if code != 0:
-            raise HostError(
-                f"{self.name}: {what} failed: "
-                f"{err.decode(errors='replace').strip()[:300] or f'exit {code}'}"
-            )
+            raise self._failed(what, err, code)
         return out
+
+    def _failed(self, what: str, err: bytes, code: int) -> HostError:
+        """One line for a remote command that failed, with the fix for the usual causes."""
+        lines = [x.strip() for x in err.decode(errors="replace").splitlines() if x.strip()]
+        for cause, hint in REMOTE_CAUSES:
+            hit = next((x for x in lines if cause in x), None)
+            if hit:
+                return HostError(f"{self.name}: {what} failed: {hit[:300]}", hint=hint)
+        return HostError(f"{self.name}: {what} failed: {'; '.join(lines)[:300] or f'exit {code}'}")
 
     # --- Host protocol -----------------------------------------------------------------------
     def listdir(self, path: str) -> list[str]:
@@ -273,19 +299,33 @@ class SSHHost:
         except OSError as exc:
             if self.exists(path):
                 raise FileExistsError(path) from exc
-            raise HostError(
-                f"{self.name}: cannot create {path} ({_why(exc)})",
-                hint="check the permissions of DEPLOY_SERVER_PATH",
-            ) from exc
+            raise self._failed(f"create {path}", _why(exc).encode(), 1) from exc
 
     def rename(self, src: str, dst: str) -> None:
-        # OpenSSH's sftp-server renames a folder only if the target does not exist.
-        try:
-            self.sftp().rename(src, dst)
-        except OSError as exc:
-            if self.exists(dst):
-                raise FileExistsError(dst) from exc
-            raise HostError(f"{self.name}: rename {src} -> {dst} failed ({_why(exc)})") from exc
+        """Rename on the host; survives a connection lost before the answer came back.
+
+        After a reconnect, ``src`` gone and ``dst`` present means the lost request was carried
+        out (callers hold the model's lock and use unique source names, so it was ours).
+        """
+        tries = 0
+
+        def op() -> None:
+            nonlocal tries
+            tries += 1
+            if tries > 1 and self.exists(dst) and not self.exists(src):
+                event("ssh", "the rename was done before the link dropped", host=self.name)
+                return
+            try:
+                # OpenSSH's sftp-server renames a folder only if the target does not exist.
+                self.sftp().rename(src, dst)
+            except OSError as exc:
+                if _link_lost(exc):
+                    raise ConnectionError(_why(exc)) from exc
+                if self.exists(dst):
+                    raise FileExistsError(dst) from exc
+                raise self._failed(f"rename {src} -> {dst}", _why(exc).encode(), 1) from exc
+
+        self._retry(f"rename {src}", op)
 
     def remove_tree(self, path: str) -> None:
         self._retry(
@@ -339,10 +379,7 @@ class SSHHost:
         out, err = _drain(chan)
         code = chan.recv_exit_status()
         if code != 0:
-            raise HostError(
-                f"{self.name}: upload to {remote} failed: "
-                f"{err.decode(errors='replace').strip()[:300] or f'exit {code}'}"
-            )
+            raise self._failed(f"upload to {remote}", err, code)
         self.bytes_sent += sent
         return sent
 
@@ -411,6 +448,15 @@ def _drain(chan: paramiko.Channel) -> tuple[bytes, bytes]:
             raise TimeoutError(f"no output from the remote command for {timeout:g} s")
         else:
             select.select([chan], [], [], 0.02)
+
+
+def _link_lost(exc: BaseException) -> bool:
+    """The SSH link died (as opposed to the host refusing an operation)."""
+    if isinstance(exc, TRANSIENT):
+        return True
+    # paramiko raises a bare OSError("Socket is closed") on a closed channel; a refusal from
+    # the host's SFTP server carries an errno.
+    return isinstance(exc, OSError) and exc.errno is None and "closed" in str(exc).lower()
 
 
 def _why(exc: BaseException) -> str:

@@ -171,7 +171,7 @@ def verify_tree(actual: dict[str, str], manifest: dict, where: str) -> None:
         raise StoreError(f"{where}: files do not match the manifest ({'; '.join(parts)})")
 
 
-def install_version(
+def stage_version(
     host: Host,
     base: str,
     model: str,
@@ -179,11 +179,12 @@ def install_version(
     local: Path,
     manifest: dict,
     progress: Callable[[int], None] | None = None,
-) -> tuple[str, int]:
-    """Put ``local`` at ``<base>/<model>/<version>`` atomically; return (state, bytes sent).
+) -> tuple[str | None, int]:
+    """Upload ``local`` next to ``<base>/<model>/<version>``, hash-checked, not yet visible.
 
-    state is ``"uploaded"`` or ``"present"`` (an identical version is already there: nothing is
-    sent). A version with other content is never rewritten.
+    Returns (the ``.incoming-*`` folder to rename into place, bytes sent), or (None, 0) when an
+    identical version is already there. A version with other content is never rewritten.
+    TF Serving ignores names that are not numbers, so a staged upload is never loaded.
     """
     check_model_name(model)
     check_version(version)
@@ -197,18 +198,53 @@ def install_version(
                 f"version {version} of {model} already exists on {host.name} with other content",
                 hint="versions are never rewritten; package a new version",
             ) from exc
-        return "present", 0
+        return None, 0
     host.makedirs(model_dir)
     incoming = f"{model_dir}/.incoming-{version}-{secrets.token_hex(4)}"
     try:
         sent = host.put_tree(local, incoming, progress)
         verify_tree(host.hash_tree(incoming), manifest, f"{host.name}:{incoming}")
-        host.rename(incoming, final)
     except BaseException:
-        # The connection may be gone; the next run cleans stale `.incoming-*` folders.
+        discard_staged(host, incoming)
+        raise
+    return incoming, sent
+
+
+def discard_staged(host: Host, incoming: str | None) -> None:
+    """Remove a staged upload (best effort: the next deploy cleans what is left)."""
+    if incoming:
         with contextlib.suppress(Exception):
             host.remove_tree(incoming)
+
+
+def publish_staged(host: Host, incoming: str, base: str, model: str, version: int) -> None:
+    """Rename a staged upload to its version folder: one atomic step TF Serving then sees."""
+    final = str(PurePosixPath(base) / check_model_name(model) / str(check_version(version)))
+    try:
+        host.rename(incoming, final)
+    except BaseException:
+        discard_staged(host, incoming)
         raise
+
+
+def install_version(
+    host: Host,
+    base: str,
+    model: str,
+    version: int,
+    local: Path,
+    manifest: dict,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[str, int]:
+    """Put ``local`` at ``<base>/<model>/<version>`` atomically; return (state, bytes sent).
+
+    state is ``"uploaded"`` or ``"present"`` (an identical version is already there: nothing is
+    sent).
+    """
+    incoming, sent = stage_version(host, base, model, version, local, manifest, progress)
+    if incoming is None:
+        return "present", 0
+    publish_staged(host, incoming, base, model, version)
     return "uploaded", sent
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import requests
-from helpers import run_cli, start_serve, start_sshd
+from helpers import make_version, run_cli, start_serve, start_sshd
 from tfship.store import MANIFEST, verify_tree
 from tfship.workspace import tree_hashes
 
@@ -27,9 +27,6 @@ def _versions_are_whole(model_dir) -> list[int]:
 
 
 def test_sigkill_at_any_point_of_a_deploy(packaged, tmp_path):
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "integration"))
-    from test_deploy_ssh import make_version
-
     sshd = start_sshd(tmp_path / "sshd")
     base = tmp_path / "models"
     (base / "digits").mkdir(parents=True)

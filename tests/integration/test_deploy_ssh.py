@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -13,9 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers import Served, Sshd, clean_env, run_cli, start_serve, start_sshd
-from tfship.store import MANIFEST
-from tfship.workspace import tree_hashes
+from helpers import Served, Sshd, clean_env, make_version, run_cli, start_serve, start_sshd
 
 pytestmark = pytest.mark.timeout(240)
 FAST = ["--latency-requests", "5", "--wait-seconds", "30", "--json"]
@@ -63,32 +60,6 @@ class Env:
 
     def numeric(self) -> list[int]:
         return sorted(int(p.name) for p in self.model_dir.iterdir() if p.name.isdigit())
-
-
-def make_version(
-    packaged: Path,
-    dest: Path,
-    version: int,
-    *,
-    golden_shift: float = 0.0,
-    corrupt: bool = False,
-    filler_bytes: int = 0,
-) -> Path:
-    """A copy of the session's package under another version number (optionally broken)."""
-    vdir = dest / str(version)
-    shutil.rmtree(vdir, ignore_errors=True)
-    shutil.copytree(packaged / "store" / "digits" / "1000", vdir)
-    manifest = json.loads((vdir / MANIFEST).read_text())
-    manifest["version"] = version
-    manifest["golden"]["outputs"][0][0] += golden_shift
-    if corrupt:
-        (vdir / "saved_model.pb").write_bytes(b"\x00 not a SavedModel")
-    if filler_bytes:
-        (vdir / "assets.extra" / "filler.bin").write_bytes(b"\x01" * filler_bytes)
-    (vdir / MANIFEST).unlink()
-    manifest["files"] = tree_hashes(vdir)
-    (vdir / MANIFEST).write_text(json.dumps(manifest))
-    return vdir
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from helpers import clean_env, free_port, run_cli, start_serve, start_sshd
-from test_deploy_ssh import make_version
+from helpers import clean_env, free_port, make_version, run_cli, start_serve, start_sshd
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 FAST = ["--latency-requests", "3", "--canary-seconds", "1", "--max-parallel", "1", "--json"]
@@ -111,6 +110,33 @@ class Fleet:
             for b in self.bases
         ]
 
+    def assert_no_leftovers(self) -> None:
+        """No staged upload and no lock left on any host."""
+        for b in self.bases:
+            names = [p.name for p in (b / "digits").iterdir()]
+            assert not [n for n in names if n.startswith((".incoming-", ".tfship-lock"))], names
+
+    def targets(self):
+        """In-process deploy targets for the four hosts."""
+        from tfship.deploy import make_target
+
+        self.env()  # writes the shared client key and known_hosts
+        return [
+            make_target(
+                "127.0.0.1",
+                str(b),
+                srv.rest,
+                "rest",
+                {
+                    "username": s.user,
+                    "port": s.port,
+                    "key_file": str(self.tmp / "id"),
+                    "known_hosts": str(self.tmp / "known_hosts"),
+                },
+            )
+            for s, b, srv in zip(self.sshd, self.bases, self.served, strict=True)
+        ]
+
     def stop(self):
         for x in self.served + self.sshd:
             x.stop()
@@ -150,6 +176,7 @@ def test_a_failing_canary_touches_nothing_else(fleet):
     result = json.loads(r.out[r.out.index("{") :])
     assert [h["result"] for h in result["hosts"]][1:] == ["untouched"] * 3
     assert fleet.serving() == before and fleet.on_disk() == disk
+    fleet.assert_no_leftovers()  # the others' uploads, staged during the canary, are gone
 
 
 def test_a_failure_on_the_third_host_rolls_every_host_back(fleet):
@@ -197,3 +224,64 @@ def test_a_mixed_fleet_is_reported_and_blocks_deploy(fleet):
         deadline = time.monotonic() + 20
         while fleet.serving() != before and time.monotonic() < deadline:
             time.sleep(0.2)
+
+
+def _fleet_deploy(fleet, version, **kw):
+    from tfship.deploy import DeploySettings
+    from tfship.fleet import fleet_deploy
+    from tfship.verify import VerifySettings
+
+    targets = fleet.targets()
+    try:
+        return fleet_deploy(
+            targets,
+            fleet.pkgs / str(version),
+            DeploySettings(verify=VerifySettings(latency_requests=3, wait_seconds=8)),
+            **kw,
+        )
+    finally:
+        for t in targets:
+            t.host.close()
+
+
+def test_a_canary_that_fails_its_soak_is_rolled_back(fleet, monkeypatch):
+    import tfship.fleet
+    from tfship.report import Check
+
+    before, disk = fleet.serving(), fleet.on_disk()
+    v = fleet.version()
+    original = tfship.fleet.verify_version
+
+    def degrades_in_the_soak(*args, stage="", **kw):
+        if stage == "canary":
+            return [Check("accuracy", 0.1, ">=", 0.5, "injected: the canary degraded")], {}
+        return original(*args, stage=stage, **kw)
+
+    monkeypatch.setattr(tfship.fleet, "verify_version", degrades_in_the_soak)
+    with pytest.raises(tfship.fleet.FleetFailed, match="canary soak round 1 failed") as info:
+        _fleet_deploy(fleet, v, canary_seconds=0.5, max_parallel=3)
+    assert [h.result for h in info.value.result.hosts] == ["rolled-back"] + ["untouched"] * 3
+    assert fleet.serving() == before and fleet.on_disk() == disk
+    fleet.assert_no_leftovers()
+
+
+def test_an_upload_failing_on_another_host_during_the_canary_undoes_the_canary(fleet, monkeypatch):
+    import tfship.fleet
+    from tfship.errors import HostError
+
+    before, disk = fleet.serving(), fleet.on_disk()
+    v = fleet.version()
+    original = tfship.fleet.stage
+
+    def third_host_full(target, *args, **kw):
+        if target.base == str(fleet.bases[2]):
+            raise HostError(f"{target.host.name}: upload failed: No space left on device")
+        return original(target, *args, **kw)
+
+    monkeypatch.setattr(tfship.fleet, "stage", third_host_full)
+    with pytest.raises(tfship.fleet.FleetFailed, match="No space left") as info:
+        _fleet_deploy(fleet, v, canary_seconds=0, max_parallel=3)
+    states = [h.result for h in info.value.result.hosts]
+    assert states == ["rolled-back", "untouched", "failed before any change", "untouched"]
+    assert fleet.serving() == before and fleet.on_disk() == disk
+    fleet.assert_no_leftovers()
