@@ -84,25 +84,27 @@ def verify_version(
     golden = manifest["golden"]
     input_name, output_name = golden["input_name"], golden["output_name"]
     out = client.predict({input_name: np.asarray(golden["inputs"], np.float32)}, version=version)
-    out = out[output_name] if isinstance(out, dict) else out
+    out = np.asarray(out[output_name] if isinstance(out, dict) else out)
     exp = np.asarray(golden["outputs"])
-    if out.shape != exp.shape or not np.all(np.isfinite(out)):
-        diff = float("inf")
-    else:
-        diff = float(np.max(np.abs(out - exp)))
+    detail = _unusable(out, exp.shape)
+    diff = float("inf") if detail else float(np.max(np.abs(out - exp)))
     facts["golden_max_abs_diff"] = diff
-    checks.append(Check("golden outputs max abs diff", diff, "<=", s.tolerance))
+    checks.append(Check("golden outputs max abs diff", diff, "<=", s.tolerance, detail))
 
     n = min(s.samples, len(labels))
     rng = np.random.default_rng(0)
     idx = np.sort(rng.choice(len(labels), size=n, replace=False))
     probs = client.predict({input_name: images[idx]}, version=version)
-    probs = probs[output_name] if isinstance(probs, dict) else probs
-    accuracy = float(np.mean(np.asarray(probs).argmax(axis=1) == labels[idx])) if n else 0.0
+    probs = np.asarray(probs[output_name] if isinstance(probs, dict) else probs)
+    broken = _unusable(probs, (n, *exp.shape[1:]))
+    detail = broken or f"{n} test rows"
+    # NaN or the wrong shape: the served model is broken, not merely worse.
+    ok = n and not broken
+    accuracy = float(np.mean(probs.argmax(axis=1) == labels[idx])) if ok else 0.0
     gate = s.min_accuracy if s.min_accuracy is not None else manifest["thresholds"]["min_accuracy"]
     facts["accuracy"] = accuracy
     facts["accuracy_rows"] = int(n)
-    checks.append(Check("served accuracy", accuracy, ">=", float(gate), f"{n} test rows"))
+    checks.append(Check("served accuracy", accuracy, ">=", float(gate), detail))
 
     times = []
     for i in range(s.latency_requests):
@@ -122,6 +124,16 @@ def verify_version(
         p95_ms=f"{p95:.1f}",
     )
     return checks, facts
+
+
+def _unusable(out: np.ndarray, shape: tuple[int, ...]) -> str:
+    """Why served outputs cannot be compared (wrong shape, NaN/inf), or "" if they can."""
+    if out.shape != tuple(shape):
+        return f"outputs of shape {list(out.shape)}, expected {list(shape)}"
+    if not np.issubdtype(out.dtype, np.number) or not np.all(np.isfinite(out)):
+        bad = int(np.size(out) - np.count_nonzero(np.isfinite(out.astype(float, copy=False))))
+        return f"{bad} of {out.size} outputs are NaN or infinite"
+    return ""
 
 
 def package_manifest(ws: Workspace, manifest_path: Path | None = None) -> tuple[dict, Path]:
