@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -93,13 +95,18 @@ class State:
     page_size: int = 2
     run_message: str | None = None  # pipeline/run answers 200 {"message"} when set
     malformed: int = 0  # answer this many requests with a broken JSON body
+    errors: int = 0  # answer this many requests with error_status (and Retry-After: 0) first
+    error_status: int = 503
+    slow: int = 0  # answer this many requests only after slow_seconds (after doing the work)
+    slow_seconds: float = 0.0
+    bad_gateway_after_work: int = 0  # do this many requests' work, then answer 502
     job_polls: int = 0
     approved: list = field(default_factory=list)
     canceled: list = field(default_factory=list)
 
 
 def _now() -> str:
-    return "2026-11-23T04:00:00.000Z"
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -117,13 +124,16 @@ class Handler(BaseHTTPRequestHandler):
                 except jsonschema.ValidationError as exc:
                     self.server.state.violations.append(f"response {status}: {exc.message}")
         data = json.dumps(body).encode() if body is not None else b""
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up waiting (the timeout tests)
 
     def _handle(self, method: str) -> None:
         st: State = self.server.state
@@ -170,6 +180,11 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(
                 429, {"message": "Too many requests"}, op, {"Retry-After": st.retry_after}
             )
+        if st.errors > 0:
+            st.errors -= 1
+            return self._send(
+                st.error_status, {"message": "injected server error"}, None, {"Retry-After": "0"}
+            )
         if st.malformed > 0:
             st.malformed -= 1
             data = b'{"items": ['
@@ -180,6 +195,12 @@ class Handler(BaseHTTPRequestHandler):
             return None
         params = {k: v[0] for k, v in parse_qs(url.query).items()}
         status, out = self.route(method, spec_path, m.groupdict(), body or {}, params)
+        if st.bad_gateway_after_work > 0:  # as a proxy that lost the origin's answer
+            st.bad_gateway_after_work -= 1
+            return self._send(502, {"message": "Bad Gateway"}, None, {"Retry-After": "0"})
+        if st.slow > 0:  # the work is done; the answer comes too late for the client
+            st.slow -= 1
+            time.sleep(st.slow_seconds)
         return self._send(status, out, op)
 
     def route(self, method, spec_path, args, body, params):  # noqa: C901 - a route table

@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tfship.errors import ApiError, ConfigError
@@ -74,8 +75,14 @@ class CircleCI:
         body: dict | None = None,
         params: dict | None = None,
         ok: tuple[int, ...] = (200, 201, 202),
+        recover: Callable[[], dict | None] | None = None,
     ) -> dict:
-        """One API call with bounded retries; returns the JSON body."""
+        """One API call with bounded retries; returns the JSON body.
+
+        ``recover`` makes a non-idempotent call safe to retry: after an answer that may have
+        been lost (a timeout, a dropped connection, a 5xx) it looks for what the call created
+        and returns that instead of calling again.
+        """
         import requests
 
         url = self.base_url.rstrip("/") + path
@@ -89,14 +96,22 @@ class CircleCI:
                 if attempt >= self.retries:
                     raise ApiError(
                         f"{method} {path}: CircleCI unreachable after "
-                        f"{attempt + 1} tries ({type(exc).__name__})"
+                        f"{attempt + 1} tries ({type(exc).__name__})",
+                        hint="check the network and CIRCLECI_API_URL; "
+                        "TFSHIP_API_TIMEOUT sets the seconds per request",
                     ) from exc
                 delay = min(self.max_backoff, 2.0**attempt)
+                event(
+                    "ci",
+                    f"{method} {path}: {type(exc).__name__}, retrying in {delay:g} s",
+                    attempt=attempt + 1,
+                )
+                maybe_done = not isinstance(exc, requests.exceptions.ConnectTimeout)
             else:
                 if resp.status_code in ok:
                     return self._json(resp, method, path)
                 if resp.status_code not in RETRY_STATUS or attempt >= self.retries:
-                    raise self._error(resp, method, path)
+                    raise self._error(resp, method, path, attempt + 1)
                 delay = _retry_after(resp) or min(self.max_backoff, 2.0**attempt)
                 delay = min(delay, self.max_backoff)
                 event(
@@ -104,8 +119,14 @@ class CircleCI:
                     f"{method} {path}: HTTP {resp.status_code}, retrying in {delay:g} s",
                     attempt=attempt + 1,
                 )
+                maybe_done = resp.status_code >= 500
             attempt += 1
             self.sleep(delay)
+            if recover is not None and maybe_done:
+                found = recover()
+                if found is not None:
+                    event("ci", f"{method} {path}: the lost call had succeeded; not repeating it")
+                    return found
 
     @staticmethod
     def _json(resp, method: str, path: str) -> dict:
@@ -120,7 +141,7 @@ class CircleCI:
             ) from exc
 
     @staticmethod
-    def _error(resp, method: str, path: str) -> ApiError:
+    def _error(resp, method: str, path: str, tries: int = 1) -> ApiError:
         try:
             message = resp.json().get("message", "")
         except ValueError:
@@ -142,6 +163,11 @@ class CircleCI:
         if code == 429:
             return ApiError(
                 f"{where}: rate limited and still limited after retries", hint="try again later"
+            )
+        if code >= 500:
+            return ApiError(
+                f"{where} after {tries} tries: {message or resp.reason}",
+                hint="CircleCI is failing; see https://status.circleci.com and try again later",
             )
         return ApiError(f"{where}: {message or resp.reason}")
 
@@ -174,7 +200,39 @@ class CircleCI:
             body["branch"] = branch or "main"
         if parameters:
             body["parameters"] = parameters
-        return self.request("POST", f"/project/{check_slug(slug)}/pipeline", body, ok=(201,))
+        return self.request(
+            "POST",
+            f"/project/{check_slug(slug)}/pipeline",
+            body,
+            ok=(201,),
+            recover=self._finder(slug, body.get("branch"), parameters),
+        )
+
+    def _finder(
+        self, slug: str, branch: str | None, parameters: dict | None
+    ) -> Callable[[], dict | None]:
+        """A lookup for the pipeline a trigger whose answer was lost created (no duplicates).
+
+        It is one triggered by the API since this call began (a minute's clock skew allowed),
+        on the same branch, with exactly the same parameters.
+        """
+        since = datetime.now(UTC) - timedelta(seconds=60)
+
+        def find() -> dict | None:
+            for p in self.recent_pipelines(slug, branch, max_pages=1):
+                try:
+                    created = datetime.fromisoformat(str(p.get("created_at")))
+                except ValueError:
+                    continue
+                if (
+                    created >= since
+                    and (p.get("trigger") or {}).get("type") == "api"
+                    and _pipeline_params(p) == (parameters or {})
+                ):
+                    return {k: p.get(k) for k in ("id", "number", "state", "created_at")}
+            return None
+
+        return find
 
     def run_pipeline(
         self,
@@ -189,7 +247,13 @@ class CircleCI:
         body: dict = {"definition_id": definition_id, "config": dict(ref), "checkout": dict(ref)}
         if parameters:
             body["parameters"] = parameters
-        doc = self.request("POST", f"/project/{check_slug(slug)}/pipeline/run", body, ok=(200, 201))
+        doc = self.request(
+            "POST",
+            f"/project/{check_slug(slug)}/pipeline/run",
+            body,
+            ok=(200, 201),
+            recover=self._finder(slug, ref.get("branch"), parameters),
+        )
         if "id" not in doc:
             raise ApiError(
                 f"CircleCI created no pipeline: {doc.get('message', doc)}",

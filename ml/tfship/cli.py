@@ -1370,6 +1370,11 @@ def ci() -> None:
 
     Needs a personal API token in CIRCLE_TOKEN (never printed) and the project slug
     (vcs/org/repo) in CIRCLE_PROJECT_SLUG or --project.
+
+    Every call is retried a bounded number of times (5) on timeouts, 429 (honouring
+    Retry-After) and 5xx; a trigger whose answer was lost is looked up, never sent twice.
+    TFSHIP_API_TIMEOUT (seconds per request, default 30) and TFSHIP_API_MAX_BACKOFF (the
+    longest wait between tries, default 60) tune this.
     """
 
 
@@ -1401,8 +1406,24 @@ def _api(api_url: str, token_env: str):
     import os
 
     from tfship.circleci import CircleCI
+    from tfship.errors import ConfigError
 
-    return CircleCI(os.environ.get(token_env, ""), api_url)
+    def seconds(name: str, default: float) -> float:
+        raw = os.environ.get(name, "")
+        try:
+            value = float(raw) if raw else default
+        except ValueError:
+            value = -1.0
+        if value <= 0:
+            raise ConfigError(f"{name}={raw!r} is not a positive number of seconds")
+        return value
+
+    return CircleCI(
+        os.environ.get(token_env, ""),
+        api_url,
+        timeout=seconds("TFSHIP_API_TIMEOUT", 30.0),
+        max_backoff=seconds("TFSHIP_API_MAX_BACKOFF", 60.0),
+    )
 
 
 @ci.command("trigger", context_settings=CONTEXT)
