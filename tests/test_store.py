@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from tfship.errors import ConfigError, StoreError
-from tfship.store import MANIFEST, install_version, local_store, numeric_versions
+from tfship.store import MANIFEST, check_label, install_version, local_store, numeric_versions
 from tfship.workspace import tree_hashes, write_json
 
 
@@ -67,4 +67,35 @@ def test_only_all_digit_names_are_versions():
         3,
         12,
         123,
+    ]
+
+
+BAD_NAMES = ["../x", "a b", "x;rm -rf /", "", "a/b", "-rf", "m\nx", "$(id)", "/abs", "a?b=c"]
+
+
+@pytest.mark.parametrize("label", [*BAD_NAMES, "1stable"])
+def test_unsafe_version_labels_never_reach_a_url(label):
+    from tfship.serving import ServingClient
+
+    client = ServingClient("http://127.0.0.1:9", "m")
+    with pytest.raises(ConfigError, match="version label"):
+        client.predict({"x": [[1.0]]}, label=label)
+    with pytest.raises(ConfigError, match="version label"):
+        check_label(label)
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_unsafe_model_names_never_reach_a_serving_url(name):
+    from tfship.serving import ServingClient
+
+    with pytest.raises(ConfigError, match="model name"):
+        ServingClient("http://127.0.0.1:9", name)
+
+
+def test_usual_labels_are_allowed():
+    assert [check_label(x) for x in ("stable", "canary", "prod-2", "v_1")] == [
+        "stable",
+        "canary",
+        "prod-2",
+        "v_1",
     ]

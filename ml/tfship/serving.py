@@ -16,6 +16,7 @@ import numpy as np
 
 from tfship import config
 from tfship.errors import ServingError, ServingNotReady
+from tfship.store import check_label, check_model_name
 
 RETRY_STATUS = (502, 503, 504)
 
@@ -75,7 +76,7 @@ class ServingClient:
         if transport not in ("rest", "grpc"):
             raise ValueError(f"transport must be rest or grpc, not {transport}")
         self.url = url.rstrip("/")
-        self.model = model
+        self.model = check_model_name(model)  # it becomes part of every URL path
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -89,7 +90,7 @@ class ServingClient:
         if version is not None:
             path += f"/versions/{int(version)}"
         elif label is not None:
-            path += f"/labels/{label}"
+            path += f"/labels/{check_label(label)}"
         return path
 
     def _rest(self, method: str, url: str, body: dict | None = None) -> dict:
@@ -163,7 +164,7 @@ class ServingClient:
         if version is not None:
             spec.version.value = int(version)
         elif label is not None:
-            spec.version_label = label
+            spec.version_label = check_label(label)
         if signature:
             spec.signature_name = signature
 

@@ -39,6 +39,19 @@ def check_model_name(name: str) -> str:
     return name
 
 
+LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+
+def check_label(label: str) -> str:
+    """A TF Serving version label (it becomes part of a URL path): a safe alphabet only."""
+    if not LABEL_RE.match(label or ""):
+        raise ConfigError(
+            f"version label {label!r} is not allowed",
+            hint="use letters, digits, '_' and '-' (max 64), starting with a letter",
+        )
+    return label
+
+
 def check_version(version: int | str) -> int:
     """A TF Serving version: a positive int64."""
     text = str(version)

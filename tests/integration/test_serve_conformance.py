@@ -282,3 +282,27 @@ def test_reload_config_refuses_a_label_on_an_unavailable_version(hpt_all):
         url(hpt_all, "/labels/stable:predict"), json={"instances": [[0.0]]}, timeout=5
     )
     assert r.status_code == 200
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(hpt_all):
+    """TF Serving answers RESOURCE_EXHAUSTED (HTTP 429) to oversized requests; so do we."""
+    import socket
+
+    from tfship.server.rest import MAX_BODY_BYTES
+
+    host, port = hpt_all.rest.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"POST /v1/models/{HPT}:predict HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {MAX_BODY_BYTES + 1}\r\n\r\n"
+            '{"instances": ['.encode()
+        )
+        answer = b""
+        while chunk := sock.recv(65536):  # the server closes the connection after answering
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 429"), head
+    assert "exceeds the limit" in json.loads(body)["error"]
+    # The server is still there for everyone else.
+    r = requests.post(url(hpt_all, ":predict"), json={"instances": [1.0]}, timeout=10)
+    assert r.status_code == 200
