@@ -30,7 +30,7 @@ from tfship.evaluate import classification_metrics, cross_entropy, plot_confusio
 from tfship.log import event
 from tfship.report import Check, check_table, failed, summary, write_junit
 from tfship.store import MANIFEST, ArtifactStore
-from tfship.workspace import Workspace, read_json, replace_dir, write_json
+from tfship.workspace import Workspace, read_json, recover_dir, replace_dir, write_json
 
 DECISION_FILE = "retrain.json"
 
@@ -151,6 +151,11 @@ def retrain(
 
     ws = Workspace(ws_root)
     data_manifest = read_json(ws.require(ws.data / "manifest.json", "build"))
+    # A decision from an earlier run must not outlive this one (killed or not): later stages
+    # read it. This run's decision is written last, after the model it speaks of.
+    recover_dir(ws.retrain, ".tmp-retrain-")
+    recover_dir(ws.model, ".tmp-train-")
+    shutil.rmtree(ws.retrain, ignore_errors=True)
     started = time.monotonic()
     try:
         champion_version = client.serving_version()
@@ -257,11 +262,11 @@ def retrain(
                 ]
             )
         )
-        replace_dir(out, ws.retrain)
         if passed:
             replace_dir(scratch.model, ws.model)  # stage 3, 4, 5 and 7 follow unchanged
         else:
             shutil.rmtree(ws.model, ignore_errors=True)  # nothing a later stage could package
+        replace_dir(out, ws.retrain)  # last: the decision is the commit point
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     event(

@@ -85,12 +85,31 @@ class Workspace:
         """Yield a fresh temporary folder; on success it replaces the stage's folder."""
         target = self.root / STAGE_DIRS[stage]
         self.root.mkdir(parents=True, exist_ok=True)
+        recover_dir(target, f".tmp-{stage}-")
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{stage}-", dir=self.root))
         try:
             yield tmp
             replace_dir(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def recover_dir(target: Path, tmp_prefix: str) -> None:
+    """Undo what a process killed inside :func:`replace_dir` or a stage left behind.
+
+    Killed between its two renames, the previous output sits at ``.old-<name>-<pid>`` and
+    ``target`` is missing: it is put back. Unfinished ``<tmp_prefix>*`` folders are removed.
+    """
+    parent = target.parent
+    if not parent.exists():
+        return
+    for old in sorted(parent.glob(f".old-{target.name}-*")):
+        if not target.exists():
+            os.replace(old, target)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    for tmp in parent.glob(f"{tmp_prefix}*"):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def replace_dir(new: Path, target: Path) -> None:

@@ -10,7 +10,8 @@ import time
 
 import pytest
 import requests
-from helpers import make_version, run_cli, start_serve, start_sshd
+from helpers import clean_env, make_version, run_cli, start_serve, start_sshd
+from tfship.retrain import DECISION_FILE
 from tfship.store import MANIFEST, verify_tree
 from tfship.workspace import tree_hashes
 
@@ -91,3 +92,53 @@ def test_sigkill_at_any_point_of_a_deploy(packaged, tmp_path):
     finally:
         served.stop()
         sshd.stop()
+
+
+def test_sigkill_at_any_point_of_a_retrain(packaged, tmp_path):
+    """Killed anywhere, a retrain leaves no decision without its model, nothing half-written."""
+    import shutil
+
+    root = tmp_path / "site"
+    shutil.copytree(packaged, root)
+    served = start_serve(
+        tmp_path,
+        "--model_name",
+        "digits",
+        "--model_base_path",
+        str(root / "store" / "digits"),
+        "--file_system_poll_wait_seconds",
+        "0.2",
+    )
+    env = clean_env(TF_SERVING_URL=served.rest)
+    args = ["retrain", "--data", "snaps/new.npz", "--epochs", "4", "--min-accuracy", "0.5"]
+    try:
+        assert run_cli("snapshot", "snaps/new.npz", "--seed", "3", cwd=root, env=env).code == 0
+        decisions = []
+        for delay in (1.0, 4.0, 6.0, 8.0, 10.0, 14.0):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tfship", *args],
+                cwd=root,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(delay)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            ws = root / "workspace"
+            decision = ws / "retrain" / DECISION_FILE
+            if decision.exists():  # a decision is only ever there with what it speaks of
+                d = json.loads(decision.read_text())
+                decisions.append(d["decision"])
+                assert (ws / "model").exists() == (d["decision"] != "keep-champion"), d
+            assert sorted(p.name for p in (root / "store" / "digits").iterdir()) == ["1000"]
+            assert _versions_are_whole(root / "store" / "digits") == [1000]
+        assert decisions, "no kill landed after a decision was written"
+        r = run_cli(*args, "--json", cwd=root, env=env)
+        assert r.code == 0, r.err
+        assert json.loads(r.out)["decision"] == "deploy-challenger"
+        ws = root / "workspace"
+        assert (ws / "model").exists()
+        assert not [p.name for p in ws.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+    finally:
+        served.stop()
