@@ -152,7 +152,9 @@ def test_the_link_dropped_at_the_rename_is_recovered_in_the_same_run(site, monke
     site.assert_clean([2000, 3000])
 
 
-def test_the_link_dropped_during_the_wait_still_verifies_and_cleans_up(site, monkeypatch):
+@pytest.fixture
+def drop_in_the_wait(monkeypatch):
+    """Every SSH link the deploy opened is closed as it starts waiting for AVAILABLE."""
     from tfship.serving import ServingClient
     from tfship.ssh import SSHHost
 
@@ -171,34 +173,20 @@ def test_the_link_dropped_during_the_wait_still_verifies_and_cleans_up(site, mon
 
     monkeypatch.setattr(SSHHost, "connect", remember)
     monkeypatch.setattr(ServingClient, "wait_available", wait_after_a_drop)
+
+
+def test_the_link_dropped_during_the_wait_still_verifies_and_cleans_up(site, drop_in_the_wait):
     result = _deploy(site, 3000)
     assert result.state == "deployed" and site.serving() == 3000
     site.assert_clean([2000, 3000])
 
 
 def test_a_bad_version_is_rolled_back_over_a_new_link_after_a_drop_in_the_wait(
-    site, packaged, monkeypatch
+    site, packaged, drop_in_the_wait
 ):
     from tfship.errors import DeployError
-    from tfship.serving import ServingClient
-    from tfship.ssh import SSHHost
 
     make_version(packaged, site.pkgs, 3000, golden_shift=0.5)
-    hosts: list[SSHHost] = []
-    original_connect, original_wait = SSHHost.connect, ServingClient.wait_available
-
-    def remember(self):
-        hosts.append(self)
-        return original_connect(self)
-
-    def wait_after_a_drop(self, version, *a, **kw):
-        for h in hosts:
-            if h._client is not None:
-                h._client.get_transport().close()
-        return original_wait(self, version, *a, **kw)
-
-    monkeypatch.setattr(SSHHost, "connect", remember)
-    monkeypatch.setattr(ServingClient, "wait_available", wait_after_a_drop)
     with pytest.raises(DeployError, match="rolled back.*Serving now: version 2000"):
         _deploy(site, 3000)
     assert site.serving() == 2000
