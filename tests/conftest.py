@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,24 @@ def packaged(tmp_path_factory) -> Path:
         r = run_cli(*stage, cwd=root)
         assert r.code == 0, f"{stage}: {r.err}"
     return root
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    """Serve ``tmp_path/www`` on a loopback port; yield (base_url, folder)."""
+    www = tmp_path / "www"
+    www.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(www), **kw)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", www
+    server.shutdown()
+    server.server_close()

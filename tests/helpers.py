@@ -73,6 +73,20 @@ def run_cli(
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def assert_build_rejected(r: Result, cwd: Path, *needles: str) -> None:
+    """`tfship build` refused its input: exit 2, one line naming it, nothing written."""
+    assert r.code == 2, r.err
+    lines = r.err_lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("tfship build: bad input:")
+    for needle in needles:
+        assert needle in lines[0]
+    assert "Traceback" not in r.err
+    ws = cwd / "workspace"
+    assert not (ws / "data").exists()
+    assert not ws.exists() or not any(ws.iterdir()), list(ws.iterdir())
+
+
 def write_npz(path: Path, images, labels, **extra) -> Path:
     np.savez(path, images=np.asarray(images), labels=np.asarray(labels), **extra)
     return path

@@ -3,27 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
-import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import digits_arrays, write_npz
-
-
-def _assert_rejected(r, cwd: Path, *needles: str) -> None:
-    assert r.code == 2, r.err
-    lines = r.err_lines
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("tfship build: bad input:")
-    for needle in needles:
-        assert needle in lines[0]
-    assert "Traceback" not in r.err
-    ws = cwd / "workspace"
-    assert not (ws / "data").exists()
-    assert not ws.exists() or not any(ws.iterdir()), list(ws.iterdir())
+from helpers import assert_build_rejected, digits_arrays, write_npz
 
 
 def test_build_default_data_writes_the_documented_layout(cli, tmp_path):
@@ -59,7 +43,7 @@ def test_unusable_files_are_rejected(cli, tmp_path, content, needles):
     path = tmp_path / "missing.npz"
     if content is not None:
         path.write_bytes(content)
-    _assert_rejected(cli("build", "--data", str(path)), tmp_path, *needles)
+    assert_build_rejected(cli("build", "--data", str(path)), tmp_path, *needles)
 
 
 @pytest.mark.parametrize(
@@ -75,7 +59,7 @@ def test_invalid_data_is_rejected_before_anything_is_written(cli, tmp_path, muta
     images, labels = digits_arrays()
     x, y = mutate(images, labels)
     path = write_npz(tmp_path / "bad.npz", x, y)
-    _assert_rejected(cli("build", "--data", str(path)), tmp_path, "bad.npz", *needles)
+    assert_build_rejected(cli("build", "--data", str(path)), tmp_path, "bad.npz", *needles)
 
 
 def test_a_failed_rebuild_leaves_the_previous_data_untouched(cli, tmp_path):
@@ -86,27 +70,6 @@ def test_a_failed_rebuild_leaves_the_previous_data_untouched(cli, tmp_path):
     assert cli("build", "--data", str(bad)).code == 2
     assert (tmp_path / "workspace" / "data" / "manifest.json").read_text() == before
     assert not [p for p in (tmp_path / "workspace").iterdir() if p.name.startswith(".tmp")]
-
-
-@pytest.fixture
-def http_dir(tmp_path):
-    """Serve ``tmp_path/www`` on a loopback port; yield (base_url, folder)."""
-    www = tmp_path / "www"
-    www.mkdir()
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(www), **kw)
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", www
-    server.shutdown()
-    server.server_close()
 
 
 def test_url_source_downloads_and_checks_the_sha256(cli, tmp_path, http_dir):
@@ -124,18 +87,18 @@ def test_url_checksum_mismatch_is_rejected(cli, tmp_path, http_dir):
     images, labels = digits_arrays()
     write_npz(www / "snap.npz", images, labels)
     r = cli("build", "--data", f"{base}/snap.npz", "--data-sha256", "0" * 64)
-    _assert_rejected(r, tmp_path, "sha256 mismatch", "0" * 64)
+    assert_build_rejected(r, tmp_path, "sha256 mismatch", "0" * 64)
 
 
 def test_url_404_is_rejected(cli, tmp_path, http_dir):
     base, _ = http_dir
     r = cli("build", "--data", f"{base}/nope.npz#sha256={'1' * 64}")
-    _assert_rejected(r, tmp_path, "HTTP 404")
+    assert_build_rejected(r, tmp_path, "HTTP 404")
 
 
 def test_url_without_checksum_is_refused_with_the_fix(cli, tmp_path, http_dir):
     base, _ = http_dir
-    _assert_rejected(cli("build", "--data", f"{base}/snap.npz"), tmp_path, "#sha256=")
+    assert_build_rejected(cli("build", "--data", f"{base}/snap.npz"), tmp_path, "#sha256=")
 
 
 def test_options_come_from_environment_and_dotenv(cli, tmp_path):

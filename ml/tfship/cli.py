@@ -60,6 +60,16 @@ def store_option(f):
     )(f)
 
 
+MAX_DATA_BYTES = opt(
+    "--max-data-bytes",
+    env=ENV["max_data_bytes"],
+    type=click.IntRange(1),
+    default=config.MAX_DATA_BYTES,
+    show_default=True,
+    help="Refuse a data file, a download, or an .npz that unpacks to more than this.",
+)
+
+
 def data_options(f):
     """Options shared by build and retrain: where data comes from and how it is checked."""
     options = [
@@ -108,6 +118,7 @@ def data_options(f):
             show_default=True,
             help="Max total variation distance of train vs test pixel histograms.",
         ),
+        MAX_DATA_BYTES,
         opt("--seed", env=ENV["seed"], type=int, default=config.DEFAULT_SEED, show_default=True),
     ]
     for o in reversed(options):
@@ -222,6 +233,7 @@ def build(
     min_rows_per_class: int,
     max_label_drift: float,
     max_pixel_drift: float,
+    max_data_bytes: int,
     seed: int,
     as_json: bool,
 ) -> None:
@@ -234,7 +246,9 @@ def build(
     from tfship.data import Checks
     from tfship.data import build as run
 
-    checks = Checks(num_classes, min_rows_per_class, max_label_drift, max_pixel_drift)
+    checks = Checks(
+        num_classes, min_rows_per_class, max_label_drift, max_pixel_drift, max_data_bytes
+    )
     info = run(workspace, data, checks, seed, data_sha256)
     rows = info["rows"]
     emit(
@@ -1124,6 +1138,7 @@ def snapshot(out: Path, kind: str, seed: int) -> None:
     help="New data (same sources as build). Default: what `tfship build` left in the workspace.",
 )
 @opt("--data-sha256", env=ENV["data_sha256"], default=None)
+@MAX_DATA_BYTES
 @opt(
     "--tolerance",
     env="TFSHIP_RETRAIN_TOLERANCE",
@@ -1175,6 +1190,7 @@ def retrain(
     seed,
     data,
     data_sha256,
+    max_data_bytes,
     tolerance,
     min_accuracy,
     max_class_drop,
@@ -1201,7 +1217,7 @@ def retrain(
     from tfship.train import TrainSettings
 
     if data:
-        build_data(workspace, data, Checks(), seed, data_sha256)
+        build_data(workspace, data, Checks(max_bytes=max_data_bytes), seed, data_sha256)
     target = where.target() if not where.is_fleet(None) else where.fleet_champion(model_name)
 
     def from_host(version: int, dest: Path) -> Path:

@@ -72,6 +72,7 @@ ENV = {
     "min_rows_per_class": "TFSHIP_MIN_ROWS_PER_CLASS",
     "max_label_drift": "TFSHIP_MAX_LABEL_DRIFT",
     "max_pixel_drift": "TFSHIP_MAX_PIXEL_DRIFT",
+    "max_data_bytes": "TFSHIP_MAX_DATA_BYTES",
     "version": "TFSHIP_VERSION",
     "hostname": "DEPLOY_SERVER_HOSTNAME",
     "username": "DEPLOY_SERVER_USERNAME",

@@ -21,11 +21,12 @@ import hashlib
 import importlib.util
 import io
 import os
+import stat
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import urlsplit
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -33,6 +34,8 @@ from tfship import config
 from tfship.errors import DataError
 
 SNAPSHOT_SUFFIXES = (".npz", ".csv")
+TOO_BIG = "split the snapshot or raise --max-data-bytes (TFSHIP_MAX_DATA_BYTES)"
+RESAVE = "write snapshots with np.savez(path, images=..., labels=...)"
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Checks:
     min_rows_per_class: int = config.MIN_ROWS_PER_CLASS
     max_label_drift: float = config.MAX_LABEL_DRIFT
     max_pixel_drift: float = config.MAX_PIXEL_DRIFT
+    max_bytes: int = config.MAX_DATA_BYTES  # a file, a download, or what an .npz unpacks to
 
 
 @dataclass
@@ -86,22 +90,30 @@ class Prepared:
 # --------------------------------------------------------------------------------------------
 
 
-def load_source(spec: str, sha256: str | None = None, cache_dir: Path | None = None) -> RawData:
-    """Resolve ``--data`` to raw arrays. Raises :class:`DataError` for anything unusable."""
+def load_source(
+    spec: str,
+    sha256: str | None = None,
+    cache_dir: Path | None = None,
+    max_bytes: int = config.MAX_DATA_BYTES,
+) -> RawData:
+    """Resolve ``--data`` to raw arrays. Raises :class:`DataError` for anything unusable.
+
+    ``max_bytes`` bounds a local file, a download, and what an ``.npz`` unpacks to.
+    """
     if spec in ("digits", "default"):
         return load_digits()
     if spec == "fashion_mnist":
         return load_fashion_mnist()
     scheme = urlsplit(spec).scheme
     if scheme in ("http", "https"):
-        return load_url(spec, sha256, cache_dir)
+        return load_url(spec, sha256, cache_dir, max_bytes)
     if scheme and len(scheme) > 1 and scheme != "file":
         raise DataError(
-            f"--data {spec}: unsupported scheme {scheme}://",
+            f"--data {shown_url(spec)}: unsupported scheme {scheme}://",
             hint="use digits, fashion_mnist, a local path, or an https:// URL",
         )
     path = Path(spec[7:] if spec.startswith("file://") else spec).expanduser()
-    raw = load_path(path)
+    raw = load_path(path, max_bytes)
     if sha256:
         _check_sha256(snapshot_path(path), sha256)
     return raw
@@ -147,7 +159,7 @@ def snapshot_path(path: Path) -> Path:
     return path
 
 
-def load_path(path: Path) -> RawData:
+def load_path(path: Path, max_bytes: int = config.MAX_DATA_BYTES) -> RawData:
     """Load a local ``.npz`` or ``.csv`` file, or the newest snapshot in a folder."""
     if not path.exists():
         raise DataError(f"{path}: no such file or folder", hint="check --data")
@@ -155,13 +167,10 @@ def load_path(path: Path) -> RawData:
     size = path.stat().st_size
     if size == 0:
         raise DataError(f"{path}: file is empty")
-    if size > config.MAX_DATA_BYTES:
-        raise DataError(
-            f"{path}: {size} bytes is over the {config.MAX_DATA_BYTES} byte limit",
-            hint="split the snapshot or raise TFSHIP_MAX_DATA_BYTES",
-        )
+    if size > max_bytes:
+        raise DataError(f"{path}: {size} bytes is over the {max_bytes} byte limit", hint=TOO_BIG)
     if path.suffix == ".npz":
-        return _load_npz(path)
+        return _load_npz(path, max_bytes)
     if path.suffix == ".csv":
         return _load_csv(path)
     raise DataError(
@@ -169,11 +178,48 @@ def load_path(path: Path) -> RawData:
     )
 
 
-def _load_npz(path: Path) -> RawData:
+def _check_npz_members(path: Path, max_bytes: int) -> None:
+    """An ``.npz`` is a zip archive: refuse members named outside it, links, and zip bombs.
+
+    NumPy reads members by name and never extracts them, but a snapshot carrying such
+    members was not written by ``np.savez``: it is refused rather than half-trusted.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable NPZ file ({exc})") from exc
+    total = 0
+    for info in infos:
+        name = info.filename
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        if name.startswith(("/", "\\")) or ".." in parts or ":" in name:
+            raise DataError(
+                f"{path}: archive member {name!r} points outside the archive", hint=RESAVE
+            )
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise DataError(f"{path}: archive member {name!r} is a symbolic link", hint=RESAVE)
+        total += info.file_size
+    if total > max_bytes:
+        raise DataError(
+            f"{path}: unpacks to {total} bytes, over the {max_bytes} byte limit", hint=TOO_BIG
+        )
+
+
+def _load_npz(path: Path, max_bytes: int = config.MAX_DATA_BYTES) -> RawData:
+    _check_npz_members(path, max_bytes)
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise DataError(
+                f"{path}: an array holds Python objects (ragged images or mixed types?),"
+                " not numbers",
+                hint="stack images of one shape into a numeric array before np.savez",
+            ) from exc
+        raise DataError(f"{path}: not a readable NPZ file ({exc})") from exc
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise DataError(f"{path}: not a readable NPZ file ({exc})") from exc
     images = _pick(arrays, ("images", "x", "x_train"), path)
     labels = _pick(arrays, ("labels", "y", "y_train"), path)
@@ -240,50 +286,104 @@ def _is_number(s: str) -> bool:
     return True
 
 
-def load_url(url: str, sha256: str | None, cache_dir: Path | None = None) -> RawData:
-    """Download an ``.npz``/``.csv`` over HTTP(S), check its sha256, then load it."""
+def load_url(
+    url: str,
+    sha256: str | None,
+    cache_dir: Path | None = None,
+    max_bytes: int = config.MAX_DATA_BYTES,
+) -> RawData:
+    """Download an ``.npz``/``.csv`` over HTTP(S), check its size and sha256, then load it.
+
+    A body over ``max_bytes`` (declared or streamed) is refused; one shorter than its
+    Content-Length is a truncated download. Errors and the manifest show the URL without
+    ``user:password@`` and without its query string (signed URLs carry secrets there).
+    """
     import requests  # imported here: only URL sources pay for it
 
     parts = urlsplit(url)
+    shown = shown_url(url)
     expected = sha256
     if parts.fragment.startswith("sha256="):
         expected = parts.fragment.split("=", 1)[1]
     if not expected:
         raise DataError(
-            f"{url}: no checksum given",
+            f"{shown}: no checksum given",
             hint="append #sha256=<hex> to the URL or pass --data-sha256",
         )
     suffix = Path(parts.path).suffix
     if suffix not in SNAPSHOT_SUFFIXES:
-        raise DataError(f"{url}: unknown format {suffix or '(no suffix)'}", hint="use .npz or .csv")
-    clean = parts._replace(fragment="").geturl()
+        raise DataError(
+            f"{shown}: unknown format {suffix or '(no suffix)'}", hint="use .npz or .csv"
+        )
     tmpdir = Path(tempfile.mkdtemp(prefix="tfship-dl-", dir=cache_dir))
     target = tmpdir / f"snapshot{suffix}"
     try:
         try:
-            with requests.get(clean, stream=True, timeout=(10, 60)) as resp:
-                if resp.status_code != 200:
-                    raise DataError(f"{clean}: HTTP {resp.status_code} {resp.reason}")
-                got = 0
+            resp = requests.get(parts._replace(fragment="").geturl(), stream=True, timeout=(10, 60))
+        except requests.RequestException as exc:
+            raise DataError(
+                f"{shown}: download failed ({type(exc).__name__})",
+                hint="check the URL and that the host is reachable",
+            ) from exc
+        with resp:
+            if resp.status_code != 200:
+                raise DataError(f"{shown}: HTTP {resp.status_code} {resp.reason}")
+            declared = _content_length(resp.headers.get("Content-Length"))
+            if declared is not None and declared > max_bytes:
+                raise DataError(
+                    f"{shown}: {declared} bytes is over the {max_bytes} byte limit", hint=TOO_BIG
+                )
+            got = 0
+            try:
                 with open(target, "wb") as fh:
                     for chunk in resp.iter_content(1 << 20):
                         got += len(chunk)
-                        if got > config.MAX_DATA_BYTES:
-                            raise DataError(f"{clean}: larger than {config.MAX_DATA_BYTES} bytes")
+                        if got > max_bytes:
+                            raise DataError(
+                                f"{shown}: more than the {max_bytes} byte limit", hint=TOO_BIG
+                            )
                         fh.write(chunk)
-                declared = resp.headers.get("Content-Length")
-                if declared is not None and int(declared) != got:
-                    raise DataError(f"{clean}: truncated download ({got} of {declared} bytes)")
-        except requests.RequestException as exc:
-            raise DataError(f"{clean}: download failed ({type(exc).__name__})") from exc
-        _check_sha256(target, expected, name=clean)
-        raw = load_path(target)
-        raw.origin = clean
+            except requests.RequestException as exc:
+                raise _truncated(shown, got, declared, type(exc).__name__) from exc
+            if declared is not None and resp.raw.tell() != declared:
+                raise _truncated(shown, resp.raw.tell(), declared, "short body")
+        _check_sha256(target, expected, name=shown)
+        raw = load_path(target, max_bytes)
+        raw.origin = shown
         return raw
     finally:
         for p in tmpdir.glob("*"):
             p.unlink()
         tmpdir.rmdir()
+
+
+def shown_url(url: str) -> str:
+    """``url`` as errors and manifests show it: no ``user:password@``, query or fragment."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"{host}:{port}" if port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _content_length(value: str | None) -> int | None:
+    """The declared body length, or None when absent or not a plain number."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value)
+
+
+def _truncated(shown: str, got: int, declared: int | None, why: str) -> DataError:
+    of = f" of {declared}" if declared is not None else ""
+    return DataError(
+        f"{shown}: truncated download: the transfer ended after {got}{of} bytes ({why})",
+        hint="retry; if it keeps happening the server or a proxy is cutting it short",
+    )
 
 
 def _check_sha256(path: Path, expected: str, name: str | None = None) -> None:
@@ -524,7 +624,7 @@ def build(
     from tfship.workspace import Workspace, write_json
 
     ws = Workspace(ws_root)
-    prepared = prepare(load_source(spec, sha256), checks, seed)
+    prepared = prepare(load_source(spec, sha256, max_bytes=checks.max_bytes), checks, seed)
     info = manifest(prepared, seed, checks)
     with ws.stage_output("build") as out:
         for name in ("train", "val", "test"):

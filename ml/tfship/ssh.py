@@ -18,6 +18,7 @@ import io
 import os
 import select
 import shlex
+import shutil
 import socket
 import tarfile
 import time
@@ -389,8 +390,17 @@ class SSHHost:
             lambda: self.check(f"tar -c -f - -C {shlex.quote(remote)} .", f"download {remote}"),
         )
         local.mkdir(parents=True)
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            tar.extractall(local, filter="data")
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+                # "data": no member outside ``local``, no absolute or escaping links, no devices.
+                tar.extractall(local, filter="data")
+        except tarfile.TarError as exc:
+            shutil.rmtree(local, ignore_errors=True)  # nothing half-copied is left to load
+            raise HostError(
+                f"{self.name}: refused the copy of {remote}: {exc}",
+                hint="the version folder on the host holds something a model export never"
+                " writes; inspect it there",
+            ) from exc
 
     def hash_tree(self, path: str) -> dict[str, str]:
         q = shlex.quote(path)

@@ -265,3 +265,39 @@ def test_permission_denied_on_the_base_path_changes_nothing(unprivileged):
     again = site.deploy_cli(3000)
     assert again.code == 0, again.err
     site.assert_clean([2000, 3000])
+
+
+@pytest.mark.parametrize(
+    ("name", "link_to"),
+    [("weights", "/etc/passwd"), ("variables", "../../../outside")],
+)
+def test_a_copy_from_the_host_with_an_escaping_link_is_refused(sshd, tmp_path, name, link_to):
+    """Retrain fetches the champion from the host when the store lacks it: a version folder
+    there holding a link out of itself is refused, and nothing half-copied is left."""
+    from tfship.deploy import make_target
+    from tfship.errors import HostError
+
+    version = tmp_path / "models" / "digits" / "7"
+    (version / "assets.extra").mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"pb")
+    (version / name).symlink_to(link_to)
+    target = make_target(
+        "127.0.0.1",
+        str(tmp_path / "models"),
+        "http://127.0.0.1:9",
+        "rest",
+        {
+            "username": sshd.user,
+            "port": sshd.port,
+            "key_file": str(sshd.client_key),
+            "known_hosts": str(sshd.known_hosts),
+        },
+    )
+    dest = tmp_path / "fetched"
+    try:
+        with pytest.raises(HostError) as caught:
+            target.host.get_tree(str(version), dest)
+    finally:
+        target.host.close()
+    assert "refused the copy" in str(caught.value) and name in str(caught.value)
+    assert not dest.exists()
