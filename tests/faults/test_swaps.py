@@ -82,4 +82,6 @@ def test_twenty_swaps_under_load(packaged, tmp_path):
         f"RSS after swap 5: {rss[6]:.0f} MB, after swap 20: {rss[21]:.0f} MB; "
         f"{sum(counts)} requests"
     )
-    assert growth < 0.15 * rss[6], f"RSS grew {growth:.0f} MB over 15 swaps ({rss})"
+    # One version of this model kept loaded after its END costs ~3.4 MB (measured with
+    # tf.saved_model.load): 15 kept would be ~50 MB. Noise over 15 swaps is a few MB.
+    assert growth < 25, f"RSS grew {growth:.0f} MB over 15 swaps ({rss})"
