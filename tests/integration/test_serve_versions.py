@@ -152,3 +152,29 @@ def test_bad_config_file_is_one_clear_line(cli, tmp_path):
     r = cli("serve", "--model_config_file", str(conf), "--rest_api_port", "0")
     assert r.code == 2
     assert r.err_lines[-1].startswith("tfship serve: bad setting: --model_config_file")
+
+
+LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+
+
+def _listening(port: int) -> list[str]:
+    """Local addresses the kernel lists as LISTEN on ``port`` (IPv4 and IPv6 tables)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as fh:
+            for row in list(fh)[1:]:
+                local, state = row.split()[1], row.split()[3]
+                addr, hex_port = local.rsplit(":", 1)
+                if state == "0A" and int(hex_port, 16) == port:
+                    found.append(addr)
+    return found
+
+
+def test_serve_listens_on_loopback_only_by_default(serve, tmp_path):
+    (tmp_path / "m").mkdir()
+    s = serve("--model_name", "m", "--model_base_path", str(tmp_path / "m"))
+    for port in (int(s.rest.rsplit(":", 1)[1]), int(s.grpc.rsplit(":", 1)[1])):
+        # 127.0.0.1 in the kernel's byte order, plain or IPv4-mapped in the IPv6 table; a
+        # wildcard bind would be 00000000 / 32 zeros.
+        found = _listening(port)
+        assert found and set(found) <= LOOPBACK, (port, found)
