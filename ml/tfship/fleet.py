@@ -172,6 +172,8 @@ class FleetResult:
     version: int
     hosts: list[HostResult] = field(default_factory=list)
     ok: bool = True
+    canary_s: float | None = None  # start to canary passed (deploy, checks and soak)
+    total_s: float | None = None
 
     def table(self) -> str:
         rows = [
@@ -185,6 +187,13 @@ class FleetResult:
                 f"{'' if h.to_available_s is None else f'{h.to_available_s:.2f}'} | "
                 f"{h.checks} | {h.result} |"
             )
+        if self.total_s is not None:
+            canary = (
+                f"canary passed after {self.canary_s:.1f} s"
+                if self.canary_s is not None
+                else "canary did not pass"
+            )
+            rows.append(f"\n{canary}; whole rollout {self.total_s:.1f} s")
         return "\n".join(rows)
 
     def to_dict(self) -> dict:
@@ -192,6 +201,8 @@ class FleetResult:
             "model": self.model,
             "version": self.version,
             "ok": self.ok,
+            "canary_s": self.canary_s,
+            "total_s": self.total_s,
             "hosts": [h.__dict__ for h in self.hosts],
         }
 
@@ -231,6 +242,7 @@ def fleet_deploy(
     force: bool = False,
 ) -> FleetResult:
     """Canary, soak, batches; roll back every moved host if any fails."""
+    started = time.monotonic()
     manifest = load_package(package_dir)
     model, version = manifest["model_name"], int(manifest["version"])
     rows = state(targets, model)
@@ -286,6 +298,7 @@ def fleet_deploy(
         # after it passes each host only renames, waits and verifies.
         uploads = [pool.submit(stage_one, t) for t in rest]
         commit_one(canary, canary_seconds)
+        result.canary_s = round(time.monotonic() - started, 3)
         _first_error(uploads)
         for i in range(0, len(rest), max(1, max_parallel)):
             batch = rest[i : i + max(1, max_parallel)]
@@ -296,6 +309,7 @@ def fleet_deploy(
         for f in uploads:  # let running uploads finish before their folders are removed
             f.exception()
         _revert(moved, model, version, old, s, by_host)
+        result.total_s = round(time.monotonic() - started, 3)  # rollback included
         lines = ", ".join(f"{h.host}: {h.result}" for h in result.hosts)
         raise FleetFailed(
             f"fleet rollout of {model} version {version} stopped: {exc}. Hosts: {lines}", result
@@ -306,7 +320,16 @@ def fleet_deploy(
         pool.shutdown(wait=True)
         for st in list(staged.values()):
             abandon(st)
-    event("fleet", "rollout complete", model=model, version=version, hosts=len(targets))
+    result.total_s = round(time.monotonic() - started, 3)
+    event(
+        "fleet",
+        "rollout complete",
+        model=model,
+        version=version,
+        hosts=len(targets),
+        canary_s=result.canary_s,
+        s=result.total_s,
+    )
     return result
 
 

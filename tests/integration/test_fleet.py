@@ -155,6 +155,7 @@ def test_a_clean_rollout_serves_the_same_version_everywhere(fleet):
     assert r.code == 0, r.err
     result = json.loads(r.out)
     assert result["ok"] and [h["result"] for h in result["hosts"]] == ["deployed"] * 4
+    assert 0 < result["canary_s"] < result["total_s"]
     assert all(
         h["upload_s"] is not None and h["to_available_s"] is not None for h in result["hosts"]
     )
