@@ -61,6 +61,9 @@ def test_a_full_workflow_run_leaves_no_secret_anywhere(tmp_path, webhook):
             **secrets,
         )
         del env["DEPLOY_SERVER_SSH_KEY_FILE"]  # the key arrives as text, as on CircleCI
+        scratch = tmp_path / "scratch"  # the run's temp folder: a key file left would be here
+        scratch.mkdir()
+        env["TMPDIR"] = str(scratch)
         out = tmp_path / "ci"
         p = subprocess.run(
             [
@@ -92,6 +95,7 @@ def test_a_full_workflow_run_leaves_no_secret_anywhere(tmp_path, webhook):
             out / "artifacts",
             out / "test-results",
             base,
+            scratch,
             *out.glob("jobs/*/log.txt"),
             *out.glob("jobs/*/bash_env"),
             *out.glob("jobs/*/home"),
