@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import http.server
-import threading
 from pathlib import Path
 
 import pytest
-from helpers import FAST_TRAIN, run_cli
+from helpers import FAST_TRAIN, loopback_http, run_cli
 
 
 @pytest.fixture
@@ -49,9 +48,5 @@ def http_dir(tmp_path):
         def log_message(self, *a):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", www
-    server.shutdown()
-    server.server_close()
+    with loopback_http(Handler) as base:
+        yield base, www

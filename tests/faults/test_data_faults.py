@@ -12,14 +12,13 @@ import http.server
 import io
 import json
 import stat
-import threading
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_build_rejected, clean_env, digits_arrays, write_npz
+from helpers import assert_build_rejected, clean_env, digits_arrays, loopback_http, write_npz
 
 Route = tuple[dict[str, str], Callable[[], Iterable[bytes]]]
 
@@ -49,12 +48,8 @@ def scripted_http():
         def log_message(self, *a):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", routes
-    server.shutdown()
-    server.server_close()
+    with loopback_http(Handler) as base:
+        yield base, routes
 
 
 @pytest.fixture

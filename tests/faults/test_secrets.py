@@ -5,10 +5,9 @@ from __future__ import annotations
 import http.server
 import subprocess
 import sys
-import threading
 
 import pytest
-from helpers import ROOT, start_serve, start_sshd
+from helpers import ROOT, loopback_http, start_serve, start_sshd
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
@@ -25,10 +24,8 @@ def webhook():
         def log_message(self, *a):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/services/T0SECRET/B0SECRET/xyzzySECRET"
-    server.shutdown()
+    with loopback_http(Handler) as base:
+        yield f"{base}/services/T0SECRET/B0SECRET/xyzzySECRET"
 
 
 def test_a_full_workflow_run_leaves_no_secret_anywhere(tmp_path, webhook):
