@@ -126,7 +126,7 @@ def main() -> None:
         fleet_bench(args.hosts, args.rate, args.upload_mb)
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from helpers import start_serve, start_sshd
+    from helpers import serve_model, start_serve, start_sshd
     from tfship.deploy import DeploySettings, deploy, make_target, rollback
     from tfship.store import install_version
     from tfship.verify import VerifySettings
@@ -158,15 +158,7 @@ def main() -> None:
         base = work / "models"
         (base / "digits").mkdir(parents=True)
         shutil.copytree(src, base / "digits" / "1000")
-        served = start_serve(
-            work,
-            "--model_name",
-            "digits",
-            "--model_base_path",
-            str(base / "digits"),
-            "--file_system_poll_wait_seconds",
-            "1",
-        )
+        served = serve_model(work, base / "digits", poll="1")
         ssh = {
             "username": sshd.user,
             "port": sshd.port,
@@ -319,7 +311,7 @@ def fleet_bench(n: int, rate: float, upload_mb: int) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from concurrent.futures import ThreadPoolExecutor
 
-    from helpers import start_serve, start_sshd
+    from helpers import serve_model, start_sshd
     from tfship.deploy import DeploySettings, deploy, make_target
     from tfship.fleet import fleet_deploy
     from tfship.verify import VerifySettings
@@ -370,15 +362,7 @@ def fleet_bench(n: int, rate: float, upload_mb: int) -> None:
         with ThreadPoolExecutor(n) as pool:
             served = list(
                 pool.map(
-                    lambda b: start_serve(
-                        work,
-                        "--model_name",
-                        "digits",
-                        "--model_base_path",
-                        str(b / "digits"),
-                        "--file_system_poll_wait_seconds",
-                        "1",
-                    ),
+                    lambda b: serve_model(work, b / "digits", poll="1"),
                     bases,
                 )
             )

@@ -147,6 +147,19 @@ class Served:
         return self.proc.returncode
 
 
+def serve_model(tmp: Path, model_dir: Path, poll: str = "0.2") -> Served:
+    """`tfship serve` for the ``digits`` model in ``model_dir``, polling every ``poll`` s."""
+    return start_serve(
+        tmp,
+        "--model_name",
+        "digits",
+        "--model_base_path",
+        str(model_dir),
+        "--file_system_poll_wait_seconds",
+        poll,
+    )
+
+
 def start_serve(tmp: Path, *args: str, timeout: float = 60) -> Served:
     """Start `tfship serve ARGS` and wait until it has written its ready file."""
     ready = tmp / f"ready-{time.monotonic_ns()}.json"

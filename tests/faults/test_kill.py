@@ -10,7 +10,7 @@ import time
 
 import pytest
 import requests
-from helpers import clean_env, make_version, run_cli, start_serve, start_sshd
+from helpers import clean_env, make_version, run_cli, serve_model, start_sshd
 from tfship.retrain import DECISION_FILE
 from tfship.store import MANIFEST, verify_tree
 from tfship.workspace import tree_hashes
@@ -31,15 +31,7 @@ def test_sigkill_at_any_point_of_a_deploy(packaged, tmp_path):
     sshd = start_sshd(tmp_path / "sshd")
     base = tmp_path / "models"
     (base / "digits").mkdir(parents=True)
-    served = start_serve(
-        tmp_path,
-        "--model_name",
-        "digits",
-        "--model_base_path",
-        str(base / "digits"),
-        "--file_system_poll_wait_seconds",
-        "0.2",
-    )
+    served = serve_model(tmp_path, base / "digits")
     env = sshd.env(DEPLOY_SERVER_PATH=str(base), TF_SERVING_URL=served.rest)
     pkgs = tmp_path / "pkgs"
     pkgs.mkdir()
@@ -100,15 +92,7 @@ def test_sigkill_at_any_point_of_a_retrain(packaged, tmp_path):
 
     root = tmp_path / "site"
     shutil.copytree(packaged, root)
-    served = start_serve(
-        tmp_path,
-        "--model_name",
-        "digits",
-        "--model_base_path",
-        str(root / "store" / "digits"),
-        "--file_system_poll_wait_seconds",
-        "0.2",
-    )
+    served = serve_model(tmp_path, root / "store" / "digits")
     env = clean_env(TF_SERVING_URL=served.rest)
     args = ["retrain", "--data", "snaps/new.npz", "--epochs", "4", "--min-accuracy", "0.5"]
     try:

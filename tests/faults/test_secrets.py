@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, loopback_http, start_serve, start_sshd
+from helpers import ROOT, loopback_http, serve_model, start_sshd
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
@@ -32,15 +32,7 @@ def test_a_full_workflow_run_leaves_no_secret_anywhere(tmp_path, webhook):
     sshd = start_sshd(tmp_path / "sshd")
     base = tmp_path / "models"
     (base / "digits").mkdir(parents=True)
-    served = start_serve(
-        tmp_path,
-        "--model_name",
-        "digits",
-        "--model_base_path",
-        str(base / "digits"),
-        "--file_system_poll_wait_seconds",
-        "0.2",
-    )
+    served = serve_model(tmp_path, base / "digits")
     try:
         key_text = sshd.client_key.read_text()
         secrets = {

@@ -12,7 +12,7 @@ import json
 import pytest
 import requests
 from fault_proxy import FaultProxy
-from helpers import clean_env, make_version, run_cli, start_serve
+from helpers import clean_env, make_version, run_cli, serve_model
 from tfship.store import MANIFEST
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
@@ -27,15 +27,7 @@ def site(packaged, tmp_path):
     pkgs.mkdir()
     for v in (2000, 3000):
         make_version(packaged, pkgs, v)
-    served = start_serve(
-        tmp_path,
-        "--model_name",
-        "digits",
-        "--model_base_path",
-        str(base / "digits"),
-        "--file_system_poll_wait_seconds",
-        "0.2",
-    )
+    served = serve_model(tmp_path, base / "digits")
     proxies: list[FaultProxy] = []
 
     class Site:

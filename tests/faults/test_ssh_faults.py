@@ -17,7 +17,7 @@ from pathlib import Path
 import paramiko
 import pytest
 import requests
-from helpers import Served, Sshd, make_version, run_cli, start_serve, start_sshd
+from helpers import Served, Sshd, make_version, run_cli, serve_model, start_sshd
 from tfship.store import MANIFEST, verify_tree
 from tfship.workspace import tree_hashes
 
@@ -90,15 +90,7 @@ def _site(sshd: Sshd, packaged: Path, base: Path, pkgs: Path) -> Site:
     pkgs.mkdir(exist_ok=True)
     for v in (2000, 3000):
         make_version(packaged, pkgs, v)
-    served = start_serve(
-        pkgs,
-        "--model_name",
-        "digits",
-        "--model_base_path",
-        str(base / "digits"),
-        "--file_system_poll_wait_seconds",
-        "0.2",
-    )
+    served = serve_model(pkgs, base / "digits")
     site = Site(sshd, served, base, pkgs)
     r = site.deploy_cli(2000)
     assert r.code == 0, r.err

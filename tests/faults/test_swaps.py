@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import requests
-from helpers import start_serve
+from helpers import serve_model
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -29,15 +29,7 @@ def test_twenty_swaps_under_load(packaged, tmp_path):
     base = tmp_path / "digits"
     base.mkdir()
     shutil.copytree(src, base / "1")
-    served = start_serve(
-        tmp_path,
-        "--model_name",
-        "digits",
-        "--model_base_path",
-        str(base),
-        "--file_system_poll_wait_seconds",
-        "0.2",
-    )
+    served = serve_model(tmp_path, base)
     body = {"instances": [np.zeros((8, 8, 1)).tolist()]}
     failures, counts, stop = [], [0] * 8, threading.Event()
 

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 import requests
-from helpers import ROOT, start_serve, start_sshd
+from helpers import ROOT, serve_model, start_sshd
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
@@ -21,15 +21,7 @@ class Site:
         self.sshd = start_sshd(tmp / "sshd")
         self.base = tmp / "models"
         (self.base / "digits").mkdir(parents=True)
-        self.served = start_serve(
-            tmp,
-            "--model_name",
-            "digits",
-            "--model_base_path",
-            str(self.base / "digits"),
-            "--file_system_poll_wait_seconds",
-            "0.2",
-        )
+        self.served = serve_model(tmp, self.base / "digits")
         self.runs = 0
 
     def local(self, workflow: str, *args: str, **env: str):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers import Served, Sshd, clean_env, make_version, run_cli, start_serve, start_sshd
+from helpers import Served, Sshd, clean_env, make_version, run_cli, serve_model, start_sshd
 
 pytestmark = pytest.mark.timeout(240)
 FAST = ["--latency-requests", "5", "--wait-seconds", "30", "--json"]
@@ -70,15 +70,7 @@ def env(sshd, packaged, tmp_path):
     pkgs.mkdir()
     for v in (2000, 3000, 4000, 5000):
         make_version(packaged, pkgs, v)
-    served = start_serve(
-        tmp_path,
-        "--model_name",
-        "digits",
-        "--model_base_path",
-        str(base / "digits"),
-        "--file_system_poll_wait_seconds",
-        "0.2",
-    )
+    served = serve_model(tmp_path, base / "digits")
     yield Env(sshd, served, base, pkgs)
     served.stop()
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from helpers import clean_env, free_port, make_version, run_cli, start_serve, start_sshd
+from helpers import clean_env, free_port, make_version, run_cli, serve_model, start_sshd
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 FAST = ["--latency-requests", "3", "--canary-seconds", "1", "--max-parallel", "1", "--json"]
@@ -30,15 +30,7 @@ class Fleet:
         with ThreadPoolExecutor(4) as pool:
             self.served = list(
                 pool.map(
-                    lambda b: start_serve(
-                        tmp,
-                        "--model_name",
-                        "digits",
-                        "--model_base_path",
-                        str(b / "digits"),
-                        "--file_system_poll_wait_seconds",
-                        "0.2",
-                    ),
+                    lambda b: serve_model(tmp, b / "digits"),
                     self.bases,
                 )
             )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers import Served, clean_env, run_cli, start_serve
+from helpers import Served, clean_env, run_cli, serve_model, start_serve
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 TINY = ["--epochs", "6"]
@@ -53,15 +53,7 @@ class Site:
 def site(first_run, tmp_path):
     root = tmp_path / "site"
     shutil.copytree(first_run, root, ignore=shutil.ignore_patterns("serve.json", "*.log"))
-    served = start_serve(
-        tmp_path,
-        "--model_name",
-        "digits",
-        "--model_base_path",
-        str(root / "serving" / "digits"),
-        "--file_system_poll_wait_seconds",
-        "0.2",
-    )
+    served = serve_model(tmp_path, root / "serving" / "digits")
     yield Site(root, served)
     served.stop()
 
