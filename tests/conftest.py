@@ -50,3 +50,14 @@ def http_dir(tmp_path):
 
     with loopback_http(Handler) as base:
         yield base, www
+
+
+@pytest.fixture
+def api():
+    """The CircleCI API v2 stand-in on loopback; a request off the OpenAPI spec fails the test."""
+    from circleci_standin import StandIn
+
+    s = StandIn()
+    yield s
+    s.close()
+    assert s.state.violations == [], s.state.violations

@@ -6,19 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from circleci_standin import GOOD_TOKEN, StandIn
+from circleci_standin import GOOD_TOKEN
 from helpers import clean_env, run_cli
 
 pytestmark = pytest.mark.timeout(120)
 SLUG = "gh/acme/models"
-
-
-@pytest.fixture
-def api():
-    s = StandIn()
-    yield s
-    s.close()
-    assert s.state.violations == [], s.state.violations
 
 
 def ci(api, *args, token=GOOD_TOKEN, cwd=None):
