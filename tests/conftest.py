@@ -6,7 +6,7 @@ import http.server
 from pathlib import Path
 
 import pytest
-from helpers import FAST_TRAIN, loopback_http, run_cli
+from helpers import FAST_TRAIN, loopback_http, run_cli, start_sshd
 
 
 @pytest.fixture
@@ -61,3 +61,11 @@ def api():
     yield s
     s.close()
     assert s.state.violations == [], s.state.violations
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """OpenSSH sshd on a loopback port with generated keys, one per test module."""
+    s = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield s
+    s.stop()

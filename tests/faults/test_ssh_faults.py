@@ -25,13 +25,6 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 FAST = ["--latency-requests", "3", "--wait-seconds", "20"]
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    s = start_sshd(tmp_path_factory.mktemp("sshd"))
-    yield s
-    s.stop()
-
-
 @dataclass
 class Site:
     sshd: Sshd

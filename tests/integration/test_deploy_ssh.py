@@ -12,17 +12,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers import Served, Sshd, clean_env, make_version, run_cli, serve_model, start_sshd
+from helpers import Served, Sshd, clean_env, make_version, run_cli, serve_model
 
 pytestmark = pytest.mark.timeout(240)
 FAST = ["--latency-requests", "5", "--wait-seconds", "30", "--json"]
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    s = start_sshd(tmp_path_factory.mktemp("sshd"))
-    yield s
-    s.stop()
 
 
 @dataclass
