@@ -6,6 +6,8 @@ import json
 import os
 import platform
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -42,3 +44,26 @@ def save(name: str, figures: dict, markdown: str) -> None:
     pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
     text = pattern.sub(section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     BENCHMARKS.write_text(text.rstrip() + "\n")
+
+
+def demo_package(work: Path) -> Path:
+    """Train and package the demo model in ``work`` (`tfship run`, serving stopped after)."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tfship",
+            "run",
+            "--epochs",
+            "3",
+            "--min-accuracy",
+            "0",
+            "--min-class-recall",
+            "0",
+            "--stop-serving",
+        ],
+        cwd=work,
+        check=True,
+        capture_output=True,
+    )
+    return next(p for p in (work / "store" / "digits").iterdir() if p.name.isdigit())

@@ -32,7 +32,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _common import save  # noqa: E402
+from _common import demo_package, save  # noqa: E402
 
 
 class Load:
@@ -134,24 +134,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-deploy-"))
     sshd = start_sshd(work / "sshd")
     try:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tfship",
-                "run",
-                "--epochs",
-                "3",
-                "--min-accuracy",
-                "0",
-                "--min-class-recall",
-                "0",
-            ],
-            cwd=work,
-            check=True,
-            capture_output=True,
-        )
-        src = next(p for p in (work / "store" / "digits").iterdir() if p.name.isdigit())
+        src = demo_package(work)
         pkgs = work / "pkgs"
         pkgs.mkdir()
         versions = [new_version(src, pkgs, v) for v in (1001, 1002, 1003)]
@@ -320,25 +303,7 @@ def fleet_bench(n: int, rate: float, upload_mb: int) -> None:
     sshds, served = [], []
     measured: dict[str, dict] = {}
     try:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tfship",
-                "run",
-                "--epochs",
-                "3",
-                "--min-accuracy",
-                "0",
-                "--min-class-recall",
-                "0",
-                "--stop-serving",
-            ],
-            cwd=work,
-            check=True,
-            capture_output=True,
-        )
-        src = next(p for p in (work / "store" / "digits").iterdir() if p.name.isdigit())
+        src = demo_package(work)
         pkgs = work / "pkgs"
         pkgs.mkdir()
         # (one-host package, fleet package) for the demo model as it is, then with a filler

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -22,19 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _common import save  # noqa: E402
-
-
-def make_package(work: Path) -> Path:
-    """Stages 1-4 on the default data (few epochs: the model size is what matters here)."""
-    tfship = [sys.executable, "-m", "tfship"]
-    subprocess.run(
-        [*tfship, "run", "--epochs", "3", "--min-accuracy", "0", "--min-class-recall", "0"],
-        cwd=work,
-        check=True,
-        capture_output=True,
-    )
-    return work / "store" / "digits"
+from _common import demo_package, save  # noqa: E402
 
 
 def percentiles(ms: list[float]) -> dict:
@@ -86,7 +73,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        base = make_package(work)
+        base = demo_package(work).parent
         version = max(int(p.name) for p in base.iterdir() if p.name.isdigit())
         manifest = json.loads((base / str(version) / "assets.extra" / "tfship.json").read_text())
         row = np.asarray(manifest["golden"]["inputs"][:1], np.float32)
