@@ -51,3 +51,43 @@ def test_install_server_puts_server_flags_after_the_image():
 def test_install_server_refuses_bad_settings(args, message):
     r = _install(*args)
     assert r.returncode == 2 and message in r.stderr
+
+
+def test_ci_runs_exactly_the_readmes_test_command():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    commands = [line.split("#", 1)[0].strip() for line in block]
+    assert commands[0] == "tools/setup.sh && .venv/bin/tfship run"
+    assert commands[1] == "tools/setup.sh --test && .venv/bin/python -m pytest"
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == commands[1]
+
+
+def test_the_orb_installs_with_the_same_uv_as_setup():
+    import yaml
+
+    pinned = next(
+        line.split("==")[1].split()[0]
+        for line in (ROOT / "tools" / "uv-requirements.txt").read_text().splitlines()
+        if line.startswith("uv==")
+    )
+    install = yaml.safe_load((ROOT / "orb" / "src" / "commands" / "install.yml").read_text())
+    assert install["parameters"]["uv_version"]["default"] == pinned
+
+
+@pytest.mark.parametrize(
+    ("python", "message"),
+    [
+        ("no-such-python3", "no no-such-python3 on PATH"),
+        ("false", "is not supported: TensorFlow 2.21 needs Python 3.11-3.13"),
+    ],
+)
+def test_setup_refuses_a_python_it_cannot_use_with_one_line(python, message, tmp_path):
+    r = subprocess.run(
+        ["bash", str(ROOT / "tools" / "setup.sh")],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": python, "HOME": str(tmp_path)},
+    )
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and message in r.stderr, r.stderr

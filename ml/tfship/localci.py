@@ -544,6 +544,11 @@ class Runner:
             env["PYTHONPATH"] = os.pathsep.join(
                 filter(None, [str(workdir / "ml"), env.get("PYTHONPATH")])
             )
+        # The interpreter running this (the project's .venv) comes first on PATH, as the orb's
+        # install step puts its venv first on CircleCI: `python3` and `tfship` are ours.
+        env["PATH"] = os.pathsep.join(
+            filter(None, [str(Path(sys.executable).parent), env.get("PATH")])
+        )
         log = open(root / "log.txt", "w")  # noqa: SIM115 - closed below
         failed_step = None
         try:
@@ -672,7 +677,7 @@ class Runner:
                 self.project,
                 workdir,
                 ignore=shutil.ignore_patterns(
-                    ".git", "workspace", "store", "serving", "__pycache__"
+                    ".git", ".venv", ".tools", "workspace", "store", "serving", "__pycache__"
                 ),
             )
             return

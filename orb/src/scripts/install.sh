@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Install tfship (from the checked-out project, or PARAM_PACKAGE from PyPI). If this very
-# checkout's tfship is already importable (a warm self-hosted runner, `tfship ci local`),
-# nothing is reinstalled.
+# Install tfship into a virtual environment and put it first on PATH for later steps.
+#   - app_dir has uv.lock: `uv sync --locked` installs exactly the locked versions.
+#   - PARAM_PACKAGE: that pip requirement, into the venv.
+#   - otherwise `pip install -e app_dir`, with a warning: without a lock, versions float.
+# A venv, not the system Python: Ubuntu 24.04 machine images refuse system installs (PEP 668).
+# If this very checkout's tfship is already importable (a warm self-hosted runner,
+# `tfship ci local`), nothing is reinstalled.
 set -euo pipefail
 cd "${PARAM_APP_DIR:-.}"
 if [ -z "${PARAM_PACKAGE:-}" ] && python3 - <<'PY' 2>/dev/null
@@ -11,9 +15,24 @@ sys.exit(0 if pathlib.Path.cwd().resolve() in pathlib.Path(tfship.__file__).reso
 PY
 then
   echo "tfship from this checkout is already installed"
-elif [ -n "${PARAM_PACKAGE:-}" ]; then
-  python3 -m pip install "$PARAM_PACKAGE"
-else
-  python3 -m pip install -e .
+  tfship --version
+  exit 0
 fi
-tfship --version
+
+venv="$PWD/.venv"
+if [ -z "${PARAM_PACKAGE:-}" ] && [ -f uv.lock ]; then
+  tools="$(mktemp -d)"
+  python3 -m venv "$tools/uv"
+  "$tools/uv/bin/pip" install -q --disable-pip-version-check "uv==${PARAM_UV_VERSION:?}"
+  UV_PROJECT_ENVIRONMENT="$venv" "$tools/uv/bin/uv" sync --locked --no-dev --python python3
+else
+  python3 -m venv "$venv"
+  if [ -n "${PARAM_PACKAGE:-}" ]; then
+    "$venv/bin/pip" install -q --disable-pip-version-check "$PARAM_PACKAGE"
+  else
+    echo "WARNING: no uv.lock in $PWD: dependency versions are whatever pip resolves today" >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check -e .
+  fi
+fi
+echo "export PATH=\"$venv/bin:\$PATH\"" >> "$BASH_ENV"
+"$venv/bin/tfship" --version
