@@ -199,7 +199,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the re
     "--debug",
     is_flag=True,
     envvar="TFSHIP_DEBUG",
-    help="Show tracebacks for expected failures too.",
+    help="Show everything: tracebacks for expected failures and TensorFlow's own log lines.",
 )
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
@@ -219,6 +219,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    if debug:  # read by tfship.log when TensorFlow loads, here and in child processes
+        import os
+
+        from tfship.log import DEBUG_ENV
+
+        os.environ[DEBUG_ENV] = "1"
 
 
 @cli.command(context_settings=CONTEXT)

@@ -16,6 +16,7 @@ import numpy as np
 
 from tfship import config
 from tfship.errors import ServingError, ServingNotReady
+from tfship.log import quiet_tensorflow
 from tfship.store import check_label, check_model_name
 
 RETRY_STATUS = (502, 503, 504)
@@ -128,6 +129,8 @@ class ServingClient:
     def _grpc(self):
         if self._stubs is None:
             import grpc
+
+            quiet_tensorflow()  # the TF Serving API protos load TensorFlow
             from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
             target = urlsplit(self.url).netloc or self.url
