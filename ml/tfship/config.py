@@ -34,7 +34,7 @@ LEARNING_RATE = 3e-3
 PATIENCE = 4
 
 # --- Stage 3: gates. -------------------------------------------------------------------
-MIN_ACCURACY = 0.90  # the default CNN reaches ~0.97 on the default data
+MIN_ACCURACY = 0.90  # the default CNN reaches 0.97-1.0 on the default data in 6 epochs
 MIN_CLASS_RECALL = 0.75
 GOLDEN_BATCH = 8
 EXPORT_TOLERANCE = 1e-5  # package: SavedModel vs Keras on the golden batch

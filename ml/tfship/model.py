@@ -21,14 +21,23 @@ ModelFn = Callable[[tuple[int, ...], int], keras.Model]
 def default_model(
     input_shape: tuple[int, ...], num_classes: int, learning_rate: float = config.LEARNING_RATE
 ) -> keras.Model:
-    """A small CNN: two conv blocks, global pooling, a dense head with dropout."""
+    """A small CNN: conv blocks, then a flattened dense head with dropout.
+
+    The head flattens the feature map instead of averaging it away: a digit is told apart by
+    *where* its strokes are, and on 8x8 inputs global average pooling loses that (measured in
+    bench/gate_margin.py: over 5 seeds the pooled head left one class at 0.69 recall after 20
+    epochs; the flattened head reaches >= 0.89 in 6).
+    """
     inputs = keras.Input(shape=input_shape, name=config.INPUT_NAME)
+    pool = min(input_shape[:2]) >= 16
     x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(inputs)
     x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(x)
-    if min(input_shape[:2]) >= 16:
+    if pool:
         x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
+    if pool:
+        x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Flatten()(x)
     x = keras.layers.Dense(64, activation="relu")(x)
     x = keras.layers.Dropout(0.2)(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)

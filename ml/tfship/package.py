@@ -188,6 +188,8 @@ def package(
             "signature": sig,
             "golden": golden_doc,
             "train": {k: train_info.get(k) for k in ("epochs_run", "init_model", "settings")},
+            # Same data + these seeds + the locked versions = the same weights (--seed).
+            "seeds": {"split": data_manifest["seed"], "train": train_info["settings"]["seed"]},
         }
         manifest["files"] = tree_hashes(vdir)
         write_json(vdir / MANIFEST, manifest)

@@ -6,7 +6,9 @@ Writes ``<workspace>/model/``: ``model.keras`` (kept for retraining), ``history.
 
 from __future__ import annotations
 
+import json
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -76,6 +78,7 @@ def fit(
         pipe(train, True),
         validation_data=pipe(val, False),
         epochs=s.epochs,
+        shuffle=False,  # the pipeline shuffles, seeded; Keras would warn that it cannot
         verbose=0,
         callbacks=[
             keras.callbacks.EarlyStopping(
@@ -85,6 +88,51 @@ def fit(
         ],
     )
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """``model.save(path)``, written so that the same weights give the same bytes.
+
+    A ``.keras`` file is a zip whose ``metadata.json`` carries the save time, whose
+    ``config.json`` numbers shared objects by their memory address, and whose members carry
+    zip time stamps: two identical trainings would hash differently, and the model's sha256
+    (its identity in the lineage checks) would change run to run. The archive is rewritten
+    with fixed member times, shared objects numbered in order of appearance, and without
+    ``date_saved`` (Keras never reads it).
+    """
+    raw = path.with_name(f".raw-{path.name}")
+    model.save(raw)
+    try:
+        with zipfile.ZipFile(raw) as src, zipfile.ZipFile(path, "w") as dst:
+            for info in sorted(src.infolist(), key=lambda i: i.filename):
+                data = src.read(info)
+                if info.filename == "metadata.json":
+                    meta = json.loads(data)
+                    meta.pop("date_saved", None)
+                    data = json.dumps(meta, sort_keys=True).encode()
+                elif info.filename == "config.json":
+                    data = json.dumps(_renumber_shared_objects(json.loads(data))).encode()
+                fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+                fixed.compress_type = info.compress_type
+                fixed.external_attr = 0o644 << 16
+                dst.writestr(fixed, data)
+    finally:
+        raw.unlink(missing_ok=True)
+
+
+def _renumber_shared_objects(node: object, ids: dict | None = None) -> object:
+    """Replace each ``shared_object_id`` (an ``id()``) by its order of first appearance."""
+    ids = {} if ids is None else ids
+    if isinstance(node, dict):
+        return {
+            k: ids.setdefault(v, len(ids) + 1)
+            if k == "shared_object_id"
+            else _renumber_shared_objects(v, ids)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_renumber_shared_objects(v, ids) for v in node]
+    return node
 
 
 def plot_history(history: dict[str, list[float]], path: Path) -> None:
@@ -150,7 +198,7 @@ def train(
     history = fit(model, train_split, val_split, s, stage)
     seconds = time.monotonic() - started
     with ws.stage_output("train") as out:
-        model.save(out / "model.keras")
+        save_model(model, out / "model.keras")
         write_json(out / "history.json", history)
         plot_history(history, out / "history.png")
         info = {
