@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,6 +15,9 @@ from helpers import ROOT
 sys.path.insert(0, str(ROOT / "tools"))
 import check_orb  # noqa: E402
 import pack_orb  # noqa: E402
+
+# The dev tools live beside the interpreter running the tests (the project's .venv).
+CHECK_JSONSCHEMA = str(Path(sys.executable).parent / "check-jsonschema")
 
 CONFIG = yaml.safe_load((ROOT / ".circleci" / "config.yml").read_text())
 ORB = pack_orb.pack()
@@ -72,7 +76,7 @@ def test_unknown_source_folders_are_refused(tmp_path):
 @pytest.mark.parametrize("path", [".circleci/config.yml", "orb/orb.yml"])
 def test_circleci_schema_accepts_config_and_orb(path):
     r = subprocess.run(
-        ["check-jsonschema", "--builtin-schema", "vendor.circle-ci", str(ROOT / path)],
+        [CHECK_JSONSCHEMA, "--builtin-schema", "vendor.circle-ci", str(ROOT / path)],
         capture_output=True,
         text=True,
     )
@@ -205,7 +209,7 @@ def test_the_schema_misses_what_our_checks_catch(tmp_path):
     path = tmp_path / "config.yml"
     path.write_text(yaml.safe_dump(broken))
     r = subprocess.run(
-        ["check-jsonschema", "--builtin-schema", "vendor.circle-ci", str(path)],
+        [CHECK_JSONSCHEMA, "--builtin-schema", "vendor.circle-ci", str(path)],
         capture_output=True,
         text=True,
     )

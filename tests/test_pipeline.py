@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import FAST_TRAIN, ROOT, clean_env, run_cli
+from helpers import FAST_TRAIN, ROOT, clean_env, run_cli, train_failing_model
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,8 @@ def test_package_holds_a_servable_version_with_lineage(packaged):
         "output_0": {"dtype": "DT_FLOAT", "shape": [-1, 10]}
     }
     assert manifest["code_commit"] and manifest["tf_version"].startswith("2.21")
-    assert manifest["thresholds"] == {"min_accuracy": 0.5, "min_class_recall": 0.0}
+    assert manifest["thresholds"] == {"min_accuracy": 0.9, "min_class_recall": 0.75}
+    assert manifest["seeds"] == {"split": 42, "train": 42}
     # Every file but the manifest is listed with its hash; the workspace copy is the same.
     listed = set(manifest["files"])
     on_disk = {p.relative_to(vdir).as_posix() for p in vdir.rglob("*") if p.is_file()}
@@ -91,7 +92,8 @@ def test_repackaging_the_same_version_is_refused_when_content_differs(packaged, 
 def test_a_failed_gate_exits_3_writes_the_report_and_blocks_packaging(packaged, tmp_path):
     work = tmp_path / "w"
     shutil.copytree(packaged / "workspace", work / "workspace")
-    r = run_cli("test", "--min-accuracy", "0.999", cwd=work)
+    train_failing_model(work)
+    r = run_cli("test", cwd=work)
     assert r.code == 3
     assert r.err_lines[-1].startswith("tfship test: gate failed: quality gate failed: accuracy:")
     assert "FAILED (missed by" in r.err_lines[-1]

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import requests
-from helpers import clean_env, make_version, run_cli, serve_model, start_sshd
+from helpers import FAST_TRAIN, clean_env, make_version, run_cli, serve_model, start_sshd
 from tfship.retrain import DECISION_FILE
 from tfship.store import MANIFEST, verify_tree
 from tfship.workspace import tree_hashes
@@ -94,7 +94,7 @@ def test_sigkill_at_any_point_of_a_retrain(packaged, tmp_path):
     shutil.copytree(packaged, root)
     served = serve_model(tmp_path, root / "store" / "digits")
     env = clean_env(TF_SERVING_URL=served.rest)
-    args = ["retrain", "--data", "snaps/new.npz", "--epochs", "4", "--min-accuracy", "0.5"]
+    args = ["retrain", "--data", "snaps/new.npz", *FAST_TRAIN]
     try:
         assert run_cli("snapshot", "snaps/new.npz", "--seed", "3", cwd=root, env=env).code == 0
         decisions = []

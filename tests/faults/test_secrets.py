@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, loopback_http, serve_model, start_sshd
+from helpers import ROOT, TRAIN_EPOCHS, loopback_http, serve_model, start_sshd
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
@@ -44,9 +44,7 @@ def test_a_full_workflow_run_leaves_no_secret_anywhere(tmp_path, webhook):
         env = sshd.env(
             DEPLOY_SERVER_PATH=str(base),
             TF_SERVING_URL=served.rest,
-            TFSHIP_EPOCHS="4",
-            TFSHIP_MIN_ACCURACY="0.3",
-            TFSHIP_MIN_CLASS_RECALL="0",
+            TFSHIP_EPOCHS=str(TRAIN_EPOCHS),
             **secrets,
         )
         del env["DEPLOY_SERVER_SSH_KEY_FILE"]  # the key arrives as text, as on CircleCI

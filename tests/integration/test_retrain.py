@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers import Served, clean_env, run_cli, serve_model, start_serve
+from helpers import FAST_TRAIN, Served, clean_env, run_cli, serve_model, start_serve
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
-TINY = ["--epochs", "6"]
-GATE = ["--min-accuracy", "0.5"]
+TINY = FAST_TRAIN  # clears the default gates with margin (tests/test_gate_margin.py)
 VERIFY = ["--latency-requests", "5"]
 
 
@@ -23,7 +22,7 @@ VERIFY = ["--latency-requests", "5"]
 def first_run(tmp_path_factory) -> Path:
     """A folder after `tfship run`: workspace, store and serving/ with one deployed version."""
     root = tmp_path_factory.mktemp("first")
-    r = run_cli("run", *TINY, *GATE, "--min-class-recall", "0", "--stop-serving", cwd=root)
+    r = run_cli("run", *TINY, "--stop-serving", cwd=root)
     assert r.code == 0, r.err
     return root
 
@@ -61,14 +60,14 @@ def site(first_run, tmp_path):
 def test_a_new_snapshot_passes_the_gate_and_is_served(site):
     champion = site.serving()
     assert site.cli("snapshot", "snaps/new.npz", "--seed", "3").code == 0
-    r = site.cli("retrain", "--data", "snaps/new.npz", *TINY, *GATE, "--json")
+    r = site.cli("retrain", "--data", "snaps/new.npz", *TINY, "--json")
     assert r.code == 0, r.err
     decision = json.loads(r.out)
     assert decision["decision"] == "deploy-challenger"
     assert decision["champion_version"] == champion and decision["strategy"] == "fine-tune"
     report = (site.root / "workspace" / "retrain" / "report.md").read_text()
     assert f"| metric | champion (v{champion}) | challenger | delta |" in report
-    for stage in (["test", *GATE], ["package"], ["deploy", *VERIFY], ["test-deployed", *VERIFY]):
+    for stage in (["test"], ["package"], ["deploy", *VERIFY], ["test-deployed", *VERIFY]):
         r = site.cli(*stage)
         assert r.code == 0, (stage, r.err)
     assert site.serving() > champion
@@ -78,7 +77,7 @@ def test_a_poisoned_snapshot_is_rejected_and_the_champion_keeps_serving(site):
     champion = site.serving()
     stored = site.stored()
     assert site.cli("snapshot", "snaps/bad.npz", "--kind", "poisoned").code == 0
-    r = site.cli("retrain", "--data", "snaps/bad.npz", *TINY, *GATE)
+    r = site.cli("retrain", "--data", "snaps/bad.npz", *TINY)
     assert r.code == 3
     line = r.err_lines[-1]
     assert line.startswith("tfship retrain: gate failed: challenger rejected:")
@@ -108,8 +107,8 @@ def test_the_same_data_as_the_champion_is_no_new_data(site):
 def test_deploy_refuses_when_the_champion_changed_since_the_retrain(site):
     champion = site.serving()
     assert site.cli("snapshot", "snaps/new.npz", "--seed", "5").code == 0
-    assert site.cli("retrain", "--data", "snaps/new.npz", *TINY, *GATE).code == 0
-    assert site.cli("test", *GATE).code == 0
+    assert site.cli("retrain", "--data", "snaps/new.npz", *TINY).code == 0
+    assert site.cli("test").code == 0
     assert site.cli("package").code == 0
     # Meanwhile someone else ships another version.
     other = site.root / "other"
@@ -153,7 +152,7 @@ def test_nothing_serving_needs_allow_cold_start(tmp_path):
         r = run_cli("retrain", *TINY, cwd=tmp_path, env=env)
         assert r.code == 5 and "no version of digits is serving" in r.err_lines[-1]
         assert "--allow-cold-start" in r.err_lines[-1]
-        r = run_cli("retrain", "--allow-cold-start", *TINY, *GATE, "--json", cwd=tmp_path, env=env)
+        r = run_cli("retrain", "--allow-cold-start", *TINY, "--json", cwd=tmp_path, env=env)
         assert r.code == 0, r.err
         assert json.loads(r.out)["strategy"] == "from-scratch"
     finally:
@@ -168,9 +167,6 @@ def test_tfship_run_retrain_completes_from_a_clean_folder(tmp_path):
         "run",
         "retrain",
         *TINY,
-        *GATE,
-        "--min-class-recall",
-        "0",
         "--stop-serving",
         "--retrain-data",
         "snap.npz",
