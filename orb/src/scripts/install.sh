@@ -24,7 +24,8 @@ if [ -z "${PARAM_PACKAGE:-}" ] && [ -f uv.lock ]; then
   tools="$(mktemp -d)"
   python3 -m venv "$tools/uv"
   "$tools/uv/bin/pip" install -q --disable-pip-version-check "uv==${PARAM_UV_VERSION:?}"
-  UV_PROJECT_ENVIRONMENT="$venv" "$tools/uv/bin/uv" sync --locked --no-dev --python python3
+  UV_PROJECT_ENVIRONMENT="$venv" "$tools/uv/bin/uv" sync --locked --no-dev --python python3 \
+    --compile-bytecode
 else
   python3 -m venv "$venv"
   if [ -n "${PARAM_PACKAGE:-}" ]; then
