@@ -1,14 +1,22 @@
-"""CircleCI API v2 client: trigger, follow, approve, schedule, and watch for new data.
+"""CircleCI API v2 client: trigger, follow, approve or reject, schedule, and watch for new data.
 
 Auth is a personal API token (``CIRCLE_TOKEN``) sent as ``Circle-Token``; it is never printed.
 Errors are what a person needs: 401/403 say which token is needed, 404 says what was not found
 (and that project tokens get 404), 429 and 5xx are retried with backoff honouring
 ``Retry-After`` a bounded number of times, and a 200 ``{"message"}`` from ``pipeline/run``
 (no pipeline created) is a failure. Project slugs travel as three path segments.
+
+Only what CircleCI's OpenAPI document defines is read. The API never says which parameters a
+pipeline was triggered with, so a trigger whose answer was lost is recognised by what the
+client knew before sending it (:class:`Mark`: the user's newest pipeline number and the time)
+and by defined fields (the user's own pipelines, trigger type, branch or tag), and watch-data
+keeps its own record of what it triggered.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -27,6 +35,16 @@ SLUG_RE = re.compile(
     r"^(gh|github|bb|bitbucket|circleci|gl|gitlab)/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
 )
 RETRY_STATUS = (429, 500, 502, 503, 504)
+# Pipeline parameter limits (the spec, TriggerPipelineParameters.parameters): checked before
+# sending, so the user gets one clear line rather than CircleCI's refusal.
+MAX_PARAMETERS, MAX_PARAMETER_KEY, MAX_PARAMETER_VALUE = 100, 128, 512
+# How far CircleCI's clock may be behind ours when matching created_at against a mark.
+CLOCK_SKEW = timedelta(seconds=60)
+# Wait before looking again for a pipeline a lost trigger made (capped by max_backoff).
+RECHECK_SECONDS = 2.0
+# trigger.type of a pipeline made through the API: "api"; the spec also has "explicit",
+# which it does not explain, so both are accepted.
+API_TRIGGER_TYPES = ("api", "explicit")
 
 
 def check_slug(slug: str) -> str:
@@ -37,6 +55,105 @@ def check_slug(slug: str) -> str:
             hint="e.g. gh/acme/models (CIRCLE_PROJECT_SLUG)",
         )
     return slug
+
+
+def check_parameters(parameters: dict | None) -> None:
+    """Refuse pipeline parameters CircleCI would refuse: at most 100, keys of at most 128
+    characters, values of at most 512."""
+    parameters = parameters or {}
+    if len(parameters) > MAX_PARAMETERS:
+        raise ConfigError(
+            f"{len(parameters)} pipeline parameters; CircleCI takes at most {MAX_PARAMETERS}"
+        )
+    for key, value in parameters.items():
+        if len(key) > MAX_PARAMETER_KEY:
+            raise ConfigError(
+                f"pipeline parameter name {key[:40]!r}... is {len(key)} characters; "
+                f"CircleCI takes at most {MAX_PARAMETER_KEY}"
+            )
+        if isinstance(value, str) and len(value) > MAX_PARAMETER_VALUE:
+            raise ConfigError(
+                f"pipeline parameter {key} is {len(value)} characters; CircleCI takes at "
+                f"most {MAX_PARAMETER_VALUE}",
+                hint="use a shorter path or URL" if key == "data_uri" else None,
+            )
+
+
+@dataclass(frozen=True)
+class Ref:
+    """The branch or the tag a pipeline runs on (never both)."""
+
+    branch: str | None = None
+    tag: str | None = None
+
+    @classmethod
+    def of(cls, branch: str | None, tag: str | None) -> Ref:
+        """``--branch``/``--tag`` as given: the tag if set, else the branch (default main)."""
+        if branch and tag:
+            raise ConfigError("give --branch or --tag, not both")
+        return cls(tag=tag) if tag else cls(branch=branch or "main")
+
+    def body(self) -> dict:
+        """The ref as the API takes it: {"branch": ...} or {"tag": ...}."""
+        return {"tag": self.tag} if self.tag else {"branch": self.branch}
+
+    def matches(self, pipeline: dict) -> bool:
+        """Whether ``pipeline``'s vcs is on this ref."""
+        vcs = pipeline.get("vcs") or {}
+        return vcs.get("tag") == self.tag if self.tag else vcs.get("branch") == self.branch
+
+    def __str__(self) -> str:
+        return f"tag {self.tag}" if self.tag else f"branch {self.branch}"
+
+
+@dataclass(frozen=True)
+class Mark:
+    """What the client knew just before sending a trigger: the user's highest pipeline number
+    in the project, and the time (less the allowed clock skew). A pipeline the trigger made
+    is numbered above the one and created after the other."""
+
+    after_number: int
+    since: datetime
+
+    def to_json(self) -> dict:
+        """For the watch-data state file."""
+        return {"after_number": self.after_number, "since": self.since.isoformat()}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> Mark:
+        """Back from :meth:`to_json`."""
+        return cls(int(doc["after_number"]), datetime.fromisoformat(doc["since"]))
+
+
+class AmbiguousTrigger(ApiError):
+    """More than one pipeline could be the one a trigger whose answer was lost made."""
+
+    def __init__(self, ref: Ref, candidates: list[dict]) -> None:
+        listed = ", ".join(f"{p.get('number')} ({p.get('id')})" for p in candidates)
+        super().__init__(
+            f"cannot tell which pipeline the trigger on {ref} made: {len(candidates)} of "
+            f"yours appeared since it was sent ({listed}); not triggering again",
+            hint="check them in the CircleCI console and cancel any you do not want",
+        )
+        self.candidates = candidates
+
+
+def _number(p: dict) -> int:
+    n = p.get("number")
+    return n if isinstance(n, int) else 0
+
+
+def _made_after(p: dict, ref: Ref, mark: Mark) -> bool:
+    try:
+        created = datetime.fromisoformat(str(p.get("created_at")))
+    except ValueError:
+        return False
+    return (
+        _number(p) > mark.after_number
+        and created >= mark.since
+        and (p.get("trigger") or {}).get("type") in API_TRIGGER_TYPES
+        and ref.matches(p)
+    )
 
 
 @dataclass
@@ -81,7 +198,8 @@ class CircleCI:
 
         ``recover`` makes a non-idempotent call safe to retry: after an answer that may have
         been lost (a timeout, a dropped connection, a 5xx) it looks for what the call created
-        and returns that instead of calling again.
+        and returns that instead of calling again (None: nothing was created, call again; it
+        raises when it cannot tell).
         """
         import requests
 
@@ -171,16 +289,21 @@ class CircleCI:
             )
         return ApiError(f"{where}: {message or resp.reason}")
 
-    def paged(self, path: str, params: dict | None = None, max_pages: int = 20) -> Iterator[dict]:
-        """Items of a paginated list (``items`` + ``next_page_token``)."""
+    def pages(self, path: str, params: dict | None = None, max_pages: int = 20) -> Iterator[dict]:
+        """The pages of a paginated list (``items`` + ``next_page_token``), at most max_pages."""
         params = dict(params or {})
         for _ in range(max_pages):
             doc = self.request("GET", path, params=params)
-            yield from doc.get("items", [])
+            yield doc
             token = doc.get("next_page_token")
             if not token:
                 return
             params["page-token"] = token
+
+    def paged(self, path: str, params: dict | None = None, max_pages: int = 20) -> Iterator[dict]:
+        """Items of a paginated list."""
+        for doc in self.pages(path, params, max_pages):
+            yield from doc.get("items", [])
 
     # --- pipelines ---------------------------------------------------------------------------
     def trigger(
@@ -189,50 +312,28 @@ class CircleCI:
         branch: str | None = None,
         tag: str | None = None,
         parameters: dict | None = None,
+        mark: Mark | None = None,
     ) -> dict:
-        """Classic trigger: POST /project/{slug}/pipeline -> {id, number, state, created_at}."""
-        body: dict = {}
-        if branch and tag:
-            raise ConfigError("give --branch or --tag, not both")
-        if tag:
-            body["tag"] = tag
-        else:
-            body["branch"] = branch or "main"
+        """Classic trigger: POST /project/{slug}/pipeline -> {id, number, state, created_at}.
+
+        Safe to retry: if the answer may have been lost, the pipeline it made is looked up
+        (:meth:`find_triggered`, from ``mark``, taken now unless given) instead of sending the
+        trigger again.
+        """
+        ref = Ref.of(branch, tag)
+        check_parameters(parameters)
+        slug = check_slug(slug)
+        body: dict = ref.body()
         if parameters:
             body["parameters"] = parameters
+        mark = mark or self.mark(slug)
         return self.request(
             "POST",
-            f"/project/{check_slug(slug)}/pipeline",
+            f"/project/{slug}/pipeline",
             body,
             ok=(201,),
-            recover=self._finder(slug, body.get("branch"), parameters),
+            recover=lambda: self.find_triggered(slug, ref, mark),
         )
-
-    def _finder(
-        self, slug: str, branch: str | None, parameters: dict | None
-    ) -> Callable[[], dict | None]:
-        """A lookup for the pipeline a trigger whose answer was lost created (no duplicates).
-
-        It is one triggered by the API since this call began (a minute's clock skew allowed),
-        on the same branch, with exactly the same parameters.
-        """
-        since = datetime.now(UTC) - timedelta(seconds=60)
-
-        def find() -> dict | None:
-            for p in self.recent_pipelines(slug, branch, max_pages=1):
-                try:
-                    created = datetime.fromisoformat(str(p.get("created_at")))
-                except ValueError:
-                    continue
-                if (
-                    created >= since
-                    and (p.get("trigger") or {}).get("type") == "api"
-                    and _pipeline_params(p) == (parameters or {})
-                ):
-                    return {k: p.get(k) for k in ("id", "number", "state", "created_at")}
-            return None
-
-        return find
 
     def run_pipeline(
         self,
@@ -243,16 +344,19 @@ class CircleCI:
         parameters: dict | None = None,
     ) -> dict:
         """POST /project/{provider}/{org}/{project}/pipeline/run; 200 {message} is a failure."""
-        ref = {"tag": tag} if tag else {"branch": branch or "main"}
-        body: dict = {"definition_id": definition_id, "config": dict(ref), "checkout": dict(ref)}
+        ref = Ref.of(branch, tag)
+        check_parameters(parameters)
+        slug = check_slug(slug)
+        body: dict = {"definition_id": definition_id, "config": ref.body(), "checkout": ref.body()}
         if parameters:
             body["parameters"] = parameters
+        mark = self.mark(slug)
         doc = self.request(
             "POST",
-            f"/project/{check_slug(slug)}/pipeline/run",
+            f"/project/{slug}/pipeline/run",
             body,
             ok=(200, 201),
-            recover=self._finder(slug, ref.get("branch"), parameters),
+            recover=lambda: self.find_triggered(slug, ref, mark),
         )
         if "id" not in doc:
             raise ApiError(
@@ -262,6 +366,49 @@ class CircleCI:
             )
         return doc
 
+    def mark(self, slug: str) -> Mark:
+        """Where the user's pipelines of the project stand now, taken just before a trigger.
+
+        The highest pipeline ``number`` on the first page of ``listMyPipelines`` (numbers
+        only grow within a project), and the time less :data:`CLOCK_SKEW`.
+        """
+        doc = self.request("GET", f"/project/{check_slug(slug)}/pipeline/mine")
+        numbers = [p["number"] for p in doc.get("items", []) if isinstance(p.get("number"), int)]
+        return Mark(max(numbers, default=0), datetime.now(UTC) - CLOCK_SKEW)
+
+    def pipelines_since(self, slug: str, ref: Ref, mark: Mark, max_pages: int = 5) -> list[dict]:
+        """The user's pipelines on ``ref`` that a trigger sent after ``mark`` could have made.
+
+        From ``listMyPipelines`` (only the token's user's pipelines, so never someone else's):
+        numbered above the mark, created since it, triggered by the API, on the same branch
+        or tag (checked here: that listing has no branch filter). Pages stop once a whole
+        page is at or below the mark.
+        """
+        found = []
+        for doc in self.pages(f"/project/{check_slug(slug)}/pipeline/mine", max_pages=max_pages):
+            items = doc.get("items", [])
+            found += [p for p in items if _made_after(p, ref, mark)]
+            if all(_number(p) <= mark.after_number for p in items):
+                break
+        return found
+
+    def find_triggered(self, slug: str, ref: Ref, mark: Mark, rechecks: int = 1) -> dict | None:
+        """The pipeline a trigger sent after ``mark`` made, or None if it made none.
+
+        None only after ``rechecks`` more looks a moment apart (a new pipeline can take a
+        moment to be listed). More than one candidate raises :class:`AmbiguousTrigger` naming
+        them: adopting the wrong one or sending again would both be worse than stopping.
+        """
+        for look in range(rechecks + 1):
+            found = self.pipelines_since(slug, ref, mark)
+            if len(found) == 1:
+                return {k: found[0].get(k) for k in ("id", "number", "state", "created_at")}
+            if found:
+                raise AmbiguousTrigger(ref, found)
+            if look < rechecks:
+                self.sleep(min(self.max_backoff, RECHECK_SECONDS))
+        return None
+
     def pipeline(self, pipeline_id: str) -> dict:
         return self.request("GET", f"/pipeline/{pipeline_id}")
 
@@ -270,12 +417,6 @@ class CircleCI:
 
     def jobs(self, workflow_id: str) -> list[dict]:
         return list(self.paged(f"/workflow/{workflow_id}/job"))
-
-    def recent_pipelines(
-        self, slug: str, branch: str | None = None, max_pages: int = 2
-    ) -> list[dict]:
-        params = {"branch": branch} if branch else None
-        return list(self.paged(f"/project/{check_slug(slug)}/pipeline", params, max_pages))
 
     def wait_workflows(
         self, pipeline_id: str, timeout: float = 120.0, poll: float = 3.0
@@ -329,8 +470,39 @@ class CircleCI:
             "POST", f"/workflow/{workflow_id}/approve/{approval_request_id}", ok=(202,)
         )
 
-    def cancel_job(self, job_id: str) -> dict:
-        return self.request("POST", f"/jobs/{job_id}/cancel", ok=(200, 202))
+    def workflow(self, workflow_id: str) -> dict:
+        """GET /workflow/{id}."""
+        return self.request("GET", f"/workflow/{workflow_id}")
+
+    def cancel_workflow(self, workflow_id: str) -> dict:
+        """POST /workflow/{id}/cancel (cancelWorkflow, 202): how a hold is rejected.
+
+        The API has no reject; cancelling the workflow stops the hold and everything after it.
+        A lost answer is checked by reading the workflow rather than by cancelling again.
+        """
+
+        def canceled() -> dict | None:
+            status = self.workflow(workflow_id).get("status")
+            return {"message": "canceled"} if status == "canceled" else None
+
+        return self.request("POST", f"/workflow/{workflow_id}/cancel", ok=(202,), recover=canceled)
+
+    def wait_workflow_status(
+        self, workflow_id: str, status: str, timeout: float = 60.0, poll: float = 2.0
+    ) -> dict:
+        """Read the workflow until it has ``status`` (bounded); return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            w = self.workflow(workflow_id)
+            if w.get("status") == status:
+                return w
+            if time.monotonic() > deadline:
+                raise ApiError(
+                    f"workflow {workflow_id} still reads {w.get('status')!r}, not {status!r}, "
+                    f"after {timeout:g} s",
+                    hint="check it in the CircleCI console",
+                )
+            self.sleep(poll)
 
     # --- schedules ---------------------------------------------------------------------------
     def create_schedule(
@@ -350,6 +522,7 @@ class CircleCI:
             "timetable": {"per-hour": 1, "hours-of-day": hours, "days-of-week": days},
             "parameters": {"branch": branch, **(parameters or {})},
         }
+        check_parameters(body["parameters"])
         return self.request("POST", f"/project/{check_slug(slug)}/schedule", body, ok=(201,))
 
     def schedules(self, slug: str) -> list[dict]:
@@ -473,53 +646,133 @@ def watch_once(
 ) -> dict:
     """One poll: trigger retrain-deploy for a snapshot not triggered before; return what happened.
 
-    Idempotent across crashes: before triggering, recent pipelines are searched for one whose
-    parameters already carry this data_uri (a crash between trigger and state write).
+    The state file is the record (the API cannot say which data a pipeline was given):
+    ``triggered`` maps a snapshot's sha256 to its pipeline; ``pending`` holds a trigger being
+    sent, written before the POST with the :class:`Mark` taken just before it. A poll that
+    finds a pending entry (a crash between sending and recording) looks its pipeline up
+    (:meth:`CircleCI.find_triggered`) and records it instead of triggering again. An
+    exclusive lock on ``<state>.lock`` makes an overlapping poll (cron) skip rather than
+    trigger the same snapshot too. Losing the state file loses the record: the newest
+    snapshot is then triggered again.
     """
-    state = json.loads(state_file.read_text()) if state_file.exists() else {"triggered": {}}
-    snap = newest_snapshot(source)
-    if snap is None:
-        return {"action": "none", "reason": "no snapshot yet"}
-    if snap.sha256 in state["triggered"]:
-        return {
-            "action": "none",
-            "reason": "already triggered",
-            "sha256": snap.sha256,
-            "pipeline": state["triggered"][snap.sha256],
+    with _locked(state_file) as held:
+        if not held:
+            return {"action": "none", "reason": f"another poll holds {_lock_path(state_file)}"}
+        state = _load_state(state_file)
+        found = _resolve_pending(api, slug, state, state_file)
+        snap = newest_snapshot(source)
+        if snap is None:
+            return {"action": "none", "reason": "no snapshot yet"}
+        done = state["triggered"].get(snap.sha256)
+        if done is not None and snap.sha256 not in found:
+            return {
+                "action": "none",
+                "reason": "already triggered",
+                "sha256": snap.sha256,
+                "pipeline": done,
+            }
+        if done is not None:
+            event("ci", "watch-data: already-triggered-found", pipeline=done.get("number"))
+            return {
+                "action": "already-triggered-found",
+                "sha256": snap.sha256,
+                "data_uri": snap.data_uri,
+                "pipeline": done,
+            }
+        params = {"retrain": True, "data_uri": snap.data_uri, **(extra or {})}
+        check_parameters(params)
+        mark = api.mark(slug)
+        state["pending"][snap.sha256] = {
+            "data_uri": snap.data_uri,
+            "branch": branch,
+            **mark.to_json(),
         }
-    params = {"retrain": True, "data_uri": snap.data_uri, **(extra or {})}
-    existing = next(
-        (
-            p
-            for p in api.recent_pipelines(slug, branch)
-            if (p.get("trigger_parameters") or {}).get("data_uri") == snap.data_uri
-            or _pipeline_params(p).get("data_uri") == snap.data_uri
-        ),
-        None,
-    )
-    if existing:
-        pipeline = {"id": existing["id"], "number": existing.get("number")}
-        action = "already-triggered-found"
-    else:
-        pipeline = api.trigger(slug, branch=branch, parameters=params)
-        action = "triggered"
-    state["triggered"][snap.sha256] = {
+        _save_state(state_file, state)
+        pipeline = api.trigger(slug, branch=branch, parameters=params, mark=mark)
+        _record(state, snap.sha256, pipeline, snap.data_uri)
+        _save_state(state_file, state)
+        event("ci", "watch-data: triggered", pipeline=pipeline.get("number"), data=snap.uri)
+        return {
+            "action": "triggered",
+            "sha256": snap.sha256,
+            "data_uri": snap.data_uri,
+            "pipeline": pipeline,
+        }
+
+
+def _resolve_pending(api: CircleCI, slug: str, state: dict, state_file: Path) -> set[str]:
+    """Settle the pending entries a crashed poll left; return the shas whose pipeline was found.
+
+    A pending entry with no pipeline was never triggered: it is dropped (the newest snapshot
+    is then triggered as usual). One that could be several pipelines stops the poll.
+    """
+    found = set()
+    for sha, entry in list(state["pending"].items()):
+        ref = Ref.of(entry.get("branch"), None)
+        try:
+            pipeline = api.find_triggered(slug, ref, Mark.from_json(entry))
+        except AmbiguousTrigger as exc:
+            raise ApiError(
+                f"watch-data: {exc.message}",
+                hint=f"{state_file} holds this trigger as pending; once you know its pipeline, "
+                'move the entry under "triggered" with that id (or delete it to trigger again)',
+            ) from exc
+        if pipeline is None:
+            del state["pending"][sha]
+            event(
+                "ci",
+                "watch-data: a pending trigger made no pipeline; dropped",
+                data=entry["data_uri"],
+            )
+        else:
+            _record(state, sha, pipeline, entry["data_uri"])
+            found.add(sha)
+            event(
+                "ci", "watch-data: a pending trigger had been sent", pipeline=pipeline.get("number")
+            )
+        _save_state(state_file, state)
+    return found
+
+
+def _record(state: dict, sha: str, pipeline: dict, data_uri: str) -> None:
+    state["pending"].pop(sha, None)
+    state["triggered"][sha] = {
         "id": pipeline["id"],
         "number": pipeline.get("number"),
-        "data_uri": snap.data_uri,
+        "data_uri": data_uri,
     }
+
+
+def _load_state(state_file: Path) -> dict:
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    state.setdefault("triggered", {})
+    state.setdefault("pending", {})
+    return state
+
+
+def _save_state(state_file: Path, state: dict) -> None:
+    # Write then rename: a crash leaves the old record or the new one, never half of one.
     tmp = state_file.with_name(f".{state_file.name}.tmp")
     tmp.write_text(json.dumps(state, indent=2))
     os.replace(tmp, state_file)
-    event("ci", f"watch-data: {action}", pipeline=pipeline.get("number"), data=snap.uri)
-    return {
-        "action": action,
-        "sha256": snap.sha256,
-        "data_uri": snap.data_uri,
-        "pipeline": pipeline,
-    }
 
 
-def _pipeline_params(p: dict) -> dict:
-    tp = p.get("trigger_parameters") or {}
-    return tp.get("parameters", {}) if isinstance(tp, dict) else {}
+def _lock_path(state_file: Path) -> Path:
+    return state_file.with_name(f"{state_file.name}.lock")
+
+
+@contextlib.contextmanager
+def _locked(state_file: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on the state file's sidecar lock file; yield False if another
+    process holds it. (A sidecar, because the state file itself is replaced on every write.)
+    """
+    with open(_lock_path(state_file), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -1394,7 +1394,8 @@ def ci() -> None:
     (vcs/org/repo) in CIRCLE_PROJECT_SLUG or --project.
 
     Every call is retried a bounded number of times (5) on timeouts, 429 (honouring
-    Retry-After) and 5xx; a trigger whose answer was lost is looked up, never sent twice.
+    Retry-After) and 5xx; a trigger whose answer was lost is looked up, never sent twice
+    (if two of your pipelines could be it, it stops and names them).
     TFSHIP_API_TIMEOUT (seconds per request, default 30) and TFSHIP_API_MAX_BACKOFF (the
     longest wait between tries, default 60) tune this.
     """
@@ -1453,7 +1454,13 @@ def _api(api_url: str, token_env: str):
 @project_option
 @opt("--branch", env="TFSHIP_CI_BRANCH", default=None, help="Default: main.")
 @opt("--tag", env="TFSHIP_CI_TAG", default=None)
-@click.option("--param", "params", multiple=True, help="Pipeline parameter k=v (repeatable).")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    help="Pipeline parameter k=v (repeatable; at most 100, names up to 128 and values up "
+    "to 512 characters).",
+)
 @opt(
     "--definition-id",
     env="TFSHIP_DEFINITION_ID",
@@ -1518,7 +1525,8 @@ def ci_status(api_url, token_env, pipeline_id, as_json) -> None:
     type=click.FloatRange(0),
     default=300.0,
     show_default=True,
-    help="How long to wait for the approval job to appear (seconds).",
+    help="How long to wait for the approval job to appear, and with --reject for the "
+    "workflow to read canceled (seconds).",
 )
 @opt(
     "--poll",
@@ -1527,18 +1535,38 @@ def ci_status(api_url, token_env, pipeline_id, as_json) -> None:
     default=5.0,
     show_default=True,
 )
-@click.option("--reject", is_flag=True, help="Cancel the approval job instead.")
+@click.option(
+    "--reject",
+    is_flag=True,
+    help="Reject instead: cancel the whole workflow (POST /workflow/{id}/cancel), so "
+    "nothing after the hold runs.",
+)
 @json_option
 def ci_approve(api_url, token_env, workflow_id, job_name, timeout, poll, reject, as_json) -> None:
-    """Approve (or --reject) the on-hold approval job of a workflow, waiting for it."""
+    """Approve the on-hold approval job of a workflow, waiting for it to appear.
+
+    With --reject, the hold is found the same way (no hold: the command fails) and then the
+    whole workflow is canceled (CircleCI's API has no reject), so the hold and every job
+    after it are canceled. The command returns once the workflow reads canceled.
+    """
     api = _api(api_url, token_env)
     job = api.find_approval(workflow_id, job_name, timeout, poll)
-    if reject:
-        api.cancel_job(job["id"])
-    else:
+    if not reject:
         api.approve(workflow_id, job.get("approval_request_id") or job["id"])
-    verb = "rejected" if reject else "approved"
-    emit({"job": job, "action": verb}, as_json, f"{verb} {job['name']} in workflow {workflow_id}")
+        emit(
+            {"job": job, "action": "approved"},
+            as_json,
+            f"approved {job['name']} in workflow {workflow_id}",
+        )
+        return
+    api.cancel_workflow(workflow_id)
+    workflow = api.wait_workflow_status(workflow_id, "canceled", timeout, poll)
+    emit(
+        {"job": job, "action": "rejected", "workflow": workflow},
+        as_json,
+        f"rejected {job['name']} in workflow {workflow_id}: workflow canceled, "
+        "nothing after the hold runs",
+    )
 
 
 @ci.group("schedule", context_settings=CONTEXT)
@@ -1624,7 +1652,8 @@ def ci_schedule_delete(api_url, token_env, schedule_id) -> None:
     default=".tfship-watch.json",
     show_default=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Remembers which snapshots were already triggered.",
+    help="The record of snapshots triggered (and of a trigger being sent); without it the "
+    "newest snapshot is triggered again. <state>.lock keeps two polls from overlapping.",
 )
 @opt("--branch", env="TFSHIP_CI_BRANCH", default="main", show_default=True)
 @opt(
@@ -1651,6 +1680,11 @@ def ci_watch_data(
 
     SOURCE is a folder, an https:// listing ('<url> <sha256>' per line) or
     ssh://user@host/path. The pipeline gets retrain=true and data_uri=<uri>#sha256=<hex>.
+
+    The state file records what was triggered, and a trigger is recorded as pending before
+    it is sent: after a crash, the next poll finds that pipeline instead of triggering again
+    (or stops, naming them, if several of your pipelines could be it). A poll that finds
+    another one running (the lock is held) does nothing.
     """
     import time
 

@@ -1,7 +1,10 @@
 """CircleCI API faults: 5xx, timeouts, and a trigger whose answer is lost (never triggered twice).
 
 Against the OpenAPI-checked stand-in; retries are bounded and their waits made short with
-TFSHIP_API_MAX_BACKOFF / TFSHIP_API_TIMEOUT, the settings a user has too.
+TFSHIP_API_MAX_BACKOFF / TFSHIP_API_TIMEOUT, the settings a user has too. A lost trigger is
+found from what CircleCI's answers define (the user's pipelines, their numbers, branch and
+trigger type), never from the parameters, which no answer carries: what a pipeline was
+triggered with is read from the stand-in's own record, ``state.pipeline_params``.
 """
 
 from __future__ import annotations
@@ -28,16 +31,18 @@ def ci(api, *args, timeout="5"):
 
 
 def triggers(api) -> int:
-    return sum(1 for r in api.state.requests if r["method"] == "POST")
+    return sum(1 for r in api.state.requests if r["operation"] == "triggerPipeline")
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
 def test_a_few_5xx_are_retried_and_one_pipeline_is_made(api, status):
+    api.state.faults_for = "triggerPipeline"
     api.state.errors, api.state.error_status = 2, status
     r = ci(api, "trigger", "--param", "retrain=true", "--json")
     assert r.code == 0, r.err
     assert r.err.count(f"HTTP {status}, retrying") == 2
-    assert len(api.state.pipelines) == 1
+    # Each 5xx came before any work: looked up, not found, so sent again.
+    assert triggers(api) == 3 and len(api.state.pipelines) == 1
     assert json.loads(r.out)["pipeline"]["id"] in api.state.pipelines
 
 
@@ -68,19 +73,61 @@ def test_an_api_that_never_answers_in_time_is_a_bounded_failure(api):
     )
 
 
-@pytest.mark.parametrize("lost", ["timeout", "502 after the work"])
-def test_a_trigger_whose_answer_is_lost_is_found_not_sent_again(api, lost):
-    ci(api, "trigger", "--param", "retrain=false")  # another pipeline on the branch: not it
-    before = triggers(api)
+def lose_the_next_trigger_answer(api, lost: str) -> str:
+    """Make the next trigger do its work and lose its answer; the client timeout to use."""
+    api.state.faults_for = "triggerPipeline"
     if lost == "timeout":
         api.state.slow, api.state.slow_seconds = 1, 2.0
-        r = ci(api, "trigger", "--param", "retrain=true", "--json", timeout="0.5")
-    else:
-        api.state.bad_gateway_after_work = 1
-        r = ci(api, "trigger", "--param", "retrain=true", "--json")
+        return "0.5"
+    api.state.bad_gateway_after_work = 1
+    return "5"
+
+
+@pytest.mark.parametrize("lost", ["timeout", "502 after the work"])
+def test_a_trigger_whose_answer_is_lost_is_found_not_sent_again(api, lost):
+    ci(api, "trigger", "--param", "retrain=false")  # your pipeline on the branch, but older
+    before = triggers(api)
+    timeout = lose_the_next_trigger_answer(api, lost)
+    r = ci(api, "trigger", "--param", "retrain=true", "--json", timeout=timeout)
     assert r.code == 0, r.err
     assert triggers(api) - before == 1  # sent once
     assert len(api.state.pipelines) == 2
     made = json.loads(r.out)["pipeline"]["id"]
-    assert api.state.pipelines[made]["trigger_parameters"]["parameters"] == {"retrain": True}
+    assert api.state.pipeline_params[made] == {"retrain": True}
     assert "the lost call had succeeded; not repeating it" in r.err
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"login": "someone-else"},  # not in your pipelines (listMyPipelines)
+        {"branch": "dev"},  # yours, on another branch (checked by the client)
+        {"tag": "v1.0.0"},  # yours, on a tag
+    ],
+    ids=["someone else's", "yours on another branch", "yours on a tag"],
+)
+def test_another_trigger_at_that_moment_is_not_taken_for_the_lost_one(api, other):
+    api.state.concurrent_triggers = [other]
+    timeout = lose_the_next_trigger_answer(api, "502 after the work")
+    r = ci(api, "trigger", "--param", "retrain=true", "--json", timeout=timeout)
+    assert r.code == 0, r.err
+    assert triggers(api) == 1 and len(api.state.pipelines) == 2
+    made = api.state.pipelines[json.loads(r.out)["pipeline"]["id"]]
+    assert made["trigger"]["actor"]["login"] == "me" and made["vcs"].get("branch") == "main"
+
+
+def test_two_pipelines_that_could_be_the_lost_trigger_stop_it_without_guessing(api):
+    api.state.concurrent_triggers = [{}]  # another of your processes, same branch, same moment
+    r = ci(
+        api,
+        "trigger",
+        "--param",
+        "retrain=true",
+        timeout=lose_the_next_trigger_answer(api, "502 after the work"),
+    )
+    assert r.code == 7
+    line = r.err_lines[-1]
+    assert "cannot tell which pipeline the trigger on branch main made" in line
+    assert all(f"{p['number']} ({p['id']})" in line for p in api.state.pipelines.values())
+    assert "not triggering again" in line
+    assert triggers(api) == 1 and len(api.state.pipelines) == 2
