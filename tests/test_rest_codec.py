@@ -8,8 +8,8 @@ import json
 
 import numpy as np
 import pytest
-from tfship.server.core import RpcError
-from tfship.server.rest import format_float, predict_inputs, predict_response
+from tfship.server.json_tensor import format_float, predict_inputs, predict_response
+from tfship.server.status import RpcError
 
 FLOAT, STRING, INT64 = 1, 7, 9
 

@@ -453,6 +453,20 @@ def run(
         click.echo(f"stop:    kill {out['server']['pid']}")
 
 
+def tf_bool(name: str, default: bool, help_text: str, env: str):
+    """A TF Serving boolean flag: ``--x``, ``--x=true`` and ``--x=false`` all work."""
+    return opt(
+        name,
+        env=env,
+        type=click.BOOL,
+        default=default,
+        is_flag=False,
+        flag_value=True,
+        show_default=True,
+        help=help_text,
+    )
+
+
 @cli.command(context_settings=CONTEXT)
 @opt(
     "--model_name",
@@ -465,7 +479,7 @@ def run(
     "--model_base_path",
     env="MODEL_BASE_PATH",
     default=None,
-    help="Folder whose integer-named children are the model's versions.",
+    help="Absolute path of the folder whose integer-named children are the model's versions.",
 )
 @opt(
     "--rest_api_port",
@@ -478,7 +492,7 @@ def run(
 @opt(
     "--port",
     env="TFSHIP_GRPC_PORT",
-    type=click.IntRange(0, 65535),
+    type=click.IntRange(1, 65535),
     default=config.GRPC_PORT,
     show_default=True,
     help="gRPC port.",
@@ -496,7 +510,7 @@ def run(
     type=click.FloatRange(0),
     default=config.POLL_SECONDS,
     show_default=True,
-    help="How often to look for new versions; 0 = only at start.",
+    help="How often to look for new versions; 0 = at start and config reloads only.",
 )
 @opt(
     "--model_config_file",
@@ -514,50 +528,87 @@ def run(
     help="How often to re-read --model_config_file; 0 = read once.",
 )
 @opt(
+    "--max_num_load_retries",
+    env="TFSHIP_MAX_NUM_LOAD_RETRIES",
+    type=click.IntRange(0),
+    default=5,
+    show_default=True,
+    help="Retries of a failed load (the version shows LOADING meanwhile).",
+)
+@opt(
+    "--load_retry_interval_micros",
+    env="TFSHIP_LOAD_RETRY_INTERVAL_MICROS",
+    type=int,
+    default=60_000_000,
+    show_default=True,
+    help="Wait between load retries, in microseconds (negative: no wait).",
+)
+@tf_bool(
+    "--allow_version_labels_for_unavailable_models",
+    False,
+    "Allow a label to point at a version that is not AVAILABLE yet (else a config with "
+    "labels cannot start the server).",
+    "TFSHIP_ALLOW_LABELS_FOR_UNAVAILABLE",
+)
+@tf_bool(
+    "--enable_model_warmup",
+    True,
+    "Replay assets.extra/tf_serving_warmup_requests before a version is AVAILABLE.",
+    "TFSHIP_ENABLE_MODEL_WARMUP",
+)
+@opt(
+    "--num_request_iterations_for_warmup",
+    env="TFSHIP_WARMUP_ITERATIONS",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Times each warmup record is replayed (0 = once).",
+)
+@tf_bool(
+    "--enable_signature_method_name_check",
+    False,
+    "Check signatures' method_name (predict/classify/regress) as older servers did.",
+    "TFSHIP_SIGNATURE_METHOD_CHECK",
+)
+@tf_bool(
+    "--enable_serialization_as_tensor_content",
+    False,
+    "gRPC Predict answers in tensor_content instead of the typed *_val fields.",
+    "TFSHIP_TENSOR_CONTENT",
+)
+@opt(
+    "--monitoring_config_file",
+    env="TFSHIP_MONITORING_CONFIG_FILE",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help='e.g. prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }: '
+    "TF Serving's metrics on the REST port.",
+)
+@opt(
     "--ready_file",
     env="TFSHIP_READY_FILE",
     default=None,
-    help="Write {rest_port, grpc_port, pid} as JSON here once serving (for scripts).",
+    help="Write {rest_port, grpc_port, pid} as JSON here once listening (for scripts).",
 )
-def serve(
-    model_name: str,
-    model_base_path: str | None,
-    rest_api_port: int,
-    port: int,
-    host: str,
-    file_system_poll_wait_seconds: float,
-    model_config_file: str | None,
-    model_config_file_poll_wait_seconds: float,
-    ready_file: str | None,
-) -> None:
+def serve(**flags) -> None:
     """A local TF-Serving-compatible model server (REST and gRPC).
 
-    For local runs, tests, and hosts without Docker: it answers as tensorflow_model_server
-    does, on the same flags, paths and wire formats (status, metadata, predict,
-    classify, regress; versions and labels; TF Serving's error codes and messages), polls the
-    base path for new versions, and keeps the old version answering until the new one is
-    AVAILABLE. Production hosts run TensorFlow Serving itself (tools/install_server.sh).
+    For local runs, tests, and hosts without Docker; it is never friendlier than
+    tensorflow_model_server: same flags, paths, wire formats, error codes and texts.
+    Like the real server it opens no port until every model has a version AVAILABLE
+    (an empty base path keeps it waiting), and exits 255 with "Failed to start server"
+    on stdout if a first load fails after its retries. It polls the base path for new
+    versions and keeps the old version answering until the new one is AVAILABLE.
+    Production hosts run TensorFlow Serving itself (tools/install_server.sh).
 
     \b
     Example:
-      tfship serve --model_name digits --model_base_path store/digits --rest_api_port 8501
+      tfship serve --model_name digits --model_base_path "$PWD/store/digits"
       curl localhost:8501/v1/models/digits
     """
     from tfship.server import ServeOptions, serve_forever
 
-    serve_forever(
-        ServeOptions(
-            model_name=model_name,
-            model_base_path=model_base_path,
-            rest_api_port=rest_api_port,
-            port=port,
-            host=host,
-            file_system_poll_wait_seconds=file_system_poll_wait_seconds,
-            model_config_file=model_config_file,
-            model_config_file_poll_wait_seconds=model_config_file_poll_wait_seconds,
-            ready_file=ready_file,
-        )
-    )
+    sys.exit(serve_forever(ServeOptions(**flags)))
 
 
 def serving_options(f):

@@ -41,6 +41,10 @@ model_config_list {{
   }}
 }}
 """)
-    s = start_serve(tmp, "--model_config_file", str(conf))
+    # Labels in a start-up config need the flag: upstream checks them before anything has
+    # loaded (server_core.cc UpdateModelVersionLabelMap), so without it start-up fails.
+    s = start_serve(
+        tmp, "--model_config_file", str(conf), "--allow_version_labels_for_unavailable_models"
+    )
     yield s
     s.stop()

@@ -126,9 +126,9 @@ def test_paths_are_case_insensitive(hpt_all):
             f"Servable not found for request: Specific({HPT}, 125)",
         ),
         (
-            "GET",
-            f"/v1/models/{HPT}/labels/nope",
-            None,
+            "POST",
+            f"/v1/models/{HPT}/labels/nope:predict",
+            b'{"instances":[[1.0]]}',
             400,
             "Unrecognized servable version label: nope",
         ),
@@ -268,15 +268,21 @@ def test_grpc_errors_use_the_same_status_codes(hpt_all):
 
 
 def test_reload_config_refuses_a_label_on_an_unavailable_version(hpt_all):
+    """server_core.cc UpdateModelVersionLabelMap; model_service_impl.cc returns the reload's
+    status as the RPC's own status (ToGRPCStatus), so the client gets a gRPC error."""
     _, models = _stubs(hpt_all)
-    from tfship.server.core import ModelConfig, config_proto
+    from tfship.server.config import ModelConfig, to_proto
 
-    bad = config_proto([ModelConfig(HPT, str(HALF_PLUS_TWO), policy="all", labels={"stable": 999})])
-    resp = models.HandleReloadConfigRequest(
-        model_management_pb2.ReloadConfigRequest(config=bad), timeout=10
+    bad = to_proto([ModelConfig(HPT, str(HALF_PLUS_TWO), policy="all", labels={"stable": 999})])
+    with pytest.raises(grpc.RpcError) as err:
+        models.HandleReloadConfigRequest(
+            model_management_pb2.ReloadConfigRequest(config=bad), timeout=10
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details() == (
+        f"Request to assign label to version 999 of model {HPT}, which is not currently "
+        "available for inference"
     )
-    assert resp.status.error_code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
-    assert "not currently available" in resp.status.error_message
     # The old config (labels) still holds.
     r = requests.post(
         url(hpt_all, "/labels/stable:predict"), json={"instances": [[0.0]]}, timeout=5
@@ -284,25 +290,16 @@ def test_reload_config_refuses_a_label_on_an_unavailable_version(hpt_all):
     assert r.status_code == 200
 
 
-def test_a_body_over_the_limit_is_refused_before_it_is_read(hpt_all):
-    """TF Serving answers RESOURCE_EXHAUSTED (HTTP 429) to oversized requests; so do we."""
-    import socket
-
-    from tfship.server.rest import MAX_BODY_BYTES
-
-    host, port = hpt_all.rest.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(
-            f"POST /v1/models/{HPT}:predict HTTP/1.1\r\nHost: x\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {MAX_BODY_BYTES + 1}\r\n\r\n"
-            '{"instances": ['.encode()
-        )
-        answer = b""
-        while chunk := sock.recv(65536):  # the server closes the connection after answering
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 429"), head
-    assert "exceeds the limit" in json.loads(body)["error"]
-    # The server is still there for everyone else.
-    r = requests.post(url(hpt_all, ":predict"), json={"instances": [1.0]}, timeout=10)
-    assert r.status_code == 200
+def test_status_by_label_ignores_the_label(hpt_all):
+    """get_model_status_impl.cc only looks at model_spec.version: a label (even an unknown
+    one) lists every version, over REST and gRPC."""
+    everything = requests.get(url(hpt_all), timeout=5).json()
+    for label in ("stable", "nope"):
+        r = requests.get(url(hpt_all, f"/labels/{label}"), timeout=5)
+        assert r.status_code == 200 and r.json() == everything
+    _, models = _stubs(hpt_all)
+    st = models.GetModelStatus(
+        get_model_status_pb2.GetModelStatusRequest(model_spec={"name": HPT, "version_label": "x"}),
+        timeout=5,
+    )
+    assert [v.version for v in st.model_version_status] == [124, 123]

@@ -106,6 +106,8 @@ def test_a_version_that_fails_to_load_ends_with_its_error_and_the_old_keeps_serv
         str(base),
         "--file_system_poll_wait_seconds",
         "0.2",
+        "--max_num_load_retries",
+        "0",
     )
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -146,12 +148,18 @@ def test_our_package_is_warmed_up_on_load(serve, packaged):
     assert "available model=digits version=1000 warmup=2" in s.log_text()
 
 
-def test_bad_config_file_is_one_clear_line(cli, tmp_path):
+def test_bad_config_file_fails_start_up_as_tf_serving_does(cli, tmp_path):
+    """main.cc: "Failed to start server. Error: <status>" on stdout, exit status 255;
+    util/proto_util.h ParseProtoTextFile names the file. tfship adds one line with the fix."""
     conf = tmp_path / "bad.config"
     conf.write_text("model_config_list { config { nme: 'x' } }")
     r = cli("serve", "--model_config_file", str(conf), "--rest_api_port", "0")
-    assert r.code == 2
-    assert r.err_lines[-1].startswith("tfship serve: bad setting: --model_config_file")
+    assert r.code == 255
+    assert r.out == (
+        f"Failed to start server. Error: INVALID_ARGUMENT: Invalid protobuf file: '{conf}'\n"
+    )
+    assert r.err_lines[-1].startswith("tfship serve: could not start: Invalid protobuf file")
+    assert "ModelServerConfig text proto" in r.err_lines[-1]
 
 
 LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
@@ -172,6 +180,7 @@ def _listening(port: int) -> list[str]:
 
 def test_serve_listens_on_loopback_only_by_default(serve, tmp_path):
     (tmp_path / "m").mkdir()
+    _install(HALF_PLUS_TWO / "00000123", tmp_path / "m", 1)
     s = serve("--model_name", "m", "--model_base_path", str(tmp_path / "m"))
     for port in (int(s.rest.rsplit(":", 1)[1]), int(s.grpc.rsplit(":", 1)[1])):
         # 127.0.0.1 in the kernel's byte order, plain or IPv4-mapped in the IPv6 table; a

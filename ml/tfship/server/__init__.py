@@ -1,8 +1,13 @@
 """``tfship serve``: a local TF-Serving-compatible model server.
 
 For local runs, tests and hosts without Docker. Production uses TensorFlow Serving itself
-(``tools/install_server.sh``); this server answers as it does, on the same flags, paths and
-wire formats, and is checked against TF Serving's own conformance model.
+(``tools/install_server.sh``). The rule: this stand-in is never friendlier than the real
+server. It starts as ``tensorflow_model_server`` does (``model_servers/main.cc``,
+``server.cc`` ``BuildAndStart``): the config is validated, then it **waits until every
+model has a version AVAILABLE** and only then opens gRPC and REST. A model whose first
+version fails to load (after its retries) makes it print
+``Failed to start server. Error: ...`` on stdout and exit 255; a model with no version on
+disk keeps it waiting, ports closed, until one appears.
 """
 
 from __future__ import annotations
@@ -17,56 +22,137 @@ from pathlib import Path
 
 from tfship.log import event
 
+EXIT_START_FAILED = 255  # main.cc returns -1
+
 
 @dataclass
 class ServeOptions:
-    """Flags, in TF Serving's own names."""
+    """Flags, in TF Serving's own names and defaults (``model_servers/main.cc``)."""
 
-    model_name: str | None = None
+    model_name: str = "default"
     model_base_path: str | None = None
-    rest_api_port: int = 8501
+    rest_api_port: int = 8501  # upstream's default is 0 (off); its Docker image passes 8501
     port: int = 8500
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # upstream binds every interface; tfship binds loopback unless told
     file_system_poll_wait_seconds: float = 1.0
     model_config_file: str | None = None
     model_config_file_poll_wait_seconds: float = 0.0
+    max_num_load_retries: int = 5
+    load_retry_interval_micros: int = 60_000_000
+    allow_version_labels_for_unavailable_models: bool = False
+    enable_model_warmup: bool = True
+    num_request_iterations_for_warmup: int = 0
+    enable_signature_method_name_check: bool = False
+    enable_serialization_as_tensor_content: bool = False
+    monitoring_config_file: str | None = None
     ready_file: str | None = None
 
 
 def load_configs(opts: ServeOptions):
-    """The model configs named by the flags (config file, or name + base path)."""
-    from tfship.errors import ConfigError
-    from tfship.server.core import ModelConfig, parse_config_text
+    """The model configs the flags name (``server.cc``: config file, or name + base path)."""
+    from tfship.server.config import read_file, single_model
+    from tfship.server.status import RpcError
 
     if opts.model_config_file:
-        try:
-            return parse_config_text(Path(opts.model_config_file).read_text())
-        except OSError as exc:
-            raise ConfigError(
-                f"--model_config_file {opts.model_config_file}: {exc.strerror}"
-            ) from exc
-        except Exception as exc:  # text_format.ParseError and friends
-            raise ConfigError(f"--model_config_file {opts.model_config_file}: {exc}") from exc
+        return read_file(opts.model_config_file)
     if not opts.model_base_path:
-        raise ConfigError("give --model_base_path (and --model_name) or --model_config_file")
-    base = str(Path(opts.model_base_path).absolute())
-    return [ModelConfig(name=opts.model_name or "default", base_path=base)]
+        raise RpcError(
+            "INVALID_ARGUMENT",
+            "Both server_options.model_base_path and server_options.model_config_file are empty!",
+        )
+    return single_model(opts.model_name, opts.model_base_path)
 
 
-class Running:
-    """A started server: ports, core, and how to stop it."""
+class Server:
+    """One ``tfship serve``: the manager, then (once the models are up) gRPC and REST."""
 
-    def __init__(self, core, rest, grpc_server, rest_port: int, grpc_port: int) -> None:
-        self.core = core
-        self.rest = rest
-        self.grpc = grpc_server
-        self.rest_port = rest_port
-        self.grpc_port = grpc_port
-        self.stopped = threading.Event()
+    def __init__(self, opts: ServeOptions) -> None:
+        from tfship.server.core import CoreOptions, ServerCore
+        from tfship.server.servable import ServableOptions
 
-    def stop(self) -> None:
+        self.opts = opts
+        self.core = ServerCore(
+            CoreOptions(
+                poll_seconds=opts.file_system_poll_wait_seconds,
+                max_num_load_retries=opts.max_num_load_retries,
+                load_retry_interval_seconds=opts.load_retry_interval_micros / 1e6,
+                allow_version_labels_for_unavailable_models=(
+                    opts.allow_version_labels_for_unavailable_models
+                ),
+                servable=ServableOptions(
+                    method_name_check=opts.enable_signature_method_name_check,
+                    warmup=opts.enable_model_warmup,
+                    warmup_iterations=max(opts.num_request_iterations_for_warmup, 1),
+                ),
+            )
+        )
+        self.rest = None
+        self.grpc = None
+        self.rest_port = 0
+        self.grpc_port = 0
+        self.stopped = threading.Event()  # asked to stop (also ends a start-up wait)
+        self._closed = False
+
+    def start(self) -> None:
+        """Validate, load and wait (no port open meanwhile), then listen.
+
+        Raises :class:`~tfship.server.status.RpcError` as ``BuildAndStart`` returns it.
+        """
+        from tfship.server.config import read_monitoring
+        from tfship.server.grpc_api import start_grpc
+        from tfship.server.rest import start_rest
+
+        # Loading a SavedModel is long pure-Python work in the manager thread; a short GIL
+        # switch interval lets request threads in meanwhile (p99 during a version swap).
+        sys.setswitchinterval(0.0005)
+        opts = self.opts
+        configs = load_configs(opts)
+        metrics_path = None
+        if opts.monitoring_config_file and opts.rest_api_port > 0:
+            metrics_path = read_monitoring(opts.monitoring_config_file)
+        self.core.start()
+        self.core.reload(configs, startup=True)
         if self.stopped.is_set():
             return
+        self.grpc, self.grpc_port = start_grpc(
+            self.core, opts.host, opts.port, opts.enable_serialization_as_tensor_content
+        )
+        if opts.rest_api_port > 0:  # 0 turns REST off, as in TF Serving
+            self.rest, _ = start_rest(self.core, opts.host, opts.rest_api_port, metrics_path)
+            self.rest_port = self.rest.server_address[1]
+        if opts.model_config_file and opts.model_config_file_poll_wait_seconds > 0:
+            threading.Thread(target=self._watch_config, daemon=True).start()
+        event(
+            "serve",
+            "listening",
+            rest=f"{opts.host}:{self.rest_port}" if self.rest else "off",
+            grpc=f"{opts.host}:{self.grpc_port}",
+            models=",".join(c.name for c in self.core.configs()),
+        )
+        if opts.ready_file:
+            tmp = f"{opts.ready_file}.tmp"
+            Path(tmp).write_text(
+                json.dumps(
+                    {"rest_port": self.rest_port, "grpc_port": self.grpc_port, "pid": os.getpid()}
+                )
+            )
+            os.replace(tmp, opts.ready_file)
+
+    def _watch_config(self) -> None:
+        """``server.cc`` ``PollFilesystemAndReloadConfig``: re-read and reload every period."""
+        from tfship.server.status import RpcError
+
+        while not self.stopped.wait(self.opts.model_config_file_poll_wait_seconds):
+            try:
+                self.core.reload(load_configs(self.opts))
+            except RpcError as exc:
+                event("serve", f"PollFilesystemAndReloadConfig failed to ReloadConfig: {exc}")
+
+    def stop(self) -> None:
+        """Close the ports, then unload every model."""
+        if self._closed:
+            return
+        self._closed = True
         self.stopped.set()
         if self.rest:
             self.rest.shutdown()
@@ -77,68 +163,48 @@ class Running:
         event("serve", "stopped")
 
 
-def start(opts: ServeOptions) -> Running:
-    """Load the models, then open REST (``rest_api_port``, 0 = off) and gRPC (``port``)."""
-    from tfship.server.core import ServerCore
-    from tfship.server.grpc_api import start_grpc
-    from tfship.server.rest import start_rest
-
-    # Loading a SavedModel is long pure-Python work in the poll thread; a short GIL switch
-    # interval lets request threads in meanwhile (p99 during a version swap, see BENCHMARKS).
-    sys.setswitchinterval(0.0005)
-    core = ServerCore(load_configs(opts), opts.file_system_poll_wait_seconds)
-    core.start()
-    rest = None
-    rest_port = 0
-    if opts.rest_api_port > 0:  # 0 turns REST off, as in TF Serving
-        rest, _ = start_rest(core, opts.host, opts.rest_api_port)
-        rest_port = rest.server_address[1]
-    grpc_server, grpc_port = start_grpc(core, opts.host, opts.port)
-    running = Running(core, rest, grpc_server, rest_port, grpc_port)
-    if opts.model_config_file and opts.model_config_file_poll_wait_seconds > 0:
-        threading.Thread(target=_watch_config, args=(running, opts), daemon=True).start()
-    event(
-        "serve",
-        "listening",
-        rest=f"{opts.host}:{rest_port}" if rest else "off",
-        grpc=f"{opts.host}:{grpc_port}",
-        models=",".join(c.name for c in core.configs()),
-    )
-    if opts.ready_file:
-        tmp = f"{opts.ready_file}.tmp"
-        Path(tmp).write_text(
-            json.dumps({"rest_port": rest_port, "grpc_port": grpc_port, "pid": os.getpid()})
+def _start_hint(exc) -> str:
+    """The fix for the start-up failures people meet, as tfship's one-line errors give it."""
+    text = exc.message
+    if "to have an absolute path" in text:
+        return ' (give the base path as an absolute path, e.g. "$PWD/store/digits")'
+    if "assign label to version" in text:
+        return (
+            " (labels can only name AVAILABLE versions; at start-up pass "
+            "--allow_version_labels_for_unavailable_models)"
         )
-        os.replace(tmp, opts.ready_file)
-    return running
+    if "did not become available" in text:
+        return " (fix or remove the version that fails to load; the error above says why)"
+    if "Invalid protobuf file" in text:
+        return " (fix the model config file: it is a ModelServerConfig text proto)"
+    return ""
 
 
-def _watch_config(running: Running, opts: ServeOptions) -> None:
-    last = None
-    while not running.stopped.wait(opts.model_config_file_poll_wait_seconds):
-        try:
-            text = Path(opts.model_config_file).read_text()
-            if text != last:
-                if last is not None:
-                    running.core.set_configs(load_configs(opts), validate_labels=False)
-                    event("serve", "model config reloaded")
-                last = text
-        except Exception as exc:
-            event("serve", f"model config not reloaded: {exc}")
+def serve_forever(opts: ServeOptions) -> int:
+    """Run until SIGTERM/SIGINT; return the exit status (255 if the server could not start)."""
+    from tfship.server.status import RpcError
 
-
-def serve_forever(opts: ServeOptions) -> None:
-    """Run until SIGTERM/SIGINT, then shut down cleanly."""
-    running = start(opts)
+    server = Server(opts)
     done = threading.Event()
 
     def _stop(signum, frame):
         done.set()
+        server.stopped.set()  # ends a start-up wait too
+        server.core._stop.set()
+        server.core._wake.set()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
+        server.start()
+    except RpcError as exc:
+        print(f"Failed to start server. Error: {exc}", flush=True)  # main.cc: on stdout
+        server.stop()
+        print(f"tfship serve: could not start: {exc.message}{_start_hint(exc)}", file=sys.stderr)
+        return EXIT_START_FAILED
+    try:
         while not done.wait(0.5):
             pass
     finally:
-        running.stop()
+        server.stop()
+    return 0

@@ -1,57 +1,59 @@
 """The model manager of ``tfship serve``: TF Serving's server core, in Python.
 
-What it does as ``tensorflow_model_server`` does (``shared/docs/tf-serving.md``):
+Each behaviour cites where ``tensorflow_model_server`` does it (tensorflow/serving):
 
-- polls each model's base path every ``file_system_poll_wait_seconds``; a child folder is a
-  version only if its whole name is an integer;
-- version policy ``latest N`` (default 1), ``all`` or ``specific {versions}``;
-- availability-preserving: an old version keeps answering until the new one is AVAILABLE; a
-  version that fails to load ends in END with its error and is not retried while it stays on
-  disk, and the previous version keeps serving;
-- replays ``assets.extra/tf_serving_warmup_requests`` before a version becomes AVAILABLE;
-- version labels from the model config; a label may only point at an AVAILABLE version.
-
-Errors are :class:`RpcError` carrying the gRPC status name and TF Serving's message text; the
-REST and gRPC front ends map them to HTTP codes / gRPC status codes.
+- ``ServerCore::ReloadConfig`` (``model_servers/server_core.cc``): config validation, version
+  labels checked *before* anything loads (``UpdateModelVersionLabelMap``; a label for a
+  version that is not AVAILABLE is refused unless
+  ``--allow_version_labels_for_unavailable_models``), then a wait until every *new* model
+  has a version AVAILABLE or failed for good (``WaitUntilModelsAvailable``; at start-up
+  ``load_servables_fast.cc``). Until then the server opens no port (``server.cc``).
+- ``FileSystemStoragePathSource`` (``sources/storage_path/file_system_storage_path_source.cc``):
+  a child of the base path is a version if its name parses as an int64 (``absl::SimpleAtoi``);
+  a missing or unreadable base path logs an error and changes nothing for any model.
+- ``AvailabilityPreservingPolicy`` (``core/availability_preserving_policy.cc``): the highest
+  new aspired version loads first; an old version is unloaded only once an aspired one is
+  AVAILABLE (or nothing is aspired any more).
+- ``LoaderHarness::Load`` (``core/loader_harness.cc``) with ``util/retrier.cc``: a failed load
+  (the SavedModel or its warmup) is retried ``--max_num_load_retries`` times,
+  ``--load_retry_interval_micros`` apart, showing LOADING meanwhile; then END with the last
+  error, not retried while the version stays on disk; retries stop if it leaves the disk.
+- ``ServableStateMonitor``: every version ever seen keeps its last state (END included).
 """
 
 from __future__ import annotations
 
-import gc
+import contextlib
 import os
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import numpy as np
 
 from tfship.log import event, quiet_tensorflow
 
 quiet_tensorflow()
 
-import tensorflow as tf  # noqa: E402
-from google.protobuf import text_format  # noqa: E402
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2  # noqa: E402
-from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
+from tfship.server.config import ModelConfig, check_platform, validate  # noqa: E402
+from tfship.server.monitoring import REGISTRY  # noqa: E402
+from tfship.server.servable import Servable, ServableOptions  # noqa: E402
+from tfship.server.status import RpcError, from_tf_error, not_found_servable  # noqa: E402
 
-DEFAULT_SIGNATURE = "serving_default"
 STATES = ("UNKNOWN", "START", "LOADING", "AVAILABLE", "UNLOADING", "END")
+_INT64 = (-(2**63), 2**63 - 1)
+_SIMPLE_ATOI = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)[ \t\n\v\f\r]*")
 
 
-class RpcError(Exception):
-    """A failure with a gRPC status name (``NOT_FOUND``...) and TF Serving's message."""
+@dataclass
+class CoreOptions:
+    """Manager flags, in TF Serving's meaning (``model_servers/main.cc``)."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def not_found_servable(name: str, version: int | None) -> RpcError:
-    spec = f"Latest({name})" if version is None else f"Specific({name}, {version})"
-    return RpcError("NOT_FOUND", f"Servable not found for request: {spec}")
+    poll_seconds: float = 1.0  # --file_system_poll_wait_seconds (0: at start and reloads only)
+    max_num_load_retries: int = 5
+    load_retry_interval_seconds: float = 60.0  # --load_retry_interval_micros / 1e6
+    allow_version_labels_for_unavailable_models: bool = False
+    servable: ServableOptions = field(default_factory=ServableOptions)
 
 
 @dataclass
@@ -62,76 +64,51 @@ class VersionStatus:
     state: str = "START"
     error_code: str = "OK"
     error_message: str = ""
+    changed: float = field(default_factory=time.monotonic)
 
 
 @dataclass
-class ModelConfig:
-    """One ``config { ... }`` of the model config file (or the --model_name flags)."""
+class Model:
+    """The versions of one configured model that this process holds."""
 
-    name: str
-    base_path: str
-    policy: str = "latest"  # latest | all | specific
-    latest_n: int = 1
-    specific: tuple[int, ...] = ()
-    labels: dict[str, int] = field(default_factory=dict)
+    cfg: ModelConfig
+    loaded: dict[int, Servable] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)  # END for good while on disk
 
 
-def parse_config_text(text: str) -> list[ModelConfig]:
-    """Parse a TF Serving model config file (text proto) with tensorflow-serving-api's protos."""
-    proto = model_server_config_pb2.ModelServerConfig()
-    text_format.Parse(text, proto)
-    out = []
-    for c in proto.model_config_list.config:
-        policy = c.model_version_policy.WhichOneof("policy_choice") or "latest"
-        cfg = ModelConfig(
-            name=c.name, base_path=c.base_path, policy=policy, labels=dict(c.version_labels)
+def parse_version(name: str) -> int | None:
+    """``absl::SimpleAtoi`` on a child's name: ``00000123`` is 123, ``v1`` is not a version."""
+    m = _SIMPLE_ATOI.fullmatch(name)
+    if not m:
+        return None
+    value = int(m.group(1))
+    return value if _INT64[0] <= value <= _INT64[1] else None
+
+
+def list_versions(cfg: ModelConfig) -> dict[int, str]:
+    """``PollFileSystemForServable``: versions on disk, or RpcError for an unusable base path."""
+    base = cfg.base_path
+    if not os.path.exists(base):
+        raise RpcError(
+            "INVALID_ARGUMENT",
+            f"Could not find base path {base} for servable {cfg.name} with error "
+            f"NOT_FOUND: {base} not found",
         )
-        if policy == "latest":
-            cfg.latest_n = c.model_version_policy.latest.num_versions or 1
-        elif policy == "specific":
-            cfg.specific = tuple(c.model_version_policy.specific.versions)
-        out.append(cfg)
-    return out
-
-
-def config_proto(configs: list[ModelConfig]) -> model_server_config_pb2.ModelServerConfig:
-    """The inverse of :func:`parse_config_text` (used by tests and the reload RPC)."""
-    proto = model_server_config_pb2.ModelServerConfig()
-    for cfg in configs:
-        c = proto.model_config_list.config.add(
-            name=cfg.name, base_path=cfg.base_path, model_platform="tensorflow"
-        )
-        if cfg.policy == "all":
-            c.model_version_policy.all.SetInParent()
-        elif cfg.policy == "specific":
-            c.model_version_policy.specific.versions.extend(cfg.specific)
-        else:
-            c.model_version_policy.latest.num_versions = cfg.latest_n
-        for k, v in cfg.labels.items():
-            c.version_labels[k] = v
-    return proto
-
-
-def configs_from_proto(proto: model_server_config_pb2.ModelServerConfig) -> list[ModelConfig]:
-    """ModelServerConfig proto -> configs."""
-    return parse_config_text(text_format.MessageToString(proto))
-
-
-def disk_versions(base_path: str) -> dict[int, str]:
-    """Versions on disk: children whose whole name is an integer (``00000123`` is 123)."""
     try:
-        names = os.listdir(base_path)
-    except OSError:
-        return {}
-    out: dict[int, str] = {}
-    for n in names:
-        if n.isdigit() and os.path.isdir(os.path.join(base_path, n)):
-            out.setdefault(int(n), os.path.join(base_path, n))
-    return out
+        names = os.listdir(base)
+    except OSError as exc:
+        code = "PERMISSION_DENIED" if isinstance(exc, PermissionError) else "FAILED_PRECONDITION"
+        raise RpcError(code, f"{base}; {exc.strerror}") from exc
+    found: dict[int, str] = {}
+    for child in sorted(names):  # a duplicate version: the name sorting last wins (upstream)
+        version = parse_version(child)
+        if version is not None:
+            found[version] = os.path.join(base, child)
+    return found
 
 
 def aspired(cfg: ModelConfig, versions: list[int]) -> list[int]:
-    """The versions the policy wants loaded, highest first."""
+    """The versions the model's version policy wants loaded, highest first."""
     versions = sorted(versions, reverse=True)
     if cfg.policy == "all":
         return versions
@@ -140,363 +117,332 @@ def aspired(cfg: ModelConfig, versions: list[int]) -> list[int]:
     return versions[: cfg.latest_n]
 
 
-class Servable:
-    """One loaded version: the SavedModel's signature functions and SignatureDef protos."""
-
-    def __init__(self, name: str, version: int, path: str) -> None:
-        self.name = name
-        self.version = version
-        self.path = path
-        pb = saved_model_pb2.SavedModel()
-        pb.ParseFromString(Path(path, "saved_model.pb").read_bytes())
-        meta = next(
-            (m for m in pb.meta_graphs if "serve" in m.meta_info_def.tags), pb.meta_graphs[0]
-        )
-        self.signature_defs: dict[str, meta_graph_pb2.SignatureDef] = dict(meta.signature_def)
-        self.model = tf.saved_model.load(path, tags=["serve"])
-        self.functions = dict(self.model.signatures)
-
-    def signature(self, name: str) -> tuple[meta_graph_pb2.SignatureDef, Callable]:
-        """SignatureDef and function for ``name`` ('' means serving_default)."""
-        name = name or DEFAULT_SIGNATURE
-        if name not in self.signature_defs or name not in self.functions:
-            raise RpcError(
-                "INVALID_ARGUMENT", f'Serving signature name: "{name}" not found in signature def'
-            )
-        return self.signature_defs[name], self.functions[name]
-
-    def run(
-        self,
-        signature_name: str,
-        inputs: dict[str, np.ndarray],
-        output_filter: list[str] | None = None,
-    ) -> dict[str, np.ndarray]:
-        """Run a signature on NumPy inputs (validated against the SignatureDef)."""
-        sig, fn = self.signature(signature_name)
-        expected = set(sig.inputs)
-        if set(inputs) != expected:
-            missing = sorted(expected - set(inputs))
-            extra = sorted(set(inputs) - expected)
-            if extra:
-                raise RpcError(
-                    "INVALID_ARGUMENT",
-                    f"input tensor alias not found in signature: {extra[0]}. Inputs "
-                    f"expected to be in the set {{{','.join(sorted(expected))}}}.",
-                )
-            raise RpcError(
-                "INVALID_ARGUMENT",
-                f"Request inputs do not match required inputs for model "
-                f"`{self.name}`. Missing inputs: {','.join(missing)}.",
-            )
-        feed = {}
-        for key, value in inputs.items():
-            dtype = tf.dtypes.as_dtype(sig.inputs[key].dtype)
-            try:
-                feed[key] = tf.constant(value, dtype=dtype)
-            except (TypeError, ValueError) as exc:
-                raise RpcError("INVALID_ARGUMENT", f"{key}: {exc}") from exc
-        try:
-            out = fn(**feed)
-        except (tf.errors.InvalidArgumentError, TypeError, ValueError) as exc:
-            msg = getattr(exc, "message", None) or str(exc)
-            raise RpcError("INVALID_ARGUMENT", msg.strip().splitlines()[0]) from exc
-        result = {k: v.numpy() for k, v in out.items()}
-        if output_filter:
-            unknown = [k for k in output_filter if k not in result]
-            if unknown:
-                raise RpcError(
-                    "INVALID_ARGUMENT", f"output tensor alias not found in signature: {unknown[0]}"
-                )
-            result = {k: result[k] for k in output_filter}
-        return result
-
-    def _example_signature(self, name: str, method: str) -> tuple[str, str]:
-        sig, _ = self.signature(name)
-        if sig.method_name != method:
-            kind = method.rsplit("/", 1)[-1]
-            raise RpcError(
-                "INVALID_ARGUMENT",
-                f"Expected {'classification' if kind == 'classify' else 'regression'} signature "
-                f"method_name to be {method}. Was: {sig.method_name}",
-            )
-        if len(sig.inputs) != 1:
-            raise RpcError("INVALID_ARGUMENT", f"Expected one input Tensor, got {len(sig.inputs)}")
-        key = next(iter(sig.inputs))
-        if sig.inputs[key].dtype != tf.string.as_datatype_enum:
-            raise RpcError(
-                "INVALID_ARGUMENT", "Input tensor must be of type string (serialized tf.Examples)"
-            )
-        return name or DEFAULT_SIGNATURE, key
-
-    def classify(self, signature_name: str, examples: list[bytes]) -> list[list[tuple[str, float]]]:
-        """TF Serving's Classify: per example, (label, score) pairs."""
-        name, key = self._example_signature(signature_name, "tensorflow/serving/classify")
-        out = self.run(name, {key: np.asarray(examples, dtype=object)})
-        scores = out.get("scores")
-        classes = out.get("classes")
-        n = len(examples)
-        rows = []
-        for i in range(n):
-            s = np.asarray(scores[i]).reshape(-1) if scores is not None else None
-            c = np.asarray(classes[i]).reshape(-1) if classes is not None else None
-            k = len(s) if s is not None else len(c)
-            rows.append(
-                [
-                    (
-                        (c[j].decode() if isinstance(c[j], bytes) else str(c[j]))
-                        if c is not None
-                        else "",
-                        float(s[j]) if s is not None else 0.0,
-                    )
-                    for j in range(k)
-                ]
-            )
-        return rows
-
-    def regress(self, signature_name: str, examples: list[bytes]) -> list[float]:
-        """TF Serving's Regress: one value per example."""
-        name, key = self._example_signature(signature_name, "tensorflow/serving/regress")
-        out = self.run(name, {key: np.asarray(examples, dtype=object)})
-        values = out.get("outputs")
-        if values is None:
-            raise RpcError("INVALID_ARGUMENT", "No outputs tensor in regression signature")
-        return [float(v) for v in np.asarray(values).reshape(len(examples), -1)[:, 0]]
-
-    def warmup(self) -> int:
-        """Replay ``assets.extra/tf_serving_warmup_requests``; return how many ran."""
-        path = Path(self.path, "assets.extra", "tf_serving_warmup_requests")
-        if not path.exists():
-            return 0
-        from tensorflow_serving.apis import prediction_log_pb2
-
-        count = 0
-        for record in tf.data.TFRecordDataset(str(path)):
-            log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-            if log.WhichOneof("log_type") == "predict_log":
-                req = log.predict_log.request
-                inputs = {k: tf.make_ndarray(v) for k, v in req.inputs.items()}
-                self.run(req.model_spec.signature_name, inputs)
-                count += 1
-        return count
-
-
-class Model:
-    """All versions of one model name: statuses, loaded servables, labels."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        self.cfg = cfg
-        self.status: dict[int, VersionStatus] = {}
-        self.loaded: dict[int, Servable] = {}
-        self.failed_paths: dict[int, str] = {}
-        self.lock = threading.RLock()
-
-    def available(self) -> list[int]:
-        with self.lock:
-            return sorted(
-                (v for v, s in self.status.items() if s.state == "AVAILABLE" and v in self.loaded),
-                reverse=True,
-            )
-
-
 class ServerCore:
-    """Manages every configured model; thread-safe; the REST and gRPC front ends share it."""
+    """Manages every configured model; the REST and gRPC front ends share it."""
 
-    def __init__(self, configs: list[ModelConfig], poll_seconds: float = 1.0) -> None:
-        self.poll_seconds = poll_seconds
+    def __init__(self, options: CoreOptions | None = None) -> None:
+        self.options = options or CoreOptions()
         self.models: dict[str, Model] = {}
+        self.history: dict[str, dict[int, VersionStatus]] = {}
+        self.labels: dict[str, dict[str, int]] | None = None  # null until the first config
         self.lock = threading.RLock()
+        self.config_lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self.set_configs(configs, validate_labels=False)
+        self._said: dict[str, str] = {}
 
-    # --- configuration -------------------------------------------------------------------
-    def set_configs(self, configs: list[ModelConfig], validate_labels: bool = True) -> None:
-        """Replace the whole config (what HandleReloadConfigRequest does)."""
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the manager thread (it polls at once, then every poll interval)."""
+        self._thread = threading.Thread(target=self._loop, name="tfship-manager", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop polling and unload everything."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=30)
         with self.lock:
-            if validate_labels:
-                for cfg in configs:
-                    model = self.models.get(cfg.name)
-                    available = model.available() if model else []
-                    for version in cfg.labels.values():
-                        if version not in available:
-                            raise RpcError(
-                                "FAILED_PRECONDITION",
-                                f"Request to assign label to version {version} of model "
-                                f"{cfg.name}, which is not currently available for inference",
-                            )
-            new = {}
-            for cfg in configs:
-                model = self.models.get(cfg.name) or Model(cfg)
-                model.cfg = cfg
-                new[cfg.name] = model
-            removed = [m for n, m in self.models.items() if n not in new]
-            self.models = new
-        for model in removed:
+            models = list(self.models.values())
+        for model in models:
             for v in list(model.loaded):
                 self._unload(model, v)
 
-    # --- polling ---------------------------------------------------------------------------
-    def start(self) -> None:
-        """Poll once now (load what is there), then keep polling in the background."""
-        self.poll()
-        # TensorFlow's own objects live as long as the process: freezing them keeps each
-        # unload's collection (which frees the old version's cycles) short, not ~150 ms.
-        gc.collect()
-        gc.freeze()
-        if self.poll_seconds > 0:
-            self._thread = threading.Thread(target=self._loop, name="tfship-poll", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=30)
-
     def _loop(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
+        while not self._stop.is_set():
+            self._wake.clear()
             try:
                 self.poll()
             except Exception as exc:  # keep serving whatever happens on disk
                 event("serve", f"poll failed: {type(exc).__name__}: {exc}")
+            wait = self.options.poll_seconds
+            self._wake.wait(wait if wait > 0 else None)
 
+    # --- configuration -------------------------------------------------------------------------
+    def reload(self, configs: list[ModelConfig], startup: bool = False) -> None:
+        """``ServerCore::ReloadConfig``: validate, label, apply, wait for the new models."""
+        with self.config_lock:
+            validate(configs)
+            self._update_labels(configs)
+            for cfg in configs:
+                check_platform(cfg)
+            since = time.monotonic()
+            with self.lock:
+                new = [c.name for c in configs if c.name not in self.models]
+                models = {}
+                for cfg in configs:
+                    model = self.models.get(cfg.name) or Model(cfg)
+                    model.cfg = cfg
+                    models[cfg.name] = model
+                removed = [m for n, m in self.models.items() if n not in models]
+                self.models = models
+            for model in removed:  # unloaded at once; their states stay in the history
+                for v in list(model.loaded):
+                    self._unload(model, v)
+            self._wake.set()
+            failures = self._wait_decisive(new, since)
+        if failures:
+            what = "servable(s)" if startup else "model(s)"
+            listed = "".join(
+                f"{{{{name: {n} version: {s.version}}} due to error: "
+                f"{s.error_code}: {s.error_message}}}, "
+                for n, s in failures
+            )
+            raise RpcError(
+                "UNKNOWN", f"{len(failures)} {what} did not become available: {{{listed}}}"
+            )
+
+    def _update_labels(self, configs: list[ModelConfig]) -> None:
+        """``UpdateModelVersionLabelMap``: each label must point at an AVAILABLE version."""
+        new: dict[str, dict[str, int]] = {}
+        allow_flag = self.options.allow_version_labels_for_unavailable_models
+        for cfg in configs:
+            states = self.history.get(cfg.name, {})
+            for label, version in cfg.labels.items():
+                allow = False
+                if allow_flag:  # allowed unless it moves an existing label to another version
+                    existing = (self.labels or {}).get(cfg.name, {}).get(label)
+                    allow = existing is None or existing == version
+                state = states.get(version)
+                if not allow and (state is None or state.state != "AVAILABLE"):
+                    raise RpcError(
+                        "FAILED_PRECONDITION",
+                        f"Request to assign label to version {version} of model {cfg.name}, "
+                        "which is not currently available for inference",
+                    )
+                new.setdefault(cfg.name, {})[label] = version
+        with self.lock:
+            self.labels = new
+
+    def _wait_decisive(self, names: list[str], since: float) -> list[tuple[str, VersionStatus]]:
+        """Block until each model has a version AVAILABLE or END (no timeout, as upstream)."""
+        failures: list[tuple[str, VersionStatus]] = []
+        pending = list(names)
+        while pending and not self._stop.is_set():
+            for name in list(pending):
+                with self.lock:
+                    rows = [
+                        s
+                        for s in self.history.get(name, {}).values()
+                        if s.changed >= since and s.state in ("AVAILABLE", "END")
+                    ]
+                if not rows:
+                    continue
+                pending.remove(name)
+                if not any(s.state == "AVAILABLE" for s in rows):
+                    failures.append((name, max(rows, key=lambda s: s.version)))
+            if pending:
+                time.sleep(0.02)
+        return failures
+
+    # --- polling -------------------------------------------------------------------------------
     def poll(self) -> None:
-        """One pass over every model: load aspired versions, then unload what is not."""
+        """One pass of the file system source and the manager over every model."""
         with self.lock:
             models = list(self.models.values())
+        listings = {}
         for model in models:
-            self._reconcile(model)
+            try:
+                listings[model.cfg.name] = list_versions(model.cfg)
+            except RpcError as exc:
+                # Upstream's source stops at the first error: no model changes this poll.
+                self._say(
+                    "poll",
+                    f"FileSystemStoragePathSource encountered a filesystem access "
+                    f"error: {exc.message}",
+                )
+                return
+        self._said.pop("poll", None)
+        for model in models:
+            if self._stop.is_set():
+                return
+            self._reconcile(model, listings[model.cfg.name])
 
-    def _reconcile(self, model: Model) -> None:
+    def _say(self, key: str, message: str) -> None:
+        """Log a recurring condition once, not on every poll."""
+        if self._said.get(key) != message:
+            self._said[key] = message
+            event("serve", message)
+
+    def _reconcile(self, model: Model, on_disk: dict[int, str]) -> None:
         cfg = model.cfg
-        on_disk = disk_versions(cfg.base_path)
         wanted = aspired(cfg, list(on_disk))
-        for v in list(model.failed_paths):
-            if v not in on_disk:  # gone from disk: may be retried if it comes back
-                del model.failed_paths[v]
-        for v in sorted(wanted):  # load oldest first so the newest ends up answering
-            if v in model.loaded or v in model.failed_paths:
-                continue
+        if not on_disk:
+            self._say(
+                f"empty:{cfg.name}",
+                f"No versions of servable {cfg.name} found under base path {cfg.base_path}. "
+                "Did you forget to name your leaf directory as a number (eg. '/1/')?",
+            )
+        else:
+            self._said.pop(f"empty:{cfg.name}", None)
+        for v in list(model.failed):
+            if v not in on_disk:  # gone from disk: a new load if it comes back
+                del model.failed[v]
+        fresh = [v for v in wanted if v not in model.loaded and v not in model.failed]
+        for v in fresh:
+            self._set(cfg.name, v, "START")
+        self._unload_unaspired(model, wanted)
+        for v in fresh:  # highest first
+            if self._stop.is_set() or v not in self._current_aspired(model):
+                break
             self._load(model, v, on_disk[v])
-        # Availability-preserving: drop versions that are no longer wanted only once a wanted
-        # version is AVAILABLE (or nothing wanted remains on disk).
-        wanted_available = [v for v in wanted if v in model.loaded]
-        for v in list(model.loaded):
-            if v in wanted:
-                continue
-            if wanted_available or not wanted:
-                self._unload(model, v)
+            self._unload_unaspired(model, wanted)
+
+    def _current_aspired(self, model: Model) -> list[int]:
+        try:
+            return aspired(model.cfg, list(list_versions(model.cfg)))
+        except RpcError:
+            return []
+
+    def _unload_unaspired(self, model: Model, wanted: list[int]) -> None:
+        """``AvailabilityPreservingPolicy``: unload the lowest un-aspired version while allowed."""
+        while True:
+            ready = [v for v in model.loaded if v not in wanted]
+            if not ready:
+                return
+            aspired_ready = any(v in model.loaded for v in wanted)
+            if wanted and not aspired_ready and len(ready) <= 1:
+                return
+            self._unload(model, min(ready))
+
+    def _set(self, name: str, version: int, state: str, code: str = "OK", msg: str = "") -> None:
+        with self.lock:
+            self.history.setdefault(name, {})[version] = VersionStatus(version, state, code, msg)
 
     def _load(self, model: Model, version: int, path: str) -> None:
         name = model.cfg.name
-        with model.lock:
-            model.status[version] = VersionStatus(version, "LOADING")
-        event("serve", "loading", model=name, version=version)
-        started = time.monotonic()
-        try:
-            servable = Servable(name, version, path)
-            warm = servable.warmup()
-        except Exception as exc:
-            message = (getattr(exc, "message", None) or str(exc) or type(exc).__name__).strip()
-            with model.lock:
-                model.status[version] = VersionStatus(version, "END", _error_code(exc), message)
-                model.failed_paths[version] = path
+        attempts = 1 + max(self.options.max_num_load_retries, 0)
+        self._set(name, version, "LOADING")
+        last: RpcError | None = None
+        for attempt in range(attempts):
+            if attempt:
+                event("serve", "retrying load", model=name, version=version, retry=attempt)
+            event("serve", "loading", model=name, version=version)
+            started = time.monotonic()
+            servable = None
+            try:
+                servable = Servable(name, version, path, self.options.servable)
+                REGISTRY.load_attempts.increment(path, "success")
+                REGISTRY.load_latency.increment(path, by=int((time.monotonic() - started) * 1e6))
+                warm = servable.warmup()
+            except Exception as exc:  # a broken SavedModel, its warmup, a vanished folder
+                if servable is not None:
+                    servable.close()
+                else:
+                    REGISTRY.load_attempts.increment(path, "fail")
+                last = from_tf_error(exc)
+                first_line = (last.message.splitlines() or [""])[0][:200]
+                event(
+                    "serve",
+                    "load failed",
+                    model=name,
+                    version=version,
+                    error=f"{last.code}: {first_line}",
+                )
+                if attempt + 1 < attempts and not self._wait_retry(model, version):
+                    break
+                continue
+            with self.lock:
+                model.loaded[version] = servable
+            self._set(name, version, "AVAILABLE")
             event(
                 "serve",
-                "load failed",
+                "available",
                 model=name,
                 version=version,
-                error=message.splitlines()[0][:200],
+                warmup=warm,
+                s=f"{time.monotonic() - started:.2f}",
             )
             return
-        with model.lock:
-            model.loaded[version] = servable
-            model.status[version] = VersionStatus(version, "AVAILABLE")
-        event(
-            "serve",
-            "available",
-            model=name,
-            version=version,
-            warmup=warm,
-            s=f"{time.monotonic() - started:.2f}",
-        )
+        assert last is not None
+        model.failed[version] = path
+        self._set(name, version, "END", last.code, last.message)
+
+    def _wait_retry(self, model: Model, version: int) -> bool:
+        """Sleep the retry interval; False if the version stopped being aspired meanwhile."""
+        deadline = time.monotonic() + max(self.options.load_retry_interval_seconds, 0.0)
+        while True:
+            if self._stop.is_set() or version not in self._current_aspired(model):
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            self._stop.wait(min(left, max(self.options.poll_seconds, 0.1)))
 
     def _unload(self, model: Model, version: int) -> None:
-        with model.lock:
-            model.status[version] = VersionStatus(version, "UNLOADING")
-            model.loaded.pop(version, None)
-            model.status[version] = VersionStatus(version, "END")
-        gc.collect()
+        self._set(model.cfg.name, version, "UNLOADING")
+        with self.lock:
+            servable = model.loaded.pop(version, None)
+        if servable is not None:
+            servable.close()
+        self._set(model.cfg.name, version, "END")
         event("serve", "unloaded", model=model.cfg.name, version=version)
 
-    # --- lookups ---------------------------------------------------------------------------
-    def _model(self, name: str) -> Model | None:
+    # --- lookups -------------------------------------------------------------------------------
+    def resolve_version(self, name: str, label: str) -> int:
+        """``GetModelVersionForLabel``."""
         with self.lock:
-            return self.models.get(name)
-
-    def resolve_version(
-        self, name: str, version: int | None = None, label: str | None = None
-    ) -> int | None:
-        """The version a request names (by number or label), or None for latest."""
-        if label is None:
-            return version
-        model = self._model(name)
-        if model is None or label not in model.cfg.labels:
+            if self.labels is None:
+                raise RpcError("UNAVAILABLE", f"Model labels does not init yet.{label}")
+            version = self.labels.get(name, {}).get(label)
+        if version is None:
             raise RpcError("INVALID_ARGUMENT", f"Unrecognized servable version label: {label}")
-        return model.cfg.labels[label]
+        return version
+
+    @contextlib.contextmanager
+    def handle(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> Iterator[Servable]:
+        """``ServerCore::GetServableHandle``: hold a version for one request.
+
+        While held, an unload of that version waits (the old version of a swap finishes the
+        requests it already has).
+        """
+        with self.lock:
+            servable = self.servable(name, version, label)
+            servable.acquire()
+        try:
+            yield servable
+        finally:
+            servable.release()
 
     def servable(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
-        """The servable answering a request; NOT_FOUND as TF Serving words it."""
+        """The servable a model spec names (for metadata; requests use :meth:`handle`)."""
         if not name:
-            raise RpcError("INVALID_ARGUMENT", "Missing ModelSpec")
-        version = self.resolve_version(name, version, label)
-        model = self._model(name)
-        if model is None:
-            raise not_found_servable(name, version)
-        with model.lock:
+            raise RpcError("INVALID_ARGUMENT", "ModelSpec has no name specified.")
+        if label is not None:
+            version = self.resolve_version(name, label)
+        with self.lock:
+            model = self.models.get(name)
+            if model is None:
+                raise not_found_servable(name, version)
             if version is None:
-                available = model.available()
-                if not available:
+                if not model.loaded:
                     raise not_found_servable(name, None)
-                return model.loaded[available[0]]
+                return model.loaded[max(model.loaded)]
             servable = model.loaded.get(version)
-            if servable is None or model.status[version].state != "AVAILABLE":
+            if servable is None:
                 raise not_found_servable(name, version)
             return servable
 
-    def status(
-        self, name: str, version: int | None = None, label: str | None = None
-    ) -> list[VersionStatus]:
-        """GetModelStatus: every version seen (END included), highest first."""
-        version = self.resolve_version(name, version, label)
-        model = self._model(name)
-        if model is None or not model.status:
-            raise RpcError("NOT_FOUND", f"Could not find any versions of model {name}")
-        with model.lock:
+    def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        """``GetModelStatusImpl``: every version seen (END included), highest first.
+
+        A version label is not looked at: upstream lists all versions for it.
+        """
+        with self.lock:
+            rows = self.history.get(name, {})
             if version is not None:
-                if version not in model.status:
+                if version not in rows:
                     raise RpcError("NOT_FOUND", f"Could not find version {version} of model {name}")
-                return [model.status[version]]
-            return [model.status[v] for v in sorted(model.status, reverse=True)]
+                return [rows[version]]
+            if not rows:
+                raise RpcError("NOT_FOUND", f"Could not find any versions of model {name}")
+            return [rows[v] for v in sorted(rows, reverse=True)]
 
     def configs(self) -> list[ModelConfig]:
+        """The configs now in force."""
         with self.lock:
             return [m.cfg for m in self.models.values()]
-
-
-def _error_code(exc: Exception) -> str:
-    """The status name TF Serving shows for a failed load (``NOT_FOUND``, ``UNKNOWN``...)."""
-    if isinstance(exc, tf.errors.OpError):
-        return status_name(exc.error_code)
-    if isinstance(exc, FileNotFoundError):
-        return "NOT_FOUND"
-    return "UNKNOWN"
-
-
-def status_name(code: int) -> str:
-    """gRPC/TF status code number -> name (they are the same numbers)."""
-    import grpc
-
-    for sc in grpc.StatusCode:
-        if sc.value[0] == code:
-            return sc.name
-    return "UNKNOWN"

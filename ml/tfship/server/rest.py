@@ -1,43 +1,50 @@
-"""TF Serving's REST API (port 8501) over :class:`~tfship.server.core.ServerCore`.
+"""TF Serving's REST API (``--rest_api_port``) over :class:`~tfship.server.core.ServerCore`.
 
-Request parsing and response writing follow tensorflow_serving/util/json_tensor.cc and
-model_servers/http_rest_api_handler.cc: the same routes (case-insensitive, ``/v1/`` only), row
-(``instances``) and columnar (``inputs``) formats, ``{"b64": ...}`` strings, NaN/Infinity,
-float formatting (shortest of ``%g`` and ``%.9g`` that round-trips, whole numbers with ``.0``),
-and errors as ``{"error": "<message>"}`` with TF Serving's HTTP code for each status.
+Routing and handlers follow ``model_servers/http_server.cc`` (``RestApiRequestDispatcher``),
+``http_rest_api_handler.cc`` and ``http_rest_api_util.cc`` (``ParseModelInfo``); the HTTP
+layer follows what libevent does for TF Serving's ``net_http`` server:
+
+- only paths matching ``(?i)/v1/.*`` reach the API; anything else gets libevent's HTML 404;
+- the path is matched *with* its query string (``Malformed request: POST /v1/...?x=1``);
+- model names and labels are percent-decoded after matching (``curl_easy_unescape``);
+- request bodies may be chunked or gzip-encoded, and have no size limit;
+- errors are ``{"error": ...}`` with the status's HTTP code (``ToHTTPStatusCode``).
+
+With ``--monitoring_config_file`` the Prometheus page is served on its exact path
+(``ProcessPrometheusRequest``).
 """
 
 from __future__ import annotations
 
-import base64
+import gzip
 import json
-import math
 import re
 import socket
 import threading
+import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote_to_bytes
 
-import numpy as np
 from google.protobuf import json_format
+from tensorflow.core.example import example_pb2, feature_pb2
 
-from tfship.server.core import RpcError, ServerCore
-
-HTTP_CODE = {
-    "OK": 200,
-    "CANCELLED": 499,
-    "INVALID_ARGUMENT": 400,
-    "FAILED_PRECONDITION": 400,
-    "OUT_OF_RANGE": 400,
-    "NOT_FOUND": 404,
-    "ALREADY_EXISTS": 409,
-    "ABORTED": 409,
-    "PERMISSION_DENIED": 403,
-    "UNAUTHENTICATED": 401,
-    "RESOURCE_EXHAUSTED": 429,
-    "UNIMPLEMENTED": 501,
-    "UNAVAILABLE": 503,
-    "DEADLINE_EXCEEDED": 504,
-}
+from tfship.log import event
+from tfship.server.core import ServerCore
+from tfship.server.json_tensor import (
+    b64decode,
+    debug_string,
+    error_body,
+    format_float,
+    is_b64,
+    json_type,
+    parse_json,
+    predict_inputs,
+    predict_response,
+    signature_name_of,
+)
+from tfship.server.monitoring import REGISTRY
+from tfship.server.status import HTTP_CODE, RpcError
 
 PREDICT_RE = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
@@ -47,434 +54,106 @@ STATUS_RE = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
     re.I,
 )
-MAX_BODY_BYTES = 64 * 1024 * 1024
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-# DataType enum -> (name in messages, kind). Kinds decide which JSON values are accepted.
-DTYPES = {
-    1: ("float", "float"),
-    2: ("double", "float"),
-    3: ("int32", "int"),
-    4: ("uint8", "int"),
-    5: ("int16", "int"),
-    6: ("int8", "int"),
-    7: ("string", "string"),
-    9: ("int64", "int"),
-    10: ("bool", "bool"),
-    19: ("half", "float"),
-    22: ("uint32", "int"),
-    23: ("uint64", "int"),
-}
-NUMPY = {
-    1: np.float32,
-    2: np.float64,
-    3: np.int32,
-    4: np.uint8,
-    5: np.int16,
-    6: np.int8,
-    7: object,
-    9: np.int64,
-    10: np.bool_,
-    19: np.float16,
-    22: np.uint32,
-    23: np.uint64,
-}
+GZIP_LIMIT = 100 * 1024 * 1024  # net_http's gzip inflate limit (compression/gzip_zlib.h)
+# libevent's evhttp_send_error page (what a non-/v1/ path gets from TF Serving).
+NOT_FOUND_PAGE = (
+    "<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n"
+    "<H1>Not Found</H1>\n</BODY></HTML>\n"
+)
 
 
-# --------------------------------------------------------------------------------------------
-# JSON -> tensors
-# --------------------------------------------------------------------------------------------
+def _decode(arg: str, what: str) -> str:
+    """``DecodeArg``: every ``%XX`` decoded, ``+`` left alone."""
+    try:
+        return unquote_to_bytes(arg).decode()
+    except UnicodeDecodeError as exc:
+        raise RpcError("INVALID_ARGUMENT", f"Failed to decode {what}:{arg}") from exc
 
 
-def _json_text(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
+def _version(text: str | None) -> int | None:
+    if text is None or text == "":
+        return None
+    value = int(text)
+    if value > 2**63 - 1:
+        raise RpcError("INVALID_ARGUMENT", f"Failed to convert version: {text} to numeric.")
+    return value
 
 
-def _json_type(value: object) -> str:
-    if value is None:
-        return "Null"
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, dict):
-        return "Object"
-    if isinstance(value, list):
-        return "Array"
-    if isinstance(value, str):
-        return "String"
-    return "Number"
-
-
-def _is_b64(value: object) -> bool:
-    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
-
-
-def _scalar(value: object, dtype: int) -> object:
-    name, kind = DTYPES.get(dtype, (str(dtype), "?"))
-    if kind == "?":
-        raise RpcError(
-            "UNIMPLEMENTED", f"Conversion of JSON Value: {_json_text(value)} to type: {name}"
-        )
-    if isinstance(value, dict):
-        if kind == "string":
-            if not _is_b64(value):
-                raise RpcError(
-                    "INVALID_ARGUMENT",
-                    f"JSON Value: {_json_text(value)} not formatted correctly for base64 data",
-                )
-            try:
-                return base64.b64decode(value["b64"], validate=True)
-            except ValueError as exc:
-                raise RpcError("INVALID_ARGUMENT", "Unable to base64 decode") from exc
-        raise _type_error(value, name)
-    ok = {
-        "float": isinstance(value, int | float) and not isinstance(value, bool),
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "string": isinstance(value, str),
-        "bool": isinstance(value, bool),
-    }[kind]
-    if not ok:
-        raise _type_error(value, name)
-    too_big = isinstance(value, float) and math.isfinite(value) and abs(value) > FLOAT32_MAX
-    if kind == "float" and dtype == 1 and too_big:
+def _spec(name: str, version: int | None, label: str | None) -> tuple[str, int | None, str | None]:
+    """``FillModelSpecWithNameVersionAndLabel``."""
+    if version is not None and label is not None:
         raise RpcError(
             "INVALID_ARGUMENT",
-            f"Cannot convert JSON value: {_json_text(value)} to float without loss of precision.",
+            f"Both model version ({version}) and model version label ({label}) cannot be supplied.",
         )
-    return value.encode() if kind == "string" else value
+    return name, version, label
 
 
-def _type_error(value: object, name: str) -> RpcError:
-    return RpcError(
-        "INVALID_ARGUMENT",
-        f"JSON Value: {_json_text(value)} Type: "
-        f"{_json_type(value)} is not of expected type: {name}",
+def status_json(core: ServerCore, name: str, version: int | None) -> str:
+    """GetModelStatus as JSON (protobuf's printer: enums by name, defaults printed)."""
+    rows = core.status(name, version)
+    return json.dumps(
+        {
+            "model_version_status": [
+                {
+                    "version": str(r.version),
+                    "state": r.state,
+                    "status": {"error_code": r.error_code, "error_message": r.error_message},
+                }
+                for r in rows
+            ]
+        },
+        indent=1,
     )
 
 
-def _shape(value: object) -> list[int]:
-    shape = []
-    while isinstance(value, list):
-        shape.append(len(value))
-        if not value:
-            break
-        value = value[0]
-    return shape
+def metadata_json(core: ServerCore, name: str, version: int | None, label: str | None) -> str:
+    """GetModelMetadata (signature_def) as JSON."""
+    from tensorflow_serving.apis import get_model_metadata_pb2
 
-
-def _fill(value: object, level: int, shape: list[int], dtype: int, out: list) -> None:
-    if not isinstance(value, list):
-        if level != len(shape):
-            raise RpcError(
-                "INVALID_ARGUMENT",
-                f"JSON Value: {_json_text(value)} found at "
-                f"incorrect level: {level + 1} in the JSON DOM. "
-                f"Expected at level: {len(shape)}",
+    servable = core.servable(name, version, label)
+    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    for key, sig in servable.signature_defs.items():
+        sig_map.signature_def[key].CopyFrom(sig)
+    doc = {
+        "model_spec": {"name": name, "signature_name": "", "version": str(servable.version)},
+        "metadata": {
+            "signature_def": json_format.MessageToDict(
+                sig_map, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
             )
-        out.append(_scalar(value, dtype))
-        return
-    if level >= len(shape):
-        raise RpcError(
-            "INVALID_ARGUMENT",
-            f"Encountered list at unexpected level: {level} expected < {len(shape)}",
-        )
-    if len(value) != shape[level]:
-        raise RpcError(
-            "INVALID_ARGUMENT",
-            f"Encountered list at unexpected size: {len(value)} "
-            f"at level: {level} expected size: {shape[level]}",
-        )
-    for v in value:
-        _fill(v, level + 1, shape, dtype, out)
+        },
+    }
+    return json.dumps(doc, indent=1)
 
 
-def to_array(value: object, dtype: int) -> np.ndarray:
-    """One JSON value (scalar or nested lists) -> a NumPy array of the signature's dtype."""
-    shape = _shape(value)
-    flat: list = []
-    _fill(value, 0, shape, dtype, flat)
-    arr = np.array(flat, dtype=NUMPY.get(dtype, object))
-    return arr.reshape(shape)
-
-
-def parse_json(body: bytes) -> dict:
-    """Parse a request body as rapidjson does for TF Serving (NaN/Infinity allowed)."""
-    if not body:
-        raise RpcError("INVALID_ARGUMENT", "JSON Parse error: The document is empty")
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RpcError(
-            "INVALID_ARGUMENT",
-            f"JSON Parse error: Invalid encoding in string. at offset: {exc.start}",
-        ) from exc
-    if not text.strip():
-        raise RpcError(
-            "INVALID_ARGUMENT", f"JSON Parse error: The document is empty. at offset: {len(text)}"
-        )
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        reason = {
-            "Expecting value": "Invalid value.",
-            "Extra data": "The document root must not be followed by other values.",
-            "Unterminated string starting at": "Missing a closing quotation mark in string.",
-        }.get(exc.msg, "Invalid value.")
-        raise RpcError(
-            "INVALID_ARGUMENT", f"JSON Parse error: {reason} at offset: {exc.pos}"
-        ) from exc
-    except RecursionError as exc:
-        raise RpcError("INVALID_ARGUMENT", "JSON Parse error: nesting too deep") from exc
-    if not isinstance(doc, dict):
-        raise RpcError("INVALID_ARGUMENT", f"JSON Value: {_json_text(doc)} Is not object")
-    return doc
-
-
-def signature_name_of(doc: dict) -> str:
-    name = doc.get("signature_name", "")
-    if not isinstance(name, str):
-        raise RpcError(
-            "INVALID_ARGUMENT",
-            f"JSON Value: {_json_text(doc)} not formatted "
-            "correctly. 'signature_name' key must be a string value.",
-        )
-    return name
-
-
-def predict_inputs(doc: dict, inputs_info: dict[str, int]) -> tuple[dict[str, np.ndarray], str]:
-    """The request's tensors by input name, and its format ("row" or "columnar")."""
-    if "instances" in doc and "inputs" in doc:
-        raise RpcError(
-            "INVALID_ARGUMENT",
-            f"JSON Value: {_json_text(doc)} Not formatted "
-            "correctly expecting only one of 'inputs' or "
-            "'instances' keys to exist ",
-        )
-    if "instances" in doc:
-        rows = doc["instances"]
-        if not isinstance(rows, list):
-            raise RpcError(
-                "INVALID_ARGUMENT",
-                f"JSON Value: {_json_text(doc)} Excepting 'instances' to be an list/array",
-            )
-        if not rows:
-            raise RpcError(
-                "INVALID_ARGUMENT", f"JSON Value: {_json_text(doc)} No values in 'instances' array"
-            )
-        return _from_instances(rows, inputs_info), "row"
-    if "inputs" in doc:
-        return _from_inputs(doc["inputs"], inputs_info), "columnar"
-    raise RpcError("INVALID_ARGUMENT", "Missing 'inputs' or 'instances' key")
-
-
-def _is_object(v: object) -> bool:
-    return isinstance(v, dict) and not _is_b64(v)
-
-
-def _from_instances(rows: list, info: dict[str, int]) -> dict[str, np.ndarray]:
-    if not isinstance(rows[0], dict) and len(info) > 1:
-        raise RpcError(
-            "INVALID_ARGUMENT",
-            "instances is a plain list, but expecting list of "
-            "objects as multiple input tensors required as per "
-            "tensorinfo_map",
-        )
-    as_objects = _is_object(rows[0])
-    names = sorted(info)
-    columns: dict[str, list] = {n: [] for n in names}
-    shapes: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        if as_objects:
-            if not _is_object(row):
-                raise RpcError(
-                    "INVALID_ARGUMENT", f"Expecting object but got list at item {i} of input list"
-                )
-            for key, value in row.items():
-                if key not in info:
-                    raise RpcError(
-                        "INVALID_ARGUMENT",
-                        f"Failed to process element: {i} key: "
-                        f"{key} of 'instances' list. Error: "
-                        "INVALID_ARGUMENT: JSON object: does not "
-                        f"have named input: {key}",
-                    )
-                _add_item(columns, shapes, key, value, info[key], i, key)
-            if set(row) != set(names):
-                raise RpcError(
-                    "INVALID_ARGUMENT",
-                    f"Failed to process element: {i} of "
-                    f"'instances' list. JSON object: "
-                    f"{_json_text(row)} keys must be equal to: "
-                    f"{','.join(names)}",
-                )
-        else:
-            if _is_object(row):
-                raise RpcError(
-                    "INVALID_ARGUMENT",
-                    f"Expecting value/list but got object at item {i} of input list",
-                )
-            _add_item(columns, shapes, names[0], row, info[names[0]], i, None)
-    return {n: np.stack(v) if v else np.empty((0,)) for n, v in columns.items() if v}
-
-
-def _add_item(columns, shapes, name, value, dtype, i, key) -> None:
-    try:
-        arr = to_array(value, dtype)
-    except RpcError as exc:
-        where = f"{i} key: {key}" if key else f"{i}"
-        raise RpcError(
-            exc.code,
-            f"Failed to process element: {where} of 'instances' list. "
-            f"Error: {exc.code}: {exc.message}",
-        ) from exc
-    if name in shapes and shapes[name] != list(arr.shape):
-        if int(np.prod(shapes[name])) != arr.size:
-            msg = f"Expecting tensor size: {int(np.prod(shapes[name]))} but got: {arr.size}"
-        else:
-            msg = (
-                f"Expecting shape [{','.join(map(str, shapes[name]))}] but got: "
-                f"[{','.join(map(str, arr.shape))}]"
-            )
-        raise RpcError("INVALID_ARGUMENT", msg)
-    shapes[name] = list(arr.shape)
-    columns[name].append(arr)
-
-
-def _from_inputs(value: object, info: dict[str, int]) -> dict[str, np.ndarray]:
-    if not _is_object(value):
-        if len(info) > 1:
-            raise RpcError(
-                "INVALID_ARGUMENT",
-                "inputs is a plain value/list, but expecting an "
-                "object as multiple input tensors required as "
-                "per tensorinfo_map",
-            )
-        name = next(iter(info))
-        return {name: to_array(value, info[name])}
-    out = {}
-    for name in sorted(info):
-        if name not in value:
-            raise RpcError("INVALID_ARGUMENT", f"Missing named input: {name} in 'inputs' object.")
-        out[name] = to_array(value[name], info[name])
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# tensors -> JSON
-# --------------------------------------------------------------------------------------------
-
-
-def format_float(value: float, single: bool = True) -> str:
-    """TF Serving's WriteDecimal: ``%g``, or ``%.9g``/``%.17g`` if that does not round-trip."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "-Infinity" if value < 0 else "Infinity"
-    text = f"{value:g}"
-    cast = np.float32 if single else float
-    if cast(float(text)) != cast(value):
-        text = f"{value:.9g}" if single else f"{value:.17g}"
-    if "." not in text and "e" not in text:
-        text += ".0"
-    return text
-
-
-def _write(arr: np.ndarray, as_bytes: bool) -> str:
-    if not isinstance(arr, np.ndarray | np.generic):  # an element of a string (object) tensor
-        arr = np.asarray(arr, dtype=object)
-    if arr.ndim == 0:
-        v = arr.item()
-        if arr.dtype.kind == "f":
-            return format_float(float(v), arr.dtype != np.float64)
-        if arr.dtype.kind == "b":
-            return "true" if v else "false"
-        if isinstance(v, bytes):
-            if as_bytes:
-                return json.dumps({"b64": base64.b64encode(v).decode()})
-            return json.dumps(v.decode("utf-8", errors="replace"))
-        if isinstance(v, str):
-            return json.dumps(v)
-        return str(int(v))
-    return "[" + ",".join(_write(a, as_bytes) for a in arr) + "]"
-
-
-def predict_response(outputs: dict[str, np.ndarray], fmt: str) -> str:
-    """``{"predictions": ...}`` (row) or ``{"outputs": ...}`` (columnar)."""
-    names = sorted(outputs)
-    several = len(names) > 1
-    if fmt == "columnar":
-        if several:
-            body = ",".join(
-                f"{json.dumps(n)}:{_write(outputs[n], n.endswith('_bytes'))}" for n in names
-            )
-            return '{"outputs":{' + body + "}}"
-        n = names[0]
-        return '{"outputs":' + _write(outputs[n], n.endswith("_bytes")) + "}"
-    batch = None
-    for n in names:
-        if outputs[n].ndim == 0:
-            raise RpcError("INVALID_ARGUMENT", f"Tensor name: {n} has no shape information ")
-        if batch is not None and outputs[n].shape[0] != batch:
-            raise RpcError(
-                "INVALID_ARGUMENT",
-                f"Tensor name: {n} has inconsistent batch size: "
-                f"{outputs[n].shape[0]} expecting: {batch}",
-            )
-        batch = outputs[n].shape[0]
-    rows = []
-    for i in range(batch or 0):
-        if several:
-            rows.append(
-                "{"
-                + ",".join(
-                    f"{json.dumps(n)}:{_write(outputs[n][i], n.endswith('_bytes'))}" for n in names
-                )
-                + "}"
-            )
-        else:
-            rows.append(_write(outputs[names[0]][i], names[0].endswith("_bytes")))
-    return '{"predictions":[' + ",".join(rows) + "]}"
-
-
-def examples_from_json(doc: dict) -> list[bytes]:
-    """Classify/regress request body -> serialized tf.Examples (context merged in)."""
-    from tensorflow.core.example import example_pb2
-
+def examples_from_json(doc: dict, method: str) -> list[bytes]:
+    """``FillClassificationRequestFromJson``: serialized tf.Examples (context bytes first)."""
     context = doc.get("context")
-    ctx = _example(context) if context is not None else None
+    ctx = _example(context).SerializeToString() if context is not None else b""
     if "examples" not in doc:
         raise RpcError(
             "INVALID_ARGUMENT",
-            f"JSON Value: {_json_text(doc)} When method is "
-            "classify, key 'examples' is expected and was not found",
+            f"JSON Value: {debug_string(doc)} When method is {method}, key 'examples' is "
+            "expected and was not found",
         )
     examples = doc["examples"]
     if not isinstance(examples, list):
         raise RpcError(
             "INVALID_ARGUMENT",
-            f"JSON Value: {_json_text(doc)} Expecting 'examples' value to be an list/array",
+            f"JSON Value: {debug_string(doc)} Expecting 'examples' value to be an list/array",
         )
     if not examples:
         raise RpcError(
-            "INVALID_ARGUMENT", f"JSON Value: {_json_text(doc)} 'examples' value is an empty array"
+            "INVALID_ARGUMENT",
+            f"JSON Value: {debug_string(doc)} 'examples' value is an empty array",
         )
-    out = []
-    for e in examples:
-        ex = _example(e)
-        if ctx is not None:
-            merged = example_pb2.Example()
-            merged.CopyFrom(ctx)
-            merged.MergeFrom(ex)
-            ex = merged
-        out.append(ex.SerializeToString())
-    return out
+    return [ctx + _example(e).SerializeToString() for e in examples]
 
 
-def _example(obj: object):
-    from tensorflow.core.example import example_pb2, feature_pb2
-
+def _example(obj: object) -> example_pb2.Example:
     if not isinstance(obj, dict):
         raise RpcError(
-            "INVALID_ARGUMENT", f"Example must be JSON object but got JSON {_json_type(obj)}"
+            "INVALID_ARGUMENT", f"Example must be JSON object but got JSON {json_type(obj)}"
         )
     ex = example_pb2.Example()
     for name, content in obj.items():
@@ -508,100 +187,64 @@ def _add_feature_value(feature, name: str, v: object) -> None:
     elif isinstance(v, str):
         need("bytes_list")
         feature.bytes_list.value.append(v.encode())
-    elif _is_b64(v):
+    elif is_b64(v):
         need("bytes_list")
-        feature.bytes_list.value.append(base64.b64decode(v["b64"]))
+        feature.bytes_list.value.append(b64decode(v["b64"]))
     else:
         raise RpcError(
             "INVALID_ARGUMENT",
-            f"Feature: {name} has element with unexpected JSON type: {_json_type(v)}",
+            f"Feature: {name} has element with unexpected JSON type: {json_type(v)}",
         )
 
 
-# --------------------------------------------------------------------------------------------
-# Handlers
-# --------------------------------------------------------------------------------------------
-
-
-def status_json(core: ServerCore, name: str, version: int | None, label: str | None) -> str:
-    rows = core.status(name, version, label)
-    return json.dumps(
-        {
-            "model_version_status": [
-                {
-                    "version": str(r.version),
-                    "state": r.state,
-                    "status": {"error_code": r.error_code, "error_message": r.error_message},
-                }
-                for r in rows
-            ]
-        },
-        indent=1,
-    )
-
-
-def metadata_json(core: ServerCore, name: str, version: int | None, label: str | None) -> str:
-    from tensorflow_serving.apis import get_model_metadata_pb2
-
-    servable = core.servable(name, version, label)
-    sig_map = get_model_metadata_pb2.SignatureDefMap()
-    for key, sig in servable.signature_defs.items():
-        sig_map.signature_def[key].CopyFrom(sig)
-    doc = {
-        "model_spec": {"name": name, "signature_name": "", "version": str(servable.version)},
-        "metadata": {
-            "signature_def": json_format.MessageToDict(
-                sig_map, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-            )
-        },
-    }
-    return json.dumps(doc, indent=1)
-
-
-def handle(core: ServerCore, method: str, path: str, body: bytes) -> tuple[int, str]:
-    """Route one request; return (HTTP status, JSON body)."""
+def handle(core: ServerCore, method: str, path: str, body: bytes) -> tuple[str, str, str, str]:
+    """``HttpRestApiHandler::ProcessRequest``: (status name, body, model name, API method)."""
+    name, api = "", ""
     try:
         if method == "POST" and (m := PREDICT_RE.fullmatch(path)):
-            name, v, label, verb = m.groups()
-            version = int(v) if v else None
+            raw_name, v, raw_label, verb = m.groups()
+            name, api = _decode(raw_name, "model name"), verb
+            label = _decode(raw_label, "model version label") if raw_label else None
+            spec = _spec(name, _version(v), label)
             doc = parse_json(body)
             sig_name = signature_name_of(doc)
-            servable = core.servable(name, version, label)
-            if verb.lower() == "predict":
-                sig, _ = servable.signature(sig_name)
-                info = {k: t.dtype for k, t in sig.inputs.items()}
-                if not info:
-                    raise RpcError(
-                        "INVALID_ARGUMENT",
-                        f"Failed to get input map for signature: {sig_name or 'DEFAULT'}",
-                    )
-                inputs, fmt = predict_inputs(doc, info)
-                return 200, predict_response(servable.run(sig_name, inputs), fmt)
-            examples = examples_from_json(doc)
-            if verb.lower() == "classify":
-                rows = servable.classify(sig_name, examples)
-                return 200, '{"results":[' + ",".join(
-                    "[" + ",".join(f"[{json.dumps(lbl)},{format_float(s)}]" for lbl, s in r) + "]"
+            verb = verb.lower()
+            if verb == "predict":
+                with core.handle(*spec) as servable:
+                    inputs, fmt = predict_inputs(doc, servable.rest_input_dtypes(sig_name))
+                    _, outputs = servable.predict(sig_name, inputs)
+                return "OK", predict_response(outputs, fmt), name, api
+            examples = examples_from_json(doc, verb)
+            if verb == "classify":
+                with core.handle(*spec) as servable:
+                    _, rows = servable.classify(sig_name, examples)
+                results = ",".join(
+                    "["
+                    + ",".join(f"[{json.dumps(lbl)},{format_float(s or 0.0)}]" for lbl, s in r)
+                    + "]"
                     for r in rows
-                ) + "]}"
-            values = servable.regress(sig_name, examples)
-            return 200, '{"results":[' + ",".join(format_float(x) for x in values) + "]}"
+                )
+                return "OK", '{"results":[' + results + "]}", name, api
+            with core.handle(*spec) as servable:
+                _, values = servable.regress(sig_name, examples)
+            text = '{"results":[' + ",".join(format_float(x) for x in values) + "]}"
+            return "OK", text, name, api
         if method == "GET" and (m := STATUS_RE.fullmatch(path)):
-            name, v, label, meta = m.groups()
+            raw_name, v, raw_label, meta = m.groups()
+            name = _decode(raw_name, "model name") if raw_name else ""
+            label = _decode(raw_label, "model version label") if raw_label else None
+            spec = _spec(name, _version(v), label)
             if not name:
                 raise RpcError("INVALID_ARGUMENT", "Missing model name in request.")
-            version = int(v) if v else None
-            if meta:
-                return 200, metadata_json(core, name, version, label)
-            return 200, status_json(core, name, version, label)
+            if meta and meta.lower() == "metadata":
+                return "OK", metadata_json(core, *spec), name, api
+            return "OK", status_json(core, name, spec[1]), name, api  # a label is not looked at
         raise RpcError("INVALID_ARGUMENT", f"Malformed request: {method} {path}")
     except RpcError as exc:
-        return HTTP_CODE.get(exc.code, 500), json.dumps({"error": exc.message})
+        return exc.code, error_body(exc.message), name, api
     except Exception as exc:  # a bug must cost one request a 500, never the connection
-        from tfship.log import event
-
         event("serve", f"internal error on {method} {path}: {type(exc).__name__}: {exc}")
-        return 500, json.dumps({"error": f"Internal: {type(exc).__name__}"})
+        return "INTERNAL", error_body(f"Internal: {type(exc).__name__}"), name, api
 
 
 class RestHandler(BaseHTTPRequestHandler):
@@ -623,31 +266,65 @@ class RestHandler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         # Headers and body in one write (end_headers would flush the headers on their own).
         self._headers_buffer.append(b"\r\n")
         self.wfile.write(b"".join(self._headers_buffer) + data)
         self._headers_buffer = []
 
+    def _body(self) -> bytes:
+        """The request body: Content-Length or chunked; gzip inflated as net_http does."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            parts = []
+            while True:
+                size_line = self.rfile.readline(65537)
+                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    break
+                parts.append(self.rfile.read(size))
+                self.rfile.readline(3)  # the CRLF after each chunk
+            body = b"".join(parts)
+        else:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+        if "gzip" in self.headers.get("Content-Encoding", "").lower():
+            try:
+                inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                body = inflater.decompress(body, GZIP_LIMIT + 1)
+                if len(body) > GZIP_LIMIT:
+                    body = b""
+            except (zlib.error, gzip.BadGzipFile):
+                body = b""  # upstream then reports an empty document
+        return body
+
     def _dispatch(self, method: str) -> None:
-        path = self.path.split("?", 1)[0]
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
+        try:
+            body = self._body()
+        except (ValueError, OSError):
             self.close_connection = True
-            self._send(
-                429,
-                json.dumps(
-                    {
-                        "error": f"Request body of {length} bytes exceeds the "
-                        f"limit of {MAX_BODY_BYTES} bytes"
-                    }
-                ),
-            )
+            self._send(400, "Bad Request", "text/html")
             return
-        body = self.rfile.read(length) if length else b""
-        if not re.match(r"(?i)/v1/", path):
-            self._send(404, "Not Found", "text/plain")
+        path = self.path  # the whole request target, query string included (uri_path)
+        metrics_path = self.server.metrics_path
+        if metrics_path and path.split("?", 1)[0] == metrics_path:
+            if path != metrics_path:
+                self._send(400, f"Unexpected path: {path}. Should be {metrics_path}", "text/plain")
+            else:
+                self._send(200, REGISTRY.page(), "text/plain")
             return
-        code, text = handle(self.server.core, method, path, body)
+        if not re.fullmatch(r"(?i)/v1/.*", path, re.S):
+            self.close_connection = True
+            self._send(404, NOT_FOUND_PAGE, "text/html")
+            return
+        started = time.monotonic()
+        status, text, name, api = handle(self.server.core, method, path, body)
+        code = HTTP_CODE.get(status, 500)
+        if code == 200:
+            REGISTRY.request_latency.add((time.monotonic() - started) * 1e6, name, api, "REST")
+        REGISTRY.request_count.increment(name, status)
         self._send(code, text)
 
     def do_GET(self) -> None:  # noqa: N802
@@ -662,6 +339,12 @@ class RestHandler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:  # noqa: N802
         self._dispatch("DELETE")
 
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._dispatch("PATCH")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._dispatch("HEAD")
+
 
 class RestServer(ThreadingHTTPServer):
     """Threaded HTTP server bound to one address."""
@@ -670,14 +353,19 @@ class RestServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, core: ServerCore, host: str, port: int) -> None:
+    def __init__(
+        self, core: ServerCore, host: str, port: int, metrics_path: str | None = None
+    ) -> None:
         self.core = core
+        self.metrics_path = metrics_path
         super().__init__((host, port), RestHandler)
 
 
-def start_rest(core: ServerCore, host: str, port: int) -> tuple[RestServer, threading.Thread]:
+def start_rest(
+    core: ServerCore, host: str, port: int, metrics_path: str | None = None
+) -> tuple[RestServer, threading.Thread]:
     """Start the REST server in a background thread."""
-    server = RestServer(core, host, port)
+    server = RestServer(core, host, port, metrics_path)
     thread = threading.Thread(target=server.serve_forever, name="tfship-rest", daemon=True)
     thread.start()
     return server, thread
