@@ -140,9 +140,19 @@ class Served:
     rest: str
     grpc: str
     log: Path
+    ready: Path | None = None
 
     def log_text(self) -> str:
         return self.log.read_text()
+
+    def wait_listening(self, timeout: float = 60) -> None:
+        """Wait until the server has opened its ports (it writes its ready file then)."""
+        deadline = time.monotonic() + timeout
+        while not (self.ready and self.ready.exists()):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"tfship serve did not start:\n{self.log.read_text()}")
+            time.sleep(0.1)
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -155,21 +165,34 @@ class Served:
         return self.proc.returncode
 
 
-def serve_model(tmp: Path, model_dir: Path, poll: str = "0.2") -> Served:
-    """`tfship serve` for the ``digits`` model in ``model_dir``, polling every ``poll`` s."""
+def serve_model(
+    tmp: Path, model_dir: Path, poll: str = "0.2", retries: str = "0", wait: bool | None = None
+) -> Served:
+    """`tfship serve` for the ``digits`` model in ``model_dir``, polling every ``poll`` s.
+
+    A failed load is not retried (``--max_num_load_retries 0``) unless ``retries`` says so:
+    the retry behaviour has its own tests. Like TF Serving, the server opens its ports only
+    once a version is AVAILABLE: with an empty ``model_dir`` (or ``wait=False``) this returns
+    at once, and the caller's first deploy brings it up.
+    """
+    if wait is None:
+        wait = any(p.name.strip().isdigit() for p in Path(model_dir).glob("*"))
     return start_serve(
         tmp,
         "--model_name",
         "digits",
         "--model_base_path",
-        str(model_dir),
+        str(Path(model_dir).absolute()),
         "--file_system_poll_wait_seconds",
         poll,
+        "--max_num_load_retries",
+        retries,
+        wait=wait,
     )
 
 
-def start_serve(tmp: Path, *args: str, timeout: float = 60) -> Served:
-    """Start `tfship serve ARGS` and wait until it has written its ready file."""
+def start_serve(tmp: Path, *args: str, timeout: float = 60, wait: bool = True) -> Served:
+    """Start `tfship serve ARGS`; unless ``wait`` is False, wait until it is listening."""
     ready = tmp / f"ready-{time.monotonic_ns()}.json"
     log = tmp / f"serve-{time.monotonic_ns()}.log"
     rest, grpc_port = free_port(), free_port()
@@ -188,16 +211,11 @@ def start_serve(tmp: Path, *args: str, timeout: float = 60) -> Served:
     ]
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=clean_env())
-    deadline = time.monotonic() + timeout
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"tfship serve did not start:\n{log.read_text()}")
-        time.sleep(0.1)
-    info = json.loads(ready.read_text())
-    return Served(
-        proc, f"http://127.0.0.1:{info['rest_port']}", f"127.0.0.1:{info['grpc_port']}", log
-    )
+    served = Served(proc, f"http://127.0.0.1:{rest}", f"127.0.0.1:{grpc_port}", log)
+    served.ready = ready
+    if wait:
+        served.wait_listening(timeout)
+    return served
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,3 +349,34 @@ def make_version(
     manifest["files"] = tree_hashes(vdir)
     (vdir / MANIFEST).write_text(json.dumps(manifest))
     return vdir
+
+
+def export_test_model(path: Path, kind: str) -> Path:
+    """Small SavedModels for behaviours the conformance model cannot show (TF in-process).
+
+    ``matmul``: ``serving_default`` x float [None, None] -> y = x @ ones[4, 2] (a kernel error
+    for any x without 4 columns). ``int64``: ``serving_default`` i int64 [None] -> o = 2i.
+    """
+    from tfship.log import quiet_tensorflow
+
+    quiet_tensorflow()
+    import tensorflow as tf
+
+    module = tf.Module()
+    if kind == "matmul":
+        module.w = tf.Variable(tf.ones([4, 2]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="x")])
+        def serve(x):
+            return {"y": tf.matmul(x, module.w)}
+
+    elif kind == "int64":
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="i")])
+        def serve(i):
+            return {"o": i * 2}
+
+    else:
+        raise ValueError(kind)
+    tf.saved_model.save(module, str(path), signatures={"serving_default": serve})
+    return path

@@ -80,5 +80,6 @@ TF Serving for '$model' is set up.
   versions folder : $base/$model   (DEPLOY_SERVER_PATH=$base)
   REST            : http://$(hostname -f 2>/dev/null || hostname):$rest_port/v1/models/$model
   gRPC            : port $grpc_port
-It reports 'Could not find any versions' until the first \`tfship deploy\`.
+Until the first \`tfship deploy\` its ports stay closed (connection refused): TF Serving
+opens them only once every model has a version AVAILABLE. The first deploy waits for that.
 MSG

@@ -1297,6 +1297,7 @@ def retrain(
             ),
             TrainSettings(epochs, batch_size, learning_rate, seed=seed, model_fn=model_fn),
             host_fetch=from_host,
+            serving_version=lambda: target.serving_version(model_name),
         )
     finally:
         target.host.close()

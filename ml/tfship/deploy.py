@@ -42,7 +42,7 @@ from tfship.errors import (
 )
 from tfship.log import event
 from tfship.report import failed, summary
-from tfship.serving import ServingClient
+from tfship.serving import ServingClient, ServingUnreachable
 from tfship.store import (
     MANIFEST,
     Host,
@@ -72,6 +72,34 @@ class Target:
 
     def client(self, model: str) -> ServingClient:
         return ServingClient(self.serving_url, model, transport=self.transport)
+
+    def serving_version(self, model: str) -> int | None:
+        """The version TF Serving answers with now; None on a fresh host.
+
+        ``tensorflow_model_server`` opens no port until every model has a version AVAILABLE
+        (``model_servers/server.cc``): a server that does not answer while the model's base
+        path holds no version is a fresh host waiting for its first deploy, not a failure.
+        With versions on disk, silence means the server is down or still loading.
+        """
+        client = self.client(model)
+        try:
+            return client.serving_version()
+        except ServingUnreachable as exc:
+            versions = on_disk(self, model)
+            if not versions:
+                event(
+                    "deploy",
+                    "TF Serving is not listening and no version is on the host: a fresh "
+                    "server opens its ports once the first version has loaded",
+                    host=self.host.name,
+                )
+                return None
+            raise ServingUnreachable(
+                f"{client.url} does not answer, but {self.model_dir(model)} holds versions "
+                f"{', '.join(map(str, versions))}",
+                hint="is TF Serving running? A server still loading (or retrying) a version "
+                "keeps its ports closed; its log says why",
+            ) from exc
 
 
 @dataclass
@@ -308,7 +336,6 @@ def stage(target: Target, package_dir: Path, s: DeploySettings) -> Staged:
     manifest = load_package(package_dir)
     model = check_model_name(manifest["model_name"])
     version = check_version(manifest["version"])
-    client = target.client(model)
     host = target.host.name
     times: dict[str, float] = {}
     t0 = time.monotonic()
@@ -319,7 +346,7 @@ def stage(target: Target, package_dir: Path, s: DeploySettings) -> Staged:
     try:
         times["lock"] = round(time.monotonic() - t0, 3)
         clean_incoming(target, model)
-        previous = client.serving_version()
+        previous = target.serving_version(model)
         if s.expect_serving is not None and previous != s.expect_serving and not s.force:
             raise StaleChampion(
                 f"{model}: the retrain compared against version {s.expect_serving}, but "
@@ -450,7 +477,7 @@ def _rolled_back(
         client = target.client(model)
         if previous is not None:
             wait_serving(client, previous, s.verify.wait_seconds)
-        now = client.serving_version()
+        now = target.serving_version(model)
     except TfshipError as exc:
         return DeployError(
             f"{host}: deploy of {model} version {version} failed ({cause}) and the rollback "
@@ -474,7 +501,7 @@ def rollback(target: Target, model: str, to: int | None, s: DeploySettings) -> d
     client = target.client(model)
     with model_lock(target, model, s.lock_stale_seconds, s.lock_wait_seconds, "rollback"):
         clean_incoming(target, model)
-        serving = client.serving_version()
+        serving = target.serving_version(model)
         versions = on_disk(target, model)
         if to is None:
             older = [v for v in versions if serving is None or v < serving]

@@ -129,7 +129,7 @@ def state(targets: list[Target], model: str) -> list[dict]:
         row = {"host": t.host.name, "serving_url": t.serving_url}
         try:
             row["on_disk"] = on_disk(t, model)
-            row["serving"] = t.client(model).serving_version()
+            row["serving"] = t.serving_version(model)
             row["state"] = "ok" if row["serving"] is not None else "nothing serving"
         except TfshipError as exc:
             row.update(on_disk=row.get("on_disk", []), serving=None, state=f"error: {exc}")

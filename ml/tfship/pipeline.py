@@ -71,25 +71,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _alive(state: dict, model: str) -> bool:
-    import requests
-
+def _running(state: dict, base: Path) -> bool:
+    """Whether the server an earlier run recorded still runs (and is that server)."""
     try:
         os.kill(state["pid"], 0)
-        requests.get(f"http://127.0.0.1:{state['rest_port']}/v1/models/{model}", timeout=2)
-        return True
-    except (OSError, KeyError, requests.RequestException):
+    except (OSError, KeyError):
         return False
+    cmdline = Path(f"/proc/{state['pid']}/cmdline")
+    if cmdline.exists():  # Linux: guard against a recycled pid
+        return b"serve" in cmdline.read_bytes() and str(base).encode() in cmdline.read_bytes()
+    return True
 
 
 def ensure_server(serving: Path, model: str, timeout: float = 90) -> LocalServer:
-    """Reuse the local serving of an earlier run if it answers, else start one."""
+    """Reuse the local serving of an earlier run if it still runs, else start one.
+
+    Like TF Serving, ``tfship serve`` opens its ports only once the model has a version
+    AVAILABLE. On an empty folder it is started on ports chosen here and comes up with the
+    first deploy (which waits for it); with versions there, this waits until it listens.
+    """
     serving = serving.absolute()
-    (serving / model).mkdir(parents=True, exist_ok=True)
+    base = serving / model
+    base.mkdir(parents=True, exist_ok=True)
     state_file = serving / "serve.json"
     if state_file.exists():
         state = json.loads(state_file.read_text())
-        if _alive(state, model):
+        if _running(state, base):
             return LocalServer(state["pid"], state["rest_port"], state["grpc_port"], state["log"])
     ready = serving / ".ready.json"
     ready.unlink(missing_ok=True)
@@ -105,13 +112,15 @@ def ensure_server(serving: Path, model: str, timeout: float = 90) -> LocalServer
                 "--model_name",
                 model,
                 "--model_base_path",
-                str(serving / model),
+                str(base),
                 "--rest_api_port",
                 str(rest),
                 "--port",
                 str(grpc),
                 "--file_system_poll_wait_seconds",
                 "0.5",
+                "--max_num_load_retries",
+                "0",  # a local run reports a broken model at once, not after 5 minutes
                 "--ready_file",
                 str(ready),
             ],
@@ -119,16 +128,16 @@ def ensure_server(serving: Path, model: str, timeout: float = 90) -> LocalServer
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    deadline = time.monotonic() + timeout
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise ServingError(f"the local tfship serve did not start; see {log}")
-        time.sleep(0.1)
-    info = json.loads(ready.read_text())
-    server = LocalServer(proc.pid, info["rest_port"], info["grpc_port"], str(log))
+    server = LocalServer(proc.pid, rest, grpc, str(log))
     state_file.write_text(json.dumps(server.__dict__))
     event("run", "local serving started", url=server.url, pid=server.pid)
+    if any(p.name.isdigit() for p in base.iterdir()):
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise ServingError(f"the local tfship serve did not start; see {log}")
+            time.sleep(0.1)
     return server
 
 
@@ -172,8 +181,9 @@ def run_all(s: RunSettings) -> dict:
 
     server = ensure_server(s.serving, s.model_name)
     try:
-        client = make_target(None, str(s.serving), server.url, "rest", {}).client(s.model_name)
-        first = client.serving_version() is None or not s.retrain
+        local = make_target(None, str(s.serving), server.url, "rest", {})
+        client = local.client(s.model_name)
+        first = local.serving_version(s.model_name) is None or not s.retrain
         if first:
             step("build", build, s.workspace, s.data, s.checks, s.seed, s.data_sha256)
             step("train", train, s.workspace, TrainSettings(epochs=s.epochs, seed=s.seed))
@@ -192,17 +202,19 @@ def run_all(s: RunSettings) -> dict:
             step("retrain:build", build, s.workspace, spec, s.checks, s.seed, None)
             decision = step(
                 "retrain",
-                retrain,
-                s.workspace,
-                store,
-                client,
-                s.model_name,
-                RetrainSettings(min_accuracy=s.gates.min_accuracy),
-                TrainSettings(epochs=s.epochs, seed=s.seed),
+                lambda: retrain(
+                    s.workspace,
+                    store,
+                    client,
+                    s.model_name,
+                    RetrainSettings(min_accuracy=s.gates.min_accuracy),
+                    TrainSettings(epochs=s.epochs, seed=s.seed),
+                    serving_version=lambda: local.serving_version(s.model_name),
+                ),
             )
             if decision["decision"] != "no-new-data":
                 ship("retrain:", decision["champion_version"])
-        serving_now = client.serving_version()
+        serving_now = local.serving_version(s.model_name)
     finally:
         if not s.keep_serving:
             server.stop()

@@ -145,8 +145,13 @@ def retrain(
     s: RetrainSettings,
     train_settings,
     host_fetch=None,
+    serving_version=None,
 ) -> dict:
-    """Stage 6. ``client`` is a ServingClient on the deploy target (who is the champion)."""
+    """Stage 6. ``client`` is a ServingClient on the deploy target (who is the champion).
+
+    ``serving_version`` (the target's, which knows a fresh host from a dead one) answers
+    "what serves now"; without it the client is asked.
+    """
     from tfship.train import train
 
     ws = Workspace(ws_root)
@@ -158,7 +163,7 @@ def retrain(
     shutil.rmtree(ws.retrain, ignore_errors=True)
     started = time.monotonic()
     try:
-        champion_version = client.serving_version()
+        champion_version = (serving_version or client.serving_version)()
     except ServingError as exc:
         raise ServingError(
             f"cannot ask TF Serving which version is serving: {exc.message}", hint=exc.hint

@@ -20,6 +20,13 @@ from tfship.log import quiet_tensorflow
 from tfship.store import check_label, check_model_name
 
 RETRY_STATUS = (502, 503, 504)
+_NOT_READY_HINTS = {
+    "LOADING": "TF Serving retries a failed load (--max_num_load_retries, "
+    "--load_retry_interval_micros: 5 x 60 s by default) and shows LOADING meanwhile; its log "
+    "says why the load fails",
+    "not listening": "TF Serving never answered: it opens its ports only once every model has "
+    "a version AVAILABLE; check that it runs and that its log shows the load",
+}
 
 
 class ServingNotFound(ServingError):
@@ -28,6 +35,15 @@ class ServingNotFound(ServingError):
 
 class ServingBadRequest(ServingError):
     """400: TF Serving refused the request (shape, dtype, signature...)."""
+
+
+class ServingUnreachable(ServingError):
+    """Nothing answers at the address (connection refused, timed out).
+
+    Not always a failure: ``tensorflow_model_server`` opens no port until every model has a
+    version AVAILABLE (``model_servers/server.cc``), so a fresh host refuses connections
+    until its first version has loaded.
+    """
 
 
 @dataclass
@@ -105,9 +121,10 @@ class ServingClient:
                 resp = self._session.request(method, url, json=body, timeout=self.timeout)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if attempt >= self.retries:
-                    raise ServingError(
+                    raise ServingUnreachable(
                         f"{self.url} unreachable after {attempt + 1} tries ({type(exc).__name__})",
-                        hint="is TF Serving running, and is TF_SERVING_URL right?",
+                        hint="is TF Serving running, and is TF_SERVING_URL right? (it opens its "
+                        "ports only once a version has loaded)",
                     ) from exc
             else:
                 if resp.status_code not in RETRY_STATUS or attempt >= self.retries:
@@ -157,6 +174,7 @@ class ServingClient:
                 cls = {
                     grpc.StatusCode.NOT_FOUND: ServingNotFound,
                     grpc.StatusCode.INVALID_ARGUMENT: ServingBadRequest,
+                    grpc.StatusCode.UNAVAILABLE: ServingUnreachable,
                 }.get(code, ServingError)
                 raise cls(f"TF Serving {code.name}: {exc.details()}") from exc
 
@@ -231,6 +249,8 @@ class ServingClient:
                 rows = self.status(version)
             except ServingNotFound:
                 rows = []
+            except ServingUnreachable:
+                rows, last = [], "not listening"
             except ServingError as exc:
                 rows, last = [], str(exc)
             for row in rows:
@@ -245,7 +265,8 @@ class ServingClient:
             if time.monotonic() - start > timeout:
                 raise ServingNotReady(
                     f"version {version} of {self.model} not AVAILABLE after {timeout:g} s "
-                    f"(last state: {last})"
+                    f"(last state: {last})",
+                    hint=_NOT_READY_HINTS.get(last, "raise --wait-seconds for a large model"),
                 )
             time.sleep(poll)
 

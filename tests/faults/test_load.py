@@ -34,7 +34,10 @@ def test_sixty_seconds_of_load_with_a_deploy_every_ten_seconds(packaged, tmp_pat
     for v in versions:
         make_version(packaged, pkgs, v)
     # TF Serving's default poll (1 s): the deploys wait for it like they would on a real host.
-    served = start_serve(tmp_path, "--model_name", "digits", "--model_base_path", f"{base}/digits")
+    # Nothing deployed yet: the server waits with closed ports; the first deploy brings it up.
+    served = start_serve(
+        tmp_path, "--model_name", "digits", "--model_base_path", f"{base}/digits", wait=False
+    )
     env = sshd.env(DEPLOY_SERVER_PATH=str(base), TF_SERVING_URL=served.rest)
 
     def deploy(v: int):

@@ -69,6 +69,10 @@ def env(sshd, packaged, tmp_path):
 
 
 def test_deploy_serves_and_verifies_the_new_version(env):
+    # A fresh host: like tensorflow_model_server, `tfship serve` on an empty base path has
+    # not opened its ports (server.cc); the first deploy must not take that for a failure.
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{env.served.rest}/v1/models/digits", timeout=2)
     r = env.deploy(2000)
     assert r.code == 0, r.err
     result = json.loads(r.out)
@@ -78,6 +82,7 @@ def test_deploy_serves_and_verifies_the_new_version(env):
     assert [p.name for p in env.model_dir.iterdir()] == ["2000"]  # no .incoming, no lock
     log = "\n".join(r.err_lines)
     assert f"host={env.sshd.user}@127.0.0.1:{env.sshd.port}" in log and "version=2000" in log
+    assert "a fresh server opens its ports once the first version has loaded" in log
 
     again = env.deploy(2000)
     assert again.code == 0, again.err
@@ -105,6 +110,41 @@ def test_a_model_that_fails_to_load_is_rolled_back(env, packaged):
     assert "version 4000 of digits failed to load" in r.err_lines[-1]
     assert "Serving now: version 2000" in r.err_lines[-1]
     assert env.numeric() == [2000]
+
+
+def test_a_load_tf_serving_keeps_retrying_is_a_bounded_wait_then_a_rollback(
+    sshd, packaged, tmp_path
+):
+    """loader_harness.cc: a failed load is retried (5 x 60 s by default) and the version shows
+    LOADING meanwhile; deploy waits --wait-seconds, says so, and rolls back."""
+    base, pkgs = tmp_path / "models", tmp_path / "pkgs"
+    (base / "digits").mkdir(parents=True)
+    pkgs.mkdir()
+    make_version(packaged, pkgs, 2000)
+    make_version(packaged, pkgs, 4000, corrupt=True)
+    served = serve_model(tmp_path, base / "digits", retries="5")  # upstream's default
+    try:
+        site = Env(sshd, served, base, pkgs)
+        assert site.deploy(2000).code == 0
+        r = run_cli(
+            "deploy",
+            "--package",
+            str(pkgs / "4000"),
+            "--latency-requests",
+            "5",
+            "--wait-seconds",
+            "3",
+            cwd=pkgs,
+            env=site.env(),
+        )
+        assert r.code == 4, r.err
+        line = r.err_lines[-1]
+        assert "version 4000 of digits not AVAILABLE after 3 s (last state: LOADING)" in line
+        assert "--max_num_load_retries" in line and "Serving now: version 2000" in line
+        assert site.numeric() == [2000]
+        assert site.serving() == 2000
+    finally:
+        served.stop()
 
 
 def test_unknown_and_changed_host_keys_are_refused(env, tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers import FAST_TRAIN, Served, clean_env, run_cli, serve_model, start_serve
+from helpers import FAST_TRAIN, Served, clean_env, run_cli, serve_model
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 TINY = FAST_TRAIN  # clears the default gates with margin (tests/test_gate_margin.py)
@@ -139,13 +139,8 @@ def test_deploy_refuses_when_the_champion_changed_since_the_retrain(site):
 
 def test_nothing_serving_needs_allow_cold_start(tmp_path):
     (tmp_path / "serving" / "digits").mkdir(parents=True)
-    served = start_serve(
-        tmp_path,
-        "--model_name",
-        "digits",
-        "--model_base_path",
-        str(tmp_path / "serving" / "digits"),
-    )
+    # Nothing deployed: like TF Serving, the server waits with its ports closed.
+    served = serve_model(tmp_path, tmp_path / "serving" / "digits")
     try:
         env = clean_env(TF_SERVING_URL=served.rest)
         assert run_cli("build", cwd=tmp_path, env=env).code == 0

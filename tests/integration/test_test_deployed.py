@@ -114,4 +114,6 @@ def test_unreachable_server_is_a_clear_failure_not_a_hang(cli, packaged, tmp_pat
         timeout=60,
     )
     assert r.code == 6
-    assert "unreachable after 4 tries" in r.err_lines[-1]
+    line = r.err_lines[-1]
+    assert "not AVAILABLE after 1 s (last state: not listening)" in line
+    assert "TF Serving never answered" in line
