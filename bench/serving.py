@@ -66,7 +66,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=400, help="requests per client")
     args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from tfship.log import quiet_tensorflow
+
+    quiet_tensorflow()
     import tensorflow as tf
     from helpers import start_serve
     from tfship.serving import ServingClient
