@@ -16,6 +16,7 @@ Writes bench/results/deploy.json and the deploy section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -127,8 +128,9 @@ def main() -> None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from helpers import serve_model, start_serve, start_sshd
-    from tfship.deploy import DeploySettings, deploy, make_target, rollback
+    from tfship.deploy import DeploySettings, deploy, rollback
     from tfship.store import install_version
+    from tfship.targets import make_target
     from tfship.verify import VerifySettings
 
     work = Path(tempfile.mkdtemp(prefix="bench-deploy-"))
@@ -295,8 +297,9 @@ def fleet_bench(n: int, rate: float, upload_mb: int) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from helpers import serve_model, start_sshd
-    from tfship.deploy import DeploySettings, deploy, make_target
-    from tfship.fleet import fleet_deploy
+    from tfship.deploy import DeploySettings, deploy
+    from tfship.fleet import FleetSettings, fleet_deploy
+    from tfship.targets import make_target
     from tfship.verify import VerifySettings
 
     work = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
@@ -369,7 +372,10 @@ def fleet_bench(n: int, rate: float, upload_mb: int) -> None:
                     targets = [target(i) for i in range(n)]
                     t = time.monotonic()
                     fleet_r = fleet_deploy(
-                        targets, many, settings, canary_seconds=0, max_parallel=n - 1, force=True
+                        targets,
+                        many,
+                        dataclasses.replace(settings, force=True),
+                        FleetSettings(canary_seconds=0, max_parallel=n - 1),
                     )
                     fleet_s = time.monotonic() - t
                     for x in targets:

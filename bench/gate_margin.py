@@ -27,12 +27,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ml"))
 
-from tfship import config  # noqa: E402
 from tfship.log import quiet_tensorflow  # noqa: E402
 
 quiet_tensorflow()
 
-from tfship.data import Checks, Split, build, load_split, make_snapshot  # noqa: E402
+from tfship.data import Checks, DataSettings, Split, build, load_split, make_snapshot  # noqa: E402
 from tfship.evaluate import Gates, classification_metrics, predict_keras  # noqa: E402
 from tfship.retrain import RetrainSettings, evaluate_both  # noqa: E402
 from tfship.train import TrainSettings, train  # noqa: E402
@@ -48,17 +47,18 @@ def measure_seed(
 ) -> dict:
     """Train a first model and a fine-tuned challenger with ``seed``; return the gate margins."""
     first, second = work / f"first-{seed}", work / f"second-{seed}"
-    build(first, config.DEFAULT_DATA, Checks(), seed)
+    build(first, DataSettings(seed=seed))
     settings = TrainSettings(epochs=epochs, seed=seed)
     train(first, settings)
     champion = first / "model" / "model.keras"
     test = load_split(first / "data" / "test.npz")
-    m = _metrics(champion, test, config.DEFAULT_NUM_CLASSES)
+    num_classes = Checks().num_classes
+    m = _metrics(champion, test, num_classes)
     pc = m["per_class"]
     recall = [r for r, n in zip(pc["recall"], pc["support"], strict=True) if n]
 
     snap = make_snapshot(work / f"snap-{seed}.npz", "shift", seed)["path"]
-    build(second, snap, Checks(), seed)
+    build(second, DataSettings(data=snap, seed=seed))
     tuned = replace(settings, learning_rate=retrain.fine_tune_learning_rate)
     train(second, tuned, init_model=champion, stage="retrain")
     new_test = load_split(second / "data" / "test.npz")
@@ -66,9 +66,7 @@ def measure_seed(
         np.concatenate([new_test.images, test.images]),
         np.concatenate([new_test.labels, test.labels]),
     )
-    champ, chall = evaluate_both(
-        champion, second / "model" / "model.keras", eval_set, config.DEFAULT_NUM_CLASSES
-    )
+    champ, chall = evaluate_both(champion, second / "model" / "model.keras", eval_set, num_classes)
     drops = [
         old - new
         for old, new, n in zip(

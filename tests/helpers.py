@@ -105,7 +105,7 @@ def write_npz(path: Path, images, labels, **extra) -> Path:
 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    from tfship.data import load_digits
+    from tfship.sources import load_digits
 
     raw = load_digits()
     # digits are 0..16; x15 puts them on the 0..255 scale our loaders expect of uint8 data.

@@ -9,18 +9,18 @@ import struct
 import numpy as np
 import pytest
 from helpers import clean_env, digits_arrays, run_cli, write_npz
-from tfship import data
+from tfship import data, sources
 from tfship.errors import DataError
 
 
 def test_default_digits_load_offline_with_ten_classes():
-    raw = data.load_source("digits")
+    raw = sources.load_source("digits")
     assert raw.images.shape == (1797, 8, 8)
     assert set(np.unique(raw.labels)) == set(range(10))
 
 
 def test_prepare_splits_are_stratified_seeded_and_disjoint():
-    raw = data.load_source("digits")
+    raw = sources.load_source("digits")
     a = data.prepare(raw, data.Checks(), seed=1)
     b = data.prepare(raw, data.Checks(), seed=1)
     c = data.prepare(raw, data.Checks(), seed=2)
@@ -34,7 +34,7 @@ def test_prepare_splits_are_stratified_seeded_and_disjoint():
 
 
 def test_images_are_normalised_to_unit_float32():
-    p = data.prepare(data.load_source("digits"), data.Checks())
+    p = data.prepare(sources.load_source("digits"), data.Checks())
     assert p.train.images.dtype == np.float32
     assert p.train.images.shape[1:] == (8, 8, 1)
     assert p.train.images.min() >= 0.0 and p.train.images.max() <= 1.0
@@ -47,8 +47,8 @@ def test_content_hash_is_the_same_for_npz_and_csv_of_the_same_data(tmp_path):
     csv = tmp_path / "s.csv"
     header = "label," + ",".join(f"p{i}" for i in range(64))
     np.savetxt(csv, rows, fmt="%d", delimiter=",", header=header, comments="")
-    h1 = data.prepare(data.load_source(str(npz)), data.Checks()).data_hash
-    h2 = data.prepare(data.load_source(str(csv)), data.Checks()).data_hash
+    h1 = data.prepare(sources.load_source(str(npz)), data.Checks()).data_hash
+    h2 = data.prepare(sources.load_source(str(csv)), data.Checks()).data_hash
     assert h1 == h2 and h1.startswith("sha256:")
 
 
@@ -56,7 +56,7 @@ def test_folder_source_uses_the_snapshot_whose_name_sorts_last(tmp_path):
     images, labels = digits_arrays()
     write_npz(tmp_path / "2026-01-01.npz", images, labels)
     write_npz(tmp_path / "2026-02-01.npz", images[:900], labels[:900])
-    raw = data.load_source(str(tmp_path))
+    raw = sources.load_source(str(tmp_path))
     assert raw.origin.endswith("2026-02-01.npz") and len(raw.labels) == 900
 
 
@@ -65,7 +65,7 @@ def test_npz_with_its_own_test_split_is_kept_and_drift_checked(tmp_path):
     path = write_npz(
         tmp_path / "s.npz", images[:1400], labels[:1400], x_test=images[1400:], y_test=labels[1400:]
     )
-    p = data.prepare(data.load_source(str(path)), data.Checks())
+    p = data.prepare(sources.load_source(str(path)), data.Checks())
     assert len(p.test) == 397
     inverted = write_npz(
         tmp_path / "inv.npz",
@@ -75,7 +75,7 @@ def test_npz_with_its_own_test_split_is_kept_and_drift_checked(tmp_path):
         y_test=labels[1400:],
     )
     with pytest.raises(DataError, match=r"pixel distribution drift 0\.\d+ > 0\.1"):
-        data.prepare(data.load_source(str(inverted)), data.Checks())
+        data.prepare(sources.load_source(str(inverted)), data.Checks())
 
 
 def test_label_drift_beyond_threshold_is_rejected(tmp_path):
@@ -85,7 +85,7 @@ def test_label_drift_beyond_threshold_is_rejected(tmp_path):
         tmp_path / "s.npz", images, labels, x_test=images[test_mask], y_test=labels[test_mask]
     )
     with pytest.raises(DataError, match="label distribution drift"):
-        data.prepare(data.load_source(str(path)), data.Checks())
+        data.prepare(sources.load_source(str(path)), data.Checks())
 
 
 @pytest.mark.parametrize(
@@ -111,7 +111,7 @@ def test_validation_names_the_failed_check(tmp_path, mutate, message):
     x, y = mutate(images, labels)
     path = write_npz(tmp_path / "bad.npz", x, y)
     with pytest.raises(DataError, match=message) as err:
-        data.prepare(data.load_source(str(path)), data.Checks())
+        data.prepare(sources.load_source(str(path)), data.Checks())
     assert "bad.npz" in str(err.value)
 
 
@@ -119,20 +119,20 @@ def test_corrupt_and_empty_files_are_bad_input(tmp_path):
     corrupt = tmp_path / "c.npz"
     corrupt.write_bytes(b"PK\x03\x04 this is not a zip")
     with pytest.raises(DataError, match="not a readable NPZ"):
-        data.load_source(str(corrupt))
+        sources.load_source(str(corrupt))
     empty = tmp_path / "e.csv"
     empty.write_text("")
     with pytest.raises(DataError, match="empty"):
-        data.load_source(str(empty))
+        sources.load_source(str(empty))
     with pytest.raises(DataError, match="no such file"):
-        data.load_source(str(tmp_path / "missing.npz"))
+        sources.load_source(str(tmp_path / "missing.npz"))
 
 
 def test_csv_row_of_the_wrong_width_names_its_line(tmp_path):
     path = tmp_path / "s.csv"
     path.write_text("label,a,b,c,d\n1,0,0,0,0\n2,0,0,0\n")
     with pytest.raises(DataError, match="line 3 has 4 columns"):
-        data.load_source(str(path))
+        sources.load_source(str(path))
 
 
 def _idx(path, array: np.ndarray, magic: int) -> None:

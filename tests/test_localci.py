@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from tfship.ci.local import Runner, summary
+from tfship.ci.workflow import Unsupported, branch_allowed, plan, substitute, truth
 from tfship.errors import ConfigError
-from tfship.localci import Runner, Unsupported, branch_allowed, plan, substitute, summary, truth
 
 CONFIG = yaml.safe_load("""
 version: 2.1
@@ -141,7 +142,7 @@ def test_workflow_when_false_and_undeclared_parameters(tmp_path):
     ],
 )
 def test_unsupported_features_are_refused_by_name(tmp_path, edit, message):
-    from tfship.localci import load_config
+    from tfship.ci.workflow import load_config
 
     doc = yaml.safe_load(yaml.safe_dump(CONFIG))
     edit(doc)

@@ -1,64 +1,68 @@
-"""Stage 1 building blocks: get data from a source, validate it, split it, describe it.
-
-Sources (``--data``):
-
-- ``digits`` (default, offline): the 8x8 handwritten digits that ship inside scikit-learn.
-- ``fashion_mnist``: Keras' Fashion-MNIST loader (downloads once into ``$KERAS_HOME``).
-- a local ``.npz`` (``images``/``labels``, or ``x``/``y``; optional ``x_test``/``y_test``),
-  a local ``.csv`` (a ``label`` column or the first column, then one column per pixel of a
-  square image), or a folder of such snapshots (the one whose name sorts last is used).
-- an ``https://`` URL of an ``.npz`` or ``.csv``, with its sha256 (``#sha256=<hex>`` or
-  ``--data-sha256``).
+"""Stage 1: validate the data a source gave (``tfship.sources``), split it, describe it.
 
 Pixel values are integers 0-255 or floats 0.0-1.0; they are stored as float32 in [0, 1].
+Before anything is written the build checks dtype and shape, NaN/inf, pixel range, labels,
+rows per class and train/test drift; each snapshot gets a content hash (the same data has
+the same hash whatever its file format: that is how retraining knows data is new).
 Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import importlib.util
-import io
 import os
-import stat
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit, urlunsplit
+from pathlib import Path
 
 import numpy as np
 
 from tfship import config
 from tfship.errors import DataError
+from tfship.settings import Setting, setting
+from tfship.sources import DATA, DATA_SHA256, MAX_DATA_BYTES, RawData, load_source
+from tfship.workspace import Workspace, write_json
 
-SNAPSHOT_SUFFIXES = (".npz", ".csv")
-TOO_BIG = "split the snapshot or raise --max-data-bytes (TFSHIP_MAX_DATA_BYTES)"
-RESAVE = "write snapshots with np.savez(path, images=..., labels=...)"
-
-
-@dataclass
-class RawData:
-    """Arrays as a source gave them, before validation. ``origin`` names them in errors."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    origin: str
-    scale: float | None = None  # known divisor to reach [0, 1] (digits: 16)
-    test_images: np.ndarray | None = None
-    test_labels: np.ndarray | None = None
+SEED = Setting(
+    42,
+    "TFSHIP_SEED",
+    "Seeds the split, the weights and the shuffle: the same data and seed give the same model.",
+)
 
 
 @dataclass
 class Checks:
-    """Thresholds for validation, all configurable from the CLI."""
+    """Thresholds for validation."""
 
-    num_classes: int = config.DEFAULT_NUM_CLASSES
-    min_rows_per_class: int = config.MIN_ROWS_PER_CLASS
-    max_label_drift: float = config.MAX_LABEL_DRIFT
-    max_pixel_drift: float = config.MAX_PIXEL_DRIFT
-    max_bytes: int = config.MAX_DATA_BYTES  # a file, a download, or what an .npz unpacks to
+    num_classes: int = setting(10, "TFSHIP_NUM_CLASSES", "Labels are 0..N-1.", min=2, max=10_000)
+    min_rows_per_class: int = setting(
+        5, "TFSHIP_MIN_ROWS_PER_CLASS", "Rows every class needs, in the whole snapshot.", min=1
+    )
+    max_label_drift: float = setting(
+        0.10,
+        "TFSHIP_MAX_LABEL_DRIFT",
+        "Max total variation distance of train vs test label histograms.",
+        min=0,
+        max=1,
+    )
+    max_pixel_drift: float = setting(
+        0.10,
+        "TFSHIP_MAX_PIXEL_DRIFT",
+        "Max total variation distance of train vs test pixel histograms.",
+        min=0,
+        max=1,
+    )
+    max_bytes: int = MAX_DATA_BYTES.field()
+
+
+@dataclass
+class DataSettings:
+    """Stage 1: where the data comes from, how it is checked, and the split's seed."""
+
+    data: str | None = DATA.field()
+    data_sha256: str | None = DATA_SHA256.field()
+    seed: int = SEED.field()
+    checks: Checks = field(default_factory=Checks)
 
 
 @dataclass
@@ -83,316 +87,6 @@ class Prepared:
     origin: str
     num_classes: int
     drift: dict[str, float] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------------------------
-# Sources
-# --------------------------------------------------------------------------------------------
-
-
-def load_source(
-    spec: str,
-    sha256: str | None = None,
-    cache_dir: Path | None = None,
-    max_bytes: int = config.MAX_DATA_BYTES,
-) -> RawData:
-    """Resolve ``--data`` to raw arrays. Raises :class:`DataError` for anything unusable.
-
-    ``max_bytes`` bounds a local file, a download, and what an ``.npz`` unpacks to.
-    """
-    if spec in ("digits", "default"):
-        return load_digits()
-    if spec == "fashion_mnist":
-        return load_fashion_mnist()
-    scheme = urlsplit(spec).scheme
-    if scheme in ("http", "https"):
-        return load_url(spec, sha256, cache_dir, max_bytes)
-    if scheme and len(scheme) > 1 and scheme != "file":
-        raise DataError(
-            f"--data {shown_url(spec)}: unsupported scheme {scheme}://",
-            hint="use digits, fashion_mnist, a local path, or an https:// URL",
-        )
-    path = Path(spec[7:] if spec.startswith("file://") else spec).expanduser()
-    raw = load_path(path, max_bytes)
-    if sha256:
-        _check_sha256(snapshot_path(path), sha256)
-    return raw
-
-
-def load_digits() -> RawData:
-    """The 1797 8x8 digit images bundled with scikit-learn, read without importing sklearn."""
-    spec = importlib.util.find_spec("sklearn")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError("scikit-learn is not installed", hint="pip install scikit-learn")
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
-    table = np.loadtxt(path, delimiter=",", dtype=np.float64)
-    images = table[:, :-1].reshape(-1, 8, 8)
-    labels = table[:, -1].astype(np.int64)
-    return RawData(images=images, labels=labels, origin=f"digits ({path.name})", scale=16.0)
-
-
-def load_fashion_mnist() -> RawData:
-    """Keras' Fashion-MNIST loader; it reads the cached copy under ``$KERAS_HOME`` if present."""
-    from tfship.log import quiet_tensorflow
-
-    quiet_tensorflow()
-    try:
-        from keras.datasets import fashion_mnist
-
-        (x_train, y_train), (x_test, y_test) = fashion_mnist.load_data()
-    except Exception as exc:  # network, truncated gzip, wrong sizes: all bad input here
-        raise DataError(
-            f"fashion_mnist: could not load ({type(exc).__name__}: {exc})",
-            hint="check the network, or put the four .gz files in"
-            " $KERAS_HOME/datasets/fashion-mnist",
-        ) from exc
-    return RawData(x_train, y_train, "fashion_mnist", test_images=x_test, test_labels=y_test)
-
-
-def snapshot_path(path: Path) -> Path:
-    """A file is its own snapshot; a folder's snapshot is the data file whose name sorts last."""
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in SNAPSHOT_SUFFIXES and p.is_file())
-        if not files:
-            raise DataError(f"{path}: no .npz or .csv snapshot in this folder")
-        return files[-1]
-    return path
-
-
-def load_path(path: Path, max_bytes: int = config.MAX_DATA_BYTES) -> RawData:
-    """Load a local ``.npz`` or ``.csv`` file, or the newest snapshot in a folder."""
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder", hint="check --data")
-    path = snapshot_path(path)
-    size = path.stat().st_size
-    if size == 0:
-        raise DataError(f"{path}: file is empty")
-    if size > max_bytes:
-        raise DataError(f"{path}: {size} bytes is over the {max_bytes} byte limit", hint=TOO_BIG)
-    if path.suffix == ".npz":
-        return _load_npz(path, max_bytes)
-    if path.suffix == ".csv":
-        return _load_csv(path)
-    raise DataError(
-        f"{path}: unknown format {path.suffix or '(no suffix)'}", hint="use .npz or .csv"
-    )
-
-
-def _check_npz_members(path: Path, max_bytes: int) -> None:
-    """An ``.npz`` is a zip archive: refuse members named outside it, links, and zip bombs.
-
-    NumPy reads members by name and never extracts them, but a snapshot carrying such
-    members was not written by ``np.savez``: it is refused rather than half-trusted.
-    """
-    try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable NPZ file ({exc})") from exc
-    total = 0
-    for info in infos:
-        name = info.filename
-        parts = PurePosixPath(name.replace("\\", "/")).parts
-        if name.startswith(("/", "\\")) or ".." in parts or ":" in name:
-            raise DataError(
-                f"{path}: archive member {name!r} points outside the archive", hint=RESAVE
-            )
-        if stat.S_ISLNK(info.external_attr >> 16):
-            raise DataError(f"{path}: archive member {name!r} is a symbolic link", hint=RESAVE)
-        total += info.file_size
-    if total > max_bytes:
-        raise DataError(
-            f"{path}: unpacks to {total} bytes, over the {max_bytes} byte limit", hint=TOO_BIG
-        )
-
-
-def _load_npz(path: Path, max_bytes: int = config.MAX_DATA_BYTES) -> RawData:
-    _check_npz_members(path, max_bytes)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise DataError(
-                f"{path}: an array holds Python objects (ragged images or mixed types?),"
-                " not numbers",
-                hint="stack images of one shape into a numeric array before np.savez",
-            ) from exc
-        raise DataError(f"{path}: not a readable NPZ file ({exc})") from exc
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable NPZ file ({exc})") from exc
-    images = _pick(arrays, ("images", "x", "x_train"), path)
-    labels = _pick(arrays, ("labels", "y", "y_train"), path)
-    test_x = next((arrays[k] for k in ("x_test", "test_images") if k in arrays), None)
-    test_y = next((arrays[k] for k in ("y_test", "test_labels") if k in arrays), None)
-    if (test_x is None) != (test_y is None):
-        raise DataError(f"{path}: has a test image array or a test label array, not both")
-    return RawData(images, labels, str(path), test_images=test_x, test_labels=test_y)
-
-
-def _pick(arrays: dict[str, np.ndarray], keys: tuple[str, ...], path: Path) -> np.ndarray:
-    for k in keys:
-        if k in arrays:
-            return arrays[k]
-    raise DataError(
-        f"{path}: no array named {' or '.join(keys)} (found: {', '.join(arrays) or 'none'})",
-        hint="save with np.savez(path, images=..., labels=...)",
-    )
-
-
-def _load_csv(path: Path) -> RawData:
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not a text CSV file ({exc.reason})") from exc
-    rows = list(csv.reader(io.StringIO(text)))
-    has_header = bool(rows and rows[0] and not _is_number(rows[0][0]))
-    label_col = 0
-    if has_header:
-        header = [h.strip().lower() for h in rows.pop(0)]
-        label_col = header.index("label") if "label" in header else 0
-    if not any(rows):
-        raise DataError(f"{path}: no data rows")
-    width = len(rows[0])
-    values = []
-    for n, row in enumerate(rows, start=2 if has_header else 1):
-        if not row:
-            continue
-        if len(row) != width:
-            raise DataError(f"{path}: line {n} has {len(row)} columns, the first row has {width}")
-        try:
-            values.append([float(v) for v in row])
-        except ValueError as exc:
-            raise DataError(f"{path}: line {n}: {exc}") from exc
-    table = np.asarray(values, dtype=np.float64)
-    labels = table[:, label_col]
-    pixels = np.delete(table, label_col, axis=1)
-    side = int(round(np.sqrt(pixels.shape[1])))
-    if side * side != pixels.shape[1] or side == 0:
-        raise DataError(
-            f"{path}: {pixels.shape[1]} pixel columns is not a square image",
-            hint="CSV rows are label + H*W pixels with H == W; use NPZ for other shapes",
-        )
-    if np.all(np.isfinite(pixels)) and np.all(pixels == np.round(pixels)):
-        pixels = pixels.astype(np.int64)
-    return RawData(pixels.reshape(-1, side, side), labels, str(path))
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
-
-
-def load_url(
-    url: str,
-    sha256: str | None,
-    cache_dir: Path | None = None,
-    max_bytes: int = config.MAX_DATA_BYTES,
-) -> RawData:
-    """Download an ``.npz``/``.csv`` over HTTP(S), check its size and sha256, then load it.
-
-    A body over ``max_bytes`` (declared or streamed) is refused; one shorter than its
-    Content-Length is a truncated download. Errors and the manifest show the URL without
-    ``user:password@`` and without its query string (signed URLs carry secrets there).
-    """
-    import requests  # imported here: only URL sources pay for it
-
-    parts = urlsplit(url)
-    shown = shown_url(url)
-    expected = sha256
-    if parts.fragment.startswith("sha256="):
-        expected = parts.fragment.split("=", 1)[1]
-    if not expected:
-        raise DataError(
-            f"{shown}: no checksum given",
-            hint="append #sha256=<hex> to the URL or pass --data-sha256",
-        )
-    suffix = Path(parts.path).suffix
-    if suffix not in SNAPSHOT_SUFFIXES:
-        raise DataError(
-            f"{shown}: unknown format {suffix or '(no suffix)'}", hint="use .npz or .csv"
-        )
-    tmpdir = Path(tempfile.mkdtemp(prefix="tfship-dl-", dir=cache_dir))
-    target = tmpdir / f"snapshot{suffix}"
-    try:
-        try:
-            resp = requests.get(parts._replace(fragment="").geturl(), stream=True, timeout=(10, 60))
-        except requests.RequestException as exc:
-            raise DataError(
-                f"{shown}: download failed ({type(exc).__name__})",
-                hint="check the URL and that the host is reachable",
-            ) from exc
-        with resp:
-            if resp.status_code != 200:
-                raise DataError(f"{shown}: HTTP {resp.status_code} {resp.reason}")
-            declared = _content_length(resp.headers.get("Content-Length"))
-            if declared is not None and declared > max_bytes:
-                raise DataError(
-                    f"{shown}: {declared} bytes is over the {max_bytes} byte limit", hint=TOO_BIG
-                )
-            got = 0
-            try:
-                with open(target, "wb") as fh:
-                    for chunk in resp.iter_content(1 << 20):
-                        got += len(chunk)
-                        if got > max_bytes:
-                            raise DataError(
-                                f"{shown}: more than the {max_bytes} byte limit", hint=TOO_BIG
-                            )
-                        fh.write(chunk)
-            except requests.RequestException as exc:
-                raise _truncated(shown, got, declared, type(exc).__name__) from exc
-            if declared is not None and resp.raw.tell() != declared:
-                raise _truncated(shown, resp.raw.tell(), declared, "short body")
-        _check_sha256(target, expected, name=shown)
-        raw = load_path(target, max_bytes)
-        raw.origin = shown
-        return raw
-    finally:
-        for p in tmpdir.glob("*"):
-            p.unlink()
-        tmpdir.rmdir()
-
-
-def shown_url(url: str) -> str:
-    """``url`` as errors and manifests show it: no ``user:password@``, query or fragment."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = f"{host}:{port}" if port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def _content_length(value: str | None) -> int | None:
-    """The declared body length, or None when absent or not a plain number."""
-    if value is None or not value.strip().isdigit():
-        return None
-    return int(value)
-
-
-def _truncated(shown: str, got: int, declared: int | None, why: str) -> DataError:
-    of = f" of {declared}" if declared is not None else ""
-    return DataError(
-        f"{shown}: truncated download: the transfer ended after {got}{of} bytes ({why})",
-        hint="retry; if it keeps happening the server or a proxy is cutting it short",
-    )
-
-
-def _check_sha256(path: Path, expected: str, name: str | None = None) -> None:
-    h = hashlib.sha256(path.read_bytes()).hexdigest()
-    if h != expected.lower():
-        raise DataError(
-            f"{name or path}: sha256 mismatch: expected {expected}, got {h}",
-            hint="the file changed or the checksum is wrong",
-        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -546,7 +240,7 @@ def stratified_split(s: Split, fractions: tuple[float, ...], seed: int) -> list[
     return out
 
 
-def prepare(raw: RawData, checks: Checks, seed: int = config.DEFAULT_SEED) -> Prepared:
+def prepare(raw: RawData, checks: Checks, seed: int = SEED.default) -> Prepared:
     """Validate, normalise and split raw data. Raises :class:`DataError` before any write."""
     full = normalise(raw.images, raw.labels, raw.origin, checks, raw.scale)
     check_classes(full, raw.origin, checks)
@@ -613,27 +307,53 @@ def manifest(p: Prepared, seed: int, checks: Checks) -> dict:
     }
 
 
-def build(
-    ws_root: Path,
-    spec: str,
-    checks: Checks,
-    seed: int = config.DEFAULT_SEED,
-    sha256: str | None = None,
-) -> dict:
-    """Stage 1: load ``spec``, validate, split, and write ``<workspace>/data/``."""
-    from tfship.workspace import Workspace, write_json
+@dataclass
+class BuildResult:
+    """What stage 1 wrote: the data manifest."""
 
+    manifest: dict
+
+    def to_dict(self) -> dict:
+        return self.manifest
+
+    def summary(self) -> str:
+        m, rows = self.manifest, self.manifest["rows"]
+        return (
+            f"data {m['data_hash'][:23]} from {m['origin']}: "
+            f"{rows['train']} train / {rows['val']} val / {rows['test']} test rows"
+        )
+
+
+def build(ws_root: Path, s: DataSettings) -> BuildResult:
+    """Stage 1: load ``s.data``, validate, split, and write ``<workspace>/data/``."""
     ws = Workspace(ws_root)
-    prepared = prepare(load_source(spec, sha256, max_bytes=checks.max_bytes), checks, seed)
-    info = manifest(prepared, seed, checks)
+    raw = load_source(s.data or DATA.default, s.data_sha256, max_bytes=s.checks.max_bytes)
+    prepared = prepare(raw, s.checks, s.seed)
+    info = manifest(prepared, s.seed, s.checks)
     with ws.stage_output("build") as out:
         for name in ("train", "val", "test"):
             save_split(out / f"{name}.npz", getattr(prepared, name))
         write_json(out / "manifest.json", info)
-    return info
+    return BuildResult(info)
 
 
-def make_snapshot(out: Path, kind: str = "shift", seed: int = 0, source: str = "digits") -> dict:
+@dataclass
+class SnapshotSettings:
+    """``tfship snapshot``: drill snapshots derived from the bundled data."""
+
+    kind: str = setting(
+        "shift",
+        "TFSHIP_SNAPSHOT_KIND",
+        "shift: moved and dimmed images (new data a retrain should accept). poisoned: labels "
+        "shuffled independently of the images (the gate must reject it).",
+        choices=("shift", "poisoned"),
+    )
+    seed: int = setting(1, "TFSHIP_SNAPSHOT_SEED", "Seed of the sample and of the shift.")
+
+
+def make_snapshot(
+    out: Path, kind: str = "shift", seed: int = 0, source: str = DATA.default
+) -> dict:
     """Write a new data snapshot (NPZ, uint8 0-255) derived from ``source``.
 
     ``shift``: the same images moved one pixel and dimmed a little, with a seed-dependent

@@ -27,11 +27,10 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
-from tfship import config
 from tfship.errors import (
     DeployError,
     HostError,
@@ -42,7 +41,8 @@ from tfship.errors import (
 )
 from tfship.log import event
 from tfship.report import failed, summary
-from tfship.serving import ServingClient, ServingUnreachable
+from tfship.serving import ServingClient
+from tfship.settings import setting
 from tfship.store import (
     MANIFEST,
     Host,
@@ -52,6 +52,7 @@ from tfship.store import (
     publish_staged,
     stage_version,
 )
+from tfship.targets import Target
 from tfship.verify import VerifySettings, load_test_split, verify_version
 
 LOCK = ".tfship-lock"
@@ -59,58 +60,28 @@ REJECTED = ".rejected"
 
 
 @dataclass
-class Target:
-    """One TF Serving host: where its model base path is and how to query it."""
-
-    host: Host
-    base: str  # the models root; TF Serving's --model_base_path is <base>/<model>
-    serving_url: str
-    transport: str = "rest"
-
-    def model_dir(self, model: str) -> str:
-        return str(PurePosixPath(self.base) / check_model_name(model))
-
-    def client(self, model: str) -> ServingClient:
-        return ServingClient(self.serving_url, model, transport=self.transport)
-
-    def serving_version(self, model: str) -> int | None:
-        """The version TF Serving answers with now; None on a fresh host.
-
-        ``tensorflow_model_server`` opens no port until every model has a version AVAILABLE
-        (``model_servers/server.cc``): a server that does not answer while the model's base
-        path holds no version is a fresh host waiting for its first deploy, not a failure.
-        With versions on disk, silence means the server is down or still loading.
-        """
-        client = self.client(model)
-        try:
-            return client.serving_version()
-        except ServingUnreachable as exc:
-            versions = on_disk(self, model)
-            if not versions:
-                event(
-                    "deploy",
-                    "TF Serving is not listening and no version is on the host: a fresh "
-                    "server opens its ports once the first version has loaded",
-                    host=self.host.name,
-                )
-                return None
-            raise ServingUnreachable(
-                f"{client.url} does not answer, but {self.model_dir(model)} holds versions "
-                f"{', '.join(map(str, versions))}",
-                hint="is TF Serving running? A server still loading (or retrying) a version "
-                "keeps its ports closed; its log says why",
-            ) from exc
-
-
-@dataclass
 class DeploySettings:
-    """Knobs of a deploy (all have CLI flags)."""
+    """Knobs of a deploy and a rollback."""
 
-    keep: int = config.KEEP_VERSIONS
-    lock_stale_seconds: float = config.LOCK_STALE_SECONDS
-    lock_wait_seconds: float = 60.0
+    keep: int = setting(
+        3, "TFSHIP_KEEP_VERSIONS", "Versions kept on the host (never the one serving).", min=1
+    )
+    lock_stale_seconds: float = setting(
+        900.0,
+        "TFSHIP_LOCK_STALE_SECONDS",
+        "A lock older than this is broken, with a warning.",
+        min=0,
+    )
+    lock_wait_seconds: float = setting(
+        60.0, "TFSHIP_LOCK_WAIT_SECONDS", "How long to wait for another deploy.", min=0
+    )
+    force: bool = setting(
+        False,
+        None,
+        "Deploy even if the version serving is not the one retrain compared with.",
+        switch=True,
+    )
     expect_serving: int | None = None  # stale-approval guard (retrain records it)
-    force: bool = False
     verify: VerifySettings = field(default_factory=VerifySettings)
 
 
@@ -128,6 +99,44 @@ class DeployResult:
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
+
+    def summary(self) -> str:
+        return (
+            f"{self.state}: {self.model} version {self.version} on {self.host} "
+            f"(was {self.previous}); verified in {self.seconds['total']:.1f} s"
+        )
+
+
+@dataclass
+class RollbackResult:
+    """A rollback on one host."""
+
+    model: str
+    version: int
+    previous: int | None
+    moved_aside: list[int]
+    verification: dict
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+    def summary(self) -> str:
+        return (
+            f"rolled back {self.model} to version {self.version} (was {self.previous}); "
+            f"moved aside: {self.moved_aside}"
+        )
+
+
+@dataclass
+class RollbackSettings:
+    """``tfship rollback``: which version to serve again."""
+
+    to: int | None = setting(
+        None,
+        "TFSHIP_ROLLBACK_TO",
+        "Version to serve. Default: the newest kept version older than the one serving.",
+        value_type=int,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,12 +249,6 @@ def clean_incoming(target: Target, model: str) -> list[str]:
     return leftovers
 
 
-def on_disk(target: Target, model: str) -> list[int]:
-    from tfship.store import numeric_versions
-
-    return numeric_versions(target.host.listdir(target.model_dir(model)))
-
-
 def reject(target: Target, model: str, version: int) -> str:
     """Move a version out of TF Serving's sight, to ``<model>/.rejected/<version>-<time>``."""
     model_dir = target.model_dir(model)
@@ -279,7 +282,7 @@ def wait_serving(client: ServingClient, version: int | None, timeout: float) -> 
 
 def retain(target: Target, model: str, keep: int, serving: int | None) -> list[int]:
     """Delete all but the newest ``keep`` versions; never the serving one."""
-    versions = on_disk(target, model)
+    versions = target.versions(model)
     doomed = [v for v in versions[:-keep] if v != serving] if keep > 0 else []
     for v in doomed:
         target.host.remove_tree(f"{target.model_dir(model)}/{v}")
@@ -353,7 +356,7 @@ def stage(target: Target, package_dir: Path, s: DeploySettings) -> Staged:
                 f"{previous} is serving now; the approval was for another champion",
                 hint="retrain again, or pass --force to deploy anyway",
             )
-        existing = on_disk(target, model)
+        existing = target.versions(model)
         if existing and version < max(existing) and version not in existing:
             raise DeployError(
                 f"{host}: version {version} is older than version {max(existing)} on the host; "
@@ -495,14 +498,14 @@ def _rolled_back(
 # --------------------------------------------------------------------------------------------
 
 
-def rollback(target: Target, model: str, to: int | None, s: DeploySettings) -> dict:
+def rollback(target: Target, model: str, to: int | None, s: DeploySettings) -> RollbackResult:
     """Serve an older kept version again: move the newer ones aside, wait, verify."""
     check_model_name(model)
     client = target.client(model)
     with model_lock(target, model, s.lock_stale_seconds, s.lock_wait_seconds, "rollback"):
         clean_incoming(target, model)
         serving = target.serving_version(model)
-        versions = on_disk(target, model)
+        versions = target.versions(model)
         if to is None:
             older = [v for v in versions if serving is None or v < serving]
             if not older:
@@ -541,26 +544,4 @@ def rollback(target: Target, model: str, to: int | None, s: DeploySettings) -> d
         if failed(checks):
             raise DeployError(f"rolled back to {to}, but it fails verification: {summary(checks)}")
     event("rollback", "done", model=model, version=to, previous=serving, host=target.host.name)
-    return {
-        "model": model,
-        "version": to,
-        "previous": serving,
-        "moved_aside": moved,
-        "verification": facts,
-    }
-
-
-def make_target(
-    hostname: str | None, base: str, serving_url: str | None, transport: str, ssh: dict
-) -> Target:
-    """A local folder (no hostname: the embedded default) or an SSH host."""
-    if not hostname:
-        from tfship.serving import default_serving_url
-        from tfship.store import LocalHost
-
-        root = str(Path(base).expanduser().absolute())
-        return Target(LocalHost(), root, serving_url or default_serving_url(base), transport)
-    from tfship.ssh import SSHHost, SSHSettings
-
-    host = SSHHost(SSHSettings(hostname=hostname, **ssh)).connect()
-    return Target(host, base, serving_url or f"http://{hostname}:{config.REST_PORT}", transport)
+    return RollbackResult(model, to, serving, moved, facts)

@@ -1,155 +1,69 @@
-"""Deploy to a fleet of TF Serving hosts: canary first, then batches, all or nothing.
+"""Deploy and roll back on a :class:`~tfship.targets.Fleet`: one host, or many.
 
-- Targets: ``DEPLOY_SERVER_HOSTNAME`` as a comma-separated list (same user, port, base path;
-  serving URL ``http://<host>:8501``), or ``--hosts-file`` with one
-  ``user@host:port base_path serving_url`` per line (``#`` comments allowed).
-- Preflight: every host is reached (``require_all``, the default, stops before any change if
-  one is not) and the fleet must serve one version (mixed versions block until resolved).
+:func:`deploy_workspace` is stage 5 as the commands run it: it honours retrain's decision (no
+new data: nothing to deploy; a challenger: refuse if the champion it was compared with no
+longer serves, unless ``--force``), then :func:`ship` deploys to one host
+(:func:`tfship.deploy.deploy`) or rolls out to a fleet:
+
+- Preflight: every host is reached (``--require-all``, the default, stops before any change
+  if one is not) and the fleet must serve one version (mixed versions block until resolved).
 - Rollout: the canary gets the full deploy (stage 7 checks) plus a soak of ``canary_seconds``
   with the checks repeated; then the rest in parallel batches of ``max_parallel``. Any host
   failing stops the rollout and every host already moved is rolled back, in parallel.
+
+:func:`rollback_fleet` serves an older version again on every host of the fleet.
 """
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tfship import config
 from tfship.deploy import (
     DeploySettings,
+    RollbackResult,
     Staged,
-    Target,
     abandon,
     commit,
+    deploy,
     load_package,
-    make_target,
-    on_disk,
     reject,
+    rollback,
     stage,
     wait_serving,
 )
-from tfship.errors import ConfigError, DeployError, HostError, TfshipError
+from tfship.errors import DeployError, TfshipError
 from tfship.log import event
 from tfship.report import failed, summary
+from tfship.retrain import approved_champion, skipped
+from tfship.settings import setting
+from tfship.targets import Fleet, Target, one_version
 from tfship.verify import load_test_split, verify_version
+from tfship.workspace import Workspace, read_json
 
 
 @dataclass
-class HostSpec:
-    """Where one TF Serving host is."""
+class FleetSettings:
+    """How a fleet rolls out (one host ignores them)."""
 
-    hostname: str
-    username: str | None
-    port: int
-    base: str
-    serving_url: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.username + '@' if self.username else ''}{self.hostname}:{self.port}"
-
-
-def parse_hosts(
-    hostnames: str | None,
-    hosts_file: Path | None,
-    username: str | None,
-    port: int,
-    base: str,
-    serving_url: str | None,
-) -> list[HostSpec]:
-    """The fleet from the comma-separated list or the hosts file."""
-    specs = []
-    if hosts_file:
-        for n, line in enumerate(Path(hosts_file).read_text().splitlines(), start=1):
-            line = line.split("#", 1)[0].strip()
-            if not line:
-                continue
-            parts = line.split()
-            if len(parts) != 3:
-                raise ConfigError(
-                    f"{hosts_file}:{n}: expected 'user@host:port base_path "
-                    f"serving_url', got {line!r}"
-                )
-            addr, host_base, url = parts
-            user, _, hostport = addr.rpartition("@")
-            host, _, p = hostport.partition(":")
-            if not host or (p and not p.isdigit()):
-                raise ConfigError(f"{hosts_file}:{n}: bad address {addr!r}")
-            specs.append(HostSpec(host, user or username, int(p or port), host_base, url))
-    elif hostnames:
-        for host in (h.strip() for h in hostnames.split(",")):
-            if host:
-                url = serving_url if serving_url and "," not in hostnames else None
-                specs.append(
-                    HostSpec(host, username, port, base, url or f"http://{host}:{config.REST_PORT}")
-                )
-    if not specs:
-        raise ConfigError("no deploy hosts: set DEPLOY_SERVER_HOSTNAME or --hosts-file")
-    return specs
-
-
-def connect(
-    specs: list[HostSpec], ssh: dict, transport: str, require_all: bool
-) -> tuple[list[Target], list[str]]:
-    """Reach every host (in parallel); return targets and the unreachable hosts' errors."""
-
-    def one(spec: HostSpec):
-        try:
-            return make_target(
-                spec.hostname,
-                spec.base,
-                spec.serving_url,
-                transport,
-                {**ssh, "username": spec.username, "port": spec.port},
-            ), None
-        except (HostError, ConfigError) as exc:
-            return None, f"{spec.label}: {exc}"
-
-    with ThreadPoolExecutor(max(1, len(specs))) as pool:
-        results = list(pool.map(one, specs))
-    targets = [t for t, _ in results if t is not None]
-    errors = [e for _, e in results if e is not None]
-    if errors and require_all:
-        for t in targets:
-            t.host.close()
-        raise HostError(
-            "not every host is reachable; nothing was changed: " + "; ".join(errors),
-            hint="fix the hosts or pass --no-require-all to deploy to the rest",
-        )
-    return targets, errors
-
-
-def state(targets: list[Target], model: str) -> list[dict]:
-    """Per host: versions on disk, version serving."""
-
-    def one(t: Target) -> dict:
-        row = {"host": t.host.name, "serving_url": t.serving_url}
-        try:
-            row["on_disk"] = on_disk(t, model)
-            row["serving"] = t.serving_version(model)
-            row["state"] = "ok" if row["serving"] is not None else "nothing serving"
-        except TfshipError as exc:
-            row.update(on_disk=row.get("on_disk", []), serving=None, state=f"error: {exc}")
-        return row
-
-    with ThreadPoolExecutor(max(1, len(targets))) as pool:
-        return list(pool.map(one, targets))
-
-
-def serving_version(rows: list[dict]) -> int | None:
-    """The one version the fleet serves; DeployError if the fleet is mixed."""
-    versions = {r["serving"] for r in rows}
-    if len(versions) > 1:
-        listing = ", ".join(f"{r['host']}={r['serving']}" for r in rows)
-        raise DeployError(
-            f"the fleet serves mixed versions ({listing})",
-            hint="resolve with `tfship rollback --to VERSION` on the fleet, or "
-            "a deploy with --force",
-        )
-    return versions.pop() if versions else None
+    canary_seconds: float = setting(
+        30.0,
+        "TFSHIP_CANARY_SECONDS",
+        "Fleet: soak time on the canary host, with the checks repeated.",
+        min=0,
+    )
+    max_parallel: int = setting(
+        2, "TFSHIP_MAX_PARALLEL", "Fleet: hosts deployed at once after the canary.", min=1
+    )
+    require_all: bool = setting(
+        True,
+        None,
+        "Fleet: stop before any change if a host is unreachable.",
+        switch=True,
+        flag="--require-all/--no-require-all",
+    )
 
 
 @dataclass
@@ -196,6 +110,9 @@ class FleetResult:
             rows.append(f"\n{canary}; whole rollout {self.total_s:.1f} s")
         return "\n".join(rows)
 
+    def summary(self) -> str:
+        return self.table()
+
     def to_dict(self) -> dict:
         return {
             "model": self.model,
@@ -234,26 +151,22 @@ def _soak(
 
 
 def fleet_deploy(
-    targets: list[Target],
-    package_dir: Path,
-    s: DeploySettings,
-    canary_seconds: float = 30.0,
-    max_parallel: int = 2,
-    force: bool = False,
+    targets: list[Target], package_dir: Path, s: DeploySettings, fs: FleetSettings
 ) -> FleetResult:
     """Canary, soak, batches; roll back every moved host if any fails."""
+    canary_seconds, max_parallel = fs.canary_seconds, fs.max_parallel
     started = time.monotonic()
     manifest = load_package(package_dir)
     model, version = manifest["model_name"], int(manifest["version"])
-    rows = state(targets, model)
+    rows = Fleet(targets, True).state(model)
     broken = [r for r in rows if r["state"].startswith("error")]
     if broken:
         raise DeployError(
             "cannot read the fleet's state: "
             + "; ".join(f"{r['host']}: {r['state']}" for r in broken)
         )
-    if not force:
-        serving_version(rows)
+    if not s.force:
+        one_version(rows)
     old = {r["host"]: r["serving"] for r in rows}
     result = FleetResult(
         model, version, [HostResult(t.host.name, old[t.host.name], version) for t in targets]
@@ -369,18 +282,103 @@ def _revert(
         list(pool.map(one, moved))
 
 
-def status_table(rows: list[dict]) -> str:
-    """`tfship status`: host, versions on disk, version serving, state."""
-    versions = {r["serving"] for r in rows}
-    lines = ["| host | versions on disk | serving | state |", "|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['host']} | {', '.join(map(str, r['on_disk'])) or '-'} | "
-            f"{r['serving']} | {r['state']} |"
-        )
-    verdict = (
-        "consistent"
-        if len(versions) == 1
-        else f"MIXED: {', '.join(str(v) for v in sorted(versions, key=str))}"
+@dataclass
+class PackageChoice:
+    """``tfship deploy --package``: which version folder to deploy."""
+
+    package: Path | None = setting(
+        None,
+        "TFSHIP_PACKAGE",
+        "A version folder to deploy. Default: the one in workspace/package/.",
+        kind="dir",
     )
-    return "\n".join(lines) + f"\n\nfleet: {verdict}"
+
+
+def ship(fleet: Fleet, package_dir: Path, s: DeploySettings, fs: FleetSettings):
+    """Deploy ``package_dir`` to the fleet: one host directly, several canary-first."""
+    if not fleet.several:
+        return deploy(fleet.single, package_dir, s)
+    return fleet_deploy(fleet.targets, package_dir, s, fs)
+
+
+def deploy_workspace(
+    ws_root: Path,
+    fleet: Fleet,
+    s: DeploySettings,
+    fs: FleetSettings,
+    package_dir: Path | None = None,
+):
+    """Stage 5 as the commands run it, honouring what retrain decided.
+
+    - retrain found no new data: nothing to deploy (a :class:`~tfship.retrain.Skipped`);
+    - retrain accepted a challenger: it compared it with the version serving then; if
+      another one serves by now the approval was for another champion (StaleChampion,
+      unless ``--force``).
+    Without ``package_dir`` the workspace's package is deployed.
+    """
+    ws = Workspace(ws_root)
+    if package_dir is None:
+        if skip := skipped(ws_root, "deploy"):
+            return skip
+        info = read_json(ws.require(ws.package / "package.json", "package"))
+        package_dir = ws.package / str(info["version"])
+    s = replace(s, expect_serving=approved_champion(ws_root))
+    return ship(fleet, package_dir, s, fs)
+
+
+@dataclass
+class FleetRollback:
+    """A rollback on every host of a fleet."""
+
+    model: str
+    hosts: dict[str, RollbackResult | str]
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "hosts": {
+                h: r.to_dict() if hasattr(r, "to_dict") else r for h, r in self.hosts.items()
+            },
+        }
+
+    def summary(self) -> str:
+        return "\n".join(
+            f"{h}: {r.summary() if hasattr(r, 'summary') else r}" for h, r in self.hosts.items()
+        )
+
+
+def rollback_fleet(fleet: Fleet, model: str, to: int | None, s: DeploySettings):
+    """Serve an older kept version again: on one host, or on every host of the fleet.
+
+    On a fleet the version is the same everywhere: ``to``, else the newest kept version
+    older than the one the fleet serves (a mixed fleet needs ``--to``).
+    """
+    if not fleet.several:
+        return rollback(fleet.single, model, to, s)
+    if to is None:
+        serving = one_version(fleet.state(model))
+        kept = set.intersection(*(set(t.versions(model)) for t in fleet.targets))
+        older = sorted(v for v in kept if serving is None or v < serving)
+        if not older:
+            raise DeployError(
+                f"no older version of {model} is kept on every host of the fleet",
+                hint="name one with --to",
+            )
+        to = older[-1]
+    results: dict[str, RollbackResult | str] = {}
+
+    def one(t: Target) -> None:
+        try:
+            results[t.host.name] = rollback(t, model, to, s)
+        except TfshipError as exc:
+            results[t.host.name] = f"FAILED: {exc}"
+
+    with ThreadPoolExecutor(max(1, len(fleet.targets))) as pool:
+        list(pool.map(one, fleet.targets))
+    out = FleetRollback(model, results)
+    failures = [h for h, r in results.items() if isinstance(r, str)]
+    if failures:
+        raise DeployError(
+            f"rollback of {model} to {to} failed on {', '.join(failures)}: " + out.summary()
+        )
+    return out

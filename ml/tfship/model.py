@@ -19,7 +19,7 @@ ModelFn = Callable[[tuple[int, ...], int], keras.Model]
 
 
 def default_model(
-    input_shape: tuple[int, ...], num_classes: int, learning_rate: float = config.LEARNING_RATE
+    input_shape: tuple[int, ...], num_classes: int, learning_rate: float
 ) -> keras.Model:
     """A small CNN: conv blocks, then a flattened dense head with dropout.
 
@@ -67,8 +67,8 @@ def load_model_fn(spec: str) -> ModelFn:
 def build_model(
     input_shape: tuple[int, ...],
     num_classes: int,
-    model_fn: str | None = None,
-    learning_rate: float = config.LEARNING_RATE,
+    model_fn: str | None,
+    learning_rate: float,
 ) -> keras.Model:
     """Make the model to train: ours, or the user's, checked for a usable interface."""
     if model_fn is None:

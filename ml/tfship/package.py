@@ -17,23 +17,61 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tfship import config
+from tfship.data import load_split
 from tfship.errors import DataError, GateFailed, VerificationFailed
 from tfship.log import event, quiet_tensorflow
+from tfship.settings import setting
 from tfship.store import MANIFEST, ArtifactStore, check_model_name, check_version
-from tfship.workspace import Workspace, read_json, replace_dir, tree_hashes, write_json
+from tfship.workspace import Workspace, read_json, tree_hashes, write_json
 
-quiet_tensorflow()
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorflow.core.framework import types_pb2  # noqa: E402
+
+@dataclass
+class PackageSettings:
+    """Stage 4: the version number (the store and model are :class:`StoreSettings`)."""
+
+    version: int | None = setting(
+        None,
+        "TFSHIP_VERSION",
+        "Integer version. Default: the UTC unix time in seconds.",
+        value_type=int,
+    )
+
+
+@dataclass
+class PackageResult:
+    """What stage 4 did: the version, where it is stored, and whether it was new."""
+
+    model_name: str
+    version: int
+    store: str
+    stored: str  # uploaded | identical
+    path: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def summary(self) -> str:
+        return f"packaged {self.model_name} version {self.version} ({self.stored}) in {self.store}"
+
+
+def _tf():
+    """TensorFlow, loaded quietly on first use."""
+    quiet_tensorflow()
+    import tensorflow as tf
+
+    return tf
 
 
 def default_version() -> int:
@@ -55,6 +93,8 @@ def code_commit() -> str:
 
 
 def _spec(t: tf.TensorSpec) -> dict:
+    from tensorflow.core.framework import types_pb2
+
     shape = (
         [-1 if d is None else int(d) for d in t.shape.as_list()]
         if t.shape.rank is not None
@@ -78,6 +118,7 @@ def call_signature(
     loaded: object, inputs: dict[str, np.ndarray], name: str = config.SIGNATURE_NAME
 ) -> dict[str, np.ndarray]:
     """Run a loaded SavedModel's signature; return NumPy outputs."""
+    tf = _tf()
     fn = loaded.signatures[name]
     out = fn(**{k: tf.constant(v) for k, v in inputs.items()})
     return {k: v.numpy() for k, v in out.items()}
@@ -85,6 +126,7 @@ def call_signature(
 
 def write_warmup(path: Path, model_name: str, input_name: str, batch: np.ndarray) -> None:
     """``tf_serving_warmup_requests``: PredictionLog protos TF Serving replays on load."""
+    tf = _tf()
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     with tf.io.TFRecordWriter(str(path)) as writer:
@@ -103,6 +145,7 @@ def write_warmup(path: Path, model_name: str, input_name: str, batch: np.ndarray
 
 def export_and_check(model: keras.Model, out: Path, golden: np.ndarray) -> tuple[dict, dict]:
     """Export ``model`` to ``out`` and load it afresh; fail unless it reproduces the model."""
+    tf = _tf()
     model.export(out, format="tf_saved_model", verbose=False)
     loaded = tf.saved_model.load(str(out))
     sig = signature_of(loaded)
@@ -129,14 +172,8 @@ def export_and_check(model: keras.Model, out: Path, golden: np.ndarray) -> tuple
     return sig, golden_doc
 
 
-def package(
-    ws_root: Path, store: ArtifactStore, model_name: str, version: int | None = None
-) -> dict:
-    """Stage 4: export, verify, write lineage and warm-up, and put the version in the store."""
-    from tfship.data import load_split
-
-    check_model_name(model_name)
-    ws = Workspace(ws_root)
+def _inputs(ws: Workspace) -> tuple[Path, dict, dict, dict]:
+    """What stage 4 packages, checked: the model, its evaluation, data manifest, training."""
     model_path = ws.require(ws.model / "model.keras", "train")
     evaluation = read_json(ws.require(ws.eval / "metrics.json", "test"))
     data_manifest = read_json(ws.require(ws.data / "manifest.json", "build"))
@@ -150,16 +187,27 @@ def package(
             "eval/metrics.json is for another model than model/model.keras",
             hint="run `tfship test` again",
         )
+    return model_path, evaluation, data_manifest, train_info
+
+
+def package(
+    ws_root: Path, store: ArtifactStore, model_name: str, version: int | None = None
+) -> PackageResult:
+    """Stage 4: export, verify, write lineage and warm-up, and put the version in the store."""
+    check_model_name(model_name)
+    ws = Workspace(ws_root)
+    model_path, evaluation, data_manifest, train_info = _inputs(ws)
     if version is None:  # time-based, but always above what the store already holds
         version = max(default_version(), max(store.versions(model_name), default=0) + 1)
     version = check_version(version)
     test = load_split(ws.data / "test.npz")
     golden = test.images[: config.GOLDEN_BATCH]
-    model = keras.models.load_model(model_path)
+    tf = _tf()
+    import keras
 
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-package-", dir=ws.root))
-    try:
-        vdir = tmp / str(version)
+    model = keras.models.load_model(model_path)
+    with ws.stage_output("package") as out:
+        vdir = out / str(version)
         sig, golden_doc = export_and_check(model, vdir, golden)
         extra = vdir / "assets.extra"
         extra.mkdir()
@@ -193,21 +241,10 @@ def package(
         }
         manifest["files"] = tree_hashes(vdir)
         write_json(vdir / MANIFEST, manifest)
-
         state = store.put(model_name, version, vdir, manifest)
-        out = tmp / "out"
-        out.mkdir()
-        os.replace(vdir, out / str(version))
-        info = {
-            "model_name": model_name,
-            "version": version,
-            "store": store.uri,
-            "stored": state,
-            "path": str((ws.package / str(version)).absolute()),
-        }
-        write_json(out / "package.json", info)
-        replace_dir(out, ws.package)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        result = PackageResult(
+            model_name, version, store.uri, state, str((ws.package / str(version)).absolute())
+        )
+        write_json(out / "package.json", result.to_dict())
     event("package", f"stored {state}", model=model_name, version=version, store=store.uri)
-    return info
+    return result

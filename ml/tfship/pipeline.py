@@ -19,31 +19,58 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tfship import config
-from tfship.data import Checks
+from tfship.data import SEED, Checks, DataSettings, build, make_snapshot
+from tfship.deploy import DeploySettings
 from tfship.errors import ServingError
-from tfship.evaluate import Gates
+from tfship.evaluate import Gates, evaluate
+from tfship.fleet import FleetSettings, deploy_workspace
 from tfship.log import event
+from tfship.package import package
+from tfship.retrain import RetrainSettings, retrain, skipped
+from tfship.serving import ServingSettings
+from tfship.settings import setting
+from tfship.sources import DATA, DATA_SHA256
+from tfship.store import MODEL_NAME, STORE, local_store
+from tfship.targets import Fleet, make_target
+from tfship.train import EPOCHS, TrainSettings, train
+from tfship.verify import VerifySettings, test_deployed
+from tfship.workspace import WORKSPACE
 
 
 @dataclass
 class RunSettings:
-    """What ``tfship run`` needs; every field has the same default as the stage commands."""
+    """What ``tfship run`` needs: the stages' own settings, and where the local serving is."""
 
-    workspace: Path = Path("workspace")
-    store: Path = Path("store")
-    serving: Path = Path("serving")
-    model_name: str = config.DEFAULT_MODEL_NAME
-    data: str = config.DEFAULT_DATA
-    data_sha256: str | None = None
-    retrain_data: str | None = None
-    checks: Checks = field(default_factory=Checks)
+    workspace: Path = WORKSPACE.field()
+    store: str = STORE.field()
+    serving: Path = setting(
+        Path("serving"),
+        "TFSHIP_SERVING_DIR",
+        "Models root of the local TF-Serving-compatible server.",
+        kind="dir",
+    )
+    model_name: str = MODEL_NAME.field()
+    data: str = DATA.field(help="Same sources as `tfship build --data` (first run).")
+    data_sha256: str | None = DATA_SHA256.field()
+    retrain_data: str | None = setting(
+        None,
+        "TFSHIP_RETRAIN_DATA",
+        "New data for the retrain cycle. Default: a shifted snapshot of the default data.",
+    )
+    epochs: int = EPOCHS.field()
+    seed: int = SEED.field()
     gates: Gates = field(default_factory=Gates)
-    epochs: int = config.EPOCHS
-    seed: int = config.DEFAULT_SEED
+    retrain: bool = setting(
+        False, None, "Also run the retrain cycle (same as `run retrain`).", switch=True
+    )
+    stop_serving: bool = setting(
+        False,
+        None,
+        "Stop the local serving at the end (default: keep it up to query it).",
+        switch=True,
+    )
+    checks: Checks = field(default_factory=Checks, metadata={"internal": True})
     version: int | None = None
-    retrain: bool = False
-    keep_serving: bool = True
     latency_requests: int = 50
 
 
@@ -141,53 +168,87 @@ def ensure_server(serving: Path, model: str, timeout: float = 90) -> LocalServer
     return server
 
 
-def run_all(s: RunSettings) -> dict:
-    """The whole loop; returns each stage's result, timings and where things are."""
-    from tfship.data import build, make_snapshot
-    from tfship.deploy import DeploySettings, deploy, make_target
-    from tfship.evaluate import evaluate
-    from tfship.package import package
-    from tfship.retrain import RetrainSettings, retrain
-    from tfship.store import local_store
-    from tfship.train import TrainSettings, train
-    from tfship.verify import VerifySettings, test_deployed
+@dataclass
+class RunResult:
+    """What ``tfship run`` did: each stage's result and time, and what serves now."""
 
+    results: dict
+    timings: dict
+    serving_version: int | None
+    server: dict
+    url: str
+    kept_serving: bool
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def summary(self, model_name: str, workspace: Path) -> str:
+        lines = [
+            f"\nserving: {model_name} version {self.serving_version} at {self.url}"
+            + ("" if self.kept_serving else " (stopped)")
+        ]
+        reports = [workspace / d / "report.md" for d in ("eval", "retrain", "deployed")]
+        lines.append("reports: " + ", ".join(str(r) for r in reports if r.exists()))
+        lines.append("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
+        if self.kept_serving:
+            url = f"{self.url}/v1/models/{model_name}"
+            lines += [
+                f"query:   curl -s {url}",
+                f"         curl -s {url}/metadata",
+                '         python3 -c \'import json; print(json.dumps({"instances": '
+                f"[[[[0.0]] * 8] * 8]}}))' | curl -s -d @- {url}:predict",
+                f"stop:    kill {self.server['pid']}",
+            ]
+        return "\n".join(lines)
+
+
+def run_all(s: RunSettings) -> RunResult:
+    """The whole loop; returns each stage's result, timings and where things are."""
     timings: dict[str, float] = {}
     results: dict[str, dict] = {}
     store = local_store(s.store)
     verify = VerifySettings(min_accuracy=None, latency_requests=s.latency_requests)
+    train_settings = TrainSettings(epochs=s.epochs, seed=s.seed)
 
-    def step(name: str, fn, *args) -> dict:
+    def step(name: str, fn) -> object:
         started = time.monotonic()
         event("run", f"stage {name}")
-        results[name] = fn(*args)
+        result = fn()
+        results[name] = result.to_dict() if hasattr(result, "to_dict") else result
         timings[name] = round(time.monotonic() - started, 2)
-        return results[name]
+        return result
 
-    def ship(prefix: str, expect: int | None = None) -> None:
-        step(f"{prefix}test", evaluate, s.workspace, s.gates)
-        pkg = step(
-            f"{prefix}package",
-            package,
-            s.workspace,
-            store,
-            s.model_name,
-            s.version if not prefix else None,
-        )
-        target = make_target(None, str(s.serving), server.url, "rest", {})
-        settings = DeploySettings(expect_serving=expect, verify=verify)
-        step(f"{prefix}deploy", lambda: deploy(target, Path(pkg["path"]), settings).to_dict())
-        step(f"{prefix}test-deployed", test_deployed, s.workspace, server.url, s.model_name, verify)
+    def ship(prefix: str, version: int | None = None) -> None:
+        """test -> package -> deploy -> test-deployed, each honouring the skip rule."""
+        for stage, run in (
+            ("test", lambda: evaluate(s.workspace, s.gates)),
+            ("package", lambda: package(s.workspace, store, s.model_name, version)),
+            ("deploy", lambda: deploy_workspace(s.workspace, local_fleet, deploy, FleetSettings())),
+            (
+                "test-deployed",
+                lambda: test_deployed(
+                    s.workspace, ServingSettings(url=server.url), s.model_name, verify
+                ),
+            ),
+        ):
+            step(
+                f"{prefix}{stage}",
+                lambda stage=stage, run=run: skipped(s.workspace, stage) or run(),
+            )
 
     server = ensure_server(s.serving, s.model_name)
+    local = make_target(None, str(s.serving), server.url, "rest", {})
+    local_fleet = Fleet([local], several=False)
+    deploy = DeploySettings(verify=verify)
     try:
-        local = make_target(None, str(s.serving), server.url, "rest", {})
-        client = local.client(s.model_name)
         first = local.serving_version(s.model_name) is None or not s.retrain
         if first:
-            step("build", build, s.workspace, s.data, s.checks, s.seed, s.data_sha256)
-            step("train", train, s.workspace, TrainSettings(epochs=s.epochs, seed=s.seed))
-            ship("")
+            data = DataSettings(
+                data=s.data, data_sha256=s.data_sha256, seed=s.seed, checks=s.checks
+            )
+            step("build", lambda: build(s.workspace, data))
+            step("train", lambda: train(s.workspace, train_settings))
+            ship("", s.version)
         if s.retrain:
             spec = s.retrain_data
             if spec is None:
@@ -196,33 +257,26 @@ def run_all(s: RunSettings) -> dict:
                     / "snapshots"
                     / time.strftime("%Y%m%dT%H%M%S.npz", time.gmtime())
                 )
-                spec = step("snapshot", make_snapshot, snap, "shift", int(time.time()) % 100_000)[
-                    "path"
-                ]
-            step("retrain:build", build, s.workspace, spec, s.checks, s.seed, None)
-            decision = step(
+                made = step(
+                    "snapshot", lambda: make_snapshot(snap, "shift", int(time.time()) % 100_000)
+                )
+                spec = made["path"]
+            data = DataSettings(data=spec, seed=s.seed, checks=s.checks)
+            step("retrain:build", lambda: build(s.workspace, data))
+            step(
                 "retrain",
                 lambda: retrain(
                     s.workspace,
                     store,
-                    client,
+                    local_fleet,
                     s.model_name,
                     RetrainSettings(min_accuracy=s.gates.min_accuracy),
-                    TrainSettings(epochs=s.epochs, seed=s.seed),
-                    serving_version=lambda: local.serving_version(s.model_name),
+                    train_settings,
                 ),
             )
-            if decision["decision"] != "no-new-data":
-                ship("retrain:", decision["champion_version"])
+            ship("retrain:")
         serving_now = local.serving_version(s.model_name)
     finally:
-        if not s.keep_serving:
+        if s.stop_serving:
             server.stop()
-    return {
-        "results": results,
-        "timings": timings,
-        "serving_version": serving_now,
-        "server": server.__dict__,
-        "url": server.url,
-        "kept_serving": s.keep_serving,
-    }
+    return RunResult(results, timings, serving_now, server.__dict__, server.url, not s.stop_serving)

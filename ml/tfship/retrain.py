@@ -1,16 +1,21 @@
 """Stage 6: retrain on new data against the model TF Serving is actually serving.
 
-- Champion = the highest AVAILABLE version on the deploy target, fetched by that version from
-  the artifact store (or the host): its ``.keras``, manifest and test split.
-- New data: ``workspace/data`` (stage 1). The same content hash as the champion's data means
-  "no new data, nothing to do": exit 0 and a marker that package/deploy honour.
-- The challenger fine-tunes the champion (default) or trains from scratch, with stage 2's code.
-- Gate, on the same examples for both (the champion's test set + the new test split):
-  challenger accuracy >= champion - tolerance and >= the absolute minimum; no class's recall
-  drops by more than ``max_class_drop``. A failed gate exits 3 and leaves no challenger
-  behind for package to pick up.
-- ``retrain/retrain.json`` records the champion version: deploy refuses if another version is
-  serving by then (the stale-approval guard).
+Four steps, the decision apart from the acts around it:
+
+1. :func:`find_champion`: the highest AVAILABLE version on the deploy target, fetched by that
+   version from the artifact store (or the host): its ``.keras``, manifest and test split.
+   The same data hash as the new data's means "no new data, nothing to do".
+2. :func:`train_challenger`: fine-tune the champion (default) or train from scratch, with
+   stage 2's code, on ``workspace/data``.
+3. :func:`decide` (pure): on the same examples for both (the champion's test set + the new
+   test split), challenger accuracy >= champion - tolerance and >= the absolute minimum, and
+   no class's recall drops by more than ``max_class_drop``.
+4. :func:`retrain` writes the report and the decision (``retrain/retrain.json``, last: it is
+   the commit point); a failed gate exits 3 and leaves no challenger for package to pick up.
+
+Later stages read the decision through :func:`skipped` (no new data: nothing to test,
+package, deploy or verify) and :func:`approved_champion` (deploy refuses if another version
+serves by then: the stale-approval guard).
 """
 
 from __future__ import annotations
@@ -18,18 +23,28 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from tfship import config
-from tfship.data import Split, load_split
+from tfship.data import DataSettings, Split, load_split
 from tfship.errors import DataError, GateFailed, ServingError, StoreError
-from tfship.evaluate import classification_metrics, cross_entropy, plot_confusion, predict_keras
+from tfship.evaluate import (
+    MIN_ACCURACY,
+    classification_metrics,
+    cross_entropy,
+    plot_confusion,
+    predict_keras,
+)
 from tfship.log import event
 from tfship.report import Check, check_table, failed, summary, write_junit
+from tfship.settings import setting
+from tfship.sources import DATA
 from tfship.store import MANIFEST, ArtifactStore
+from tfship.targets import Fleet
+from tfship.train import TrainSettings, train
 from tfship.workspace import Workspace, read_json, recover_dir, replace_dir, write_json
 
 DECISION_FILE = "retrain.json"
@@ -39,12 +54,62 @@ DECISION_FILE = "retrain.json"
 class RetrainSettings:
     """Gate and strategy of a retrain."""
 
-    tolerance: float = config.RETRAIN_TOLERANCE
-    min_accuracy: float = config.MIN_ACCURACY
-    max_class_drop: float = config.MAX_CLASS_DROP
-    from_scratch: bool = False
-    allow_cold_start: bool = False
-    fine_tune_learning_rate: float = config.FINE_TUNE_LEARNING_RATE
+    tolerance: float = setting(
+        0.005,
+        "TFSHIP_RETRAIN_TOLERANCE",
+        "Challenger accuracy may be this much below the champion's.",
+        min=0,
+        max=1,
+    )
+    min_accuracy: float = MIN_ACCURACY.field(help="Absolute accuracy floor.")
+    max_class_drop: float = setting(
+        0.10,
+        "TFSHIP_MAX_CLASS_DROP",
+        "No class's recall may drop by more than this (~50 held-out rows a class: one row is "
+        "0.02).",
+        min=0,
+        max=1,
+    )
+    from_scratch: bool = setting(False, None, "Train anew instead of fine-tuning.", switch=True)
+    allow_cold_start: bool = setting(
+        False, None, "If nothing is serving, train from scratch instead of failing.", switch=True
+    )
+    fine_tune_learning_rate: float = setting(
+        1e-3,
+        "TFSHIP_FINE_TUNE_LEARNING_RATE",
+        "Learning rate when fine-tuning the champion (--learning-rate is for from scratch): a "
+        "third of it, to adapt, not forget.",
+    )
+
+
+@dataclass
+class RetrainDataSettings(DataSettings):
+    """Stage 1 settings as retrain takes them: without ``--data``, the workspace's data."""
+
+    data: str | None = DATA.field(
+        optional=True,
+        help="New data (same sources as build). Default: what `tfship build` left in the "
+        "workspace.",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# What later stages read of the decision
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Skipped:
+    """A stage with nothing to do: retrain found no new data for this workspace."""
+
+    stage: str
+    champion_version: int
+
+    def to_dict(self) -> dict:
+        return {"skipped": self.stage, "reason": "no-new-data", **asdict(self)}
+
+    def summary(self) -> str:
+        return f"no new data since version {self.champion_version}: nothing to {self.stage}"
 
 
 def no_new_data(ws: Workspace) -> dict | None:
@@ -59,6 +124,43 @@ def no_new_data(ws: Workspace) -> dict | None:
     return None
 
 
+def skipped(ws_root: Path, stage: str) -> Skipped | None:
+    """The one "skipped, no new data" rule: test, package, deploy and test-deployed (and
+    ``tfship run``) do nothing when retrain found the workspace's data already served."""
+    decision = no_new_data(Workspace(ws_root))
+    if decision is None:
+        return None
+    skip = Skipped(stage, int(decision["champion_version"]))
+    event(stage, skip.summary())
+    return skip
+
+
+def approved_champion(ws_root: Path) -> int | None:
+    """The version a challenger in the workspace was compared with (None: no such decision)."""
+    path = Workspace(ws_root).retrain / DECISION_FILE
+    if not path.exists():
+        return None
+    decision = read_json(path)
+    if decision.get("decision") == "deploy-challenger":
+        return decision.get("champion_version")
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# 1. The champion
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Champion:
+    """The version serving now, as the store (or the host) keeps it."""
+
+    version: int
+    manifest: dict
+    keras: Path
+    test: Split
+
+
 def fetch_champion(store: ArtifactStore, host_fetch, model: str, version: int, dest: Path) -> Path:
     """The champion's package folder: from the store, else from the deploy host."""
     try:
@@ -70,26 +172,102 @@ def fetch_champion(store: ArtifactStore, host_fetch, model: str, version: int, d
         return host_fetch(version, dest)
 
 
+def find_champion(
+    serving_version: Callable[[], int | None],
+    url: str,
+    store: ArtifactStore,
+    host_fetch,
+    model: str,
+    allow_cold_start: bool,
+    dest: Path,
+) -> Champion | None:
+    """The champion (None: nothing serves and a cold start is allowed)."""
+    try:
+        version = serving_version()
+    except ServingError as exc:
+        raise ServingError(
+            f"cannot ask TF Serving which version is serving: {exc.message}", hint=exc.hint
+        ) from exc
+    if version is None:
+        if not allow_cold_start:
+            raise ServingError(
+                f"no version of {model} is serving at {url}: nothing to retrain against",
+                hint="deploy a first model, or pass --allow-cold-start to train from scratch",
+            )
+        return None
+    pkg = fetch_champion(store, host_fetch, model, version, dest)
+    with np.load(pkg / "assets.extra" / "test.npz", allow_pickle=False) as npz:
+        test = Split(npz["images"], npz["labels"])
+    champion = Champion(
+        version, read_json(pkg / MANIFEST), pkg / "assets.extra" / "model.keras", test
+    )
+    event(
+        "retrain",
+        "champion",
+        model=model,
+        version=version,
+        data=champion.manifest["data_hash"][:19],
+    )
+    return champion
+
+
+# --------------------------------------------------------------------------------------------
+# 2. The challenger, 3. the decision
+# --------------------------------------------------------------------------------------------
+
+
+def train_challenger(
+    ws: Workspace,
+    train_settings: TrainSettings,
+    s: RetrainSettings,
+    champion: Champion | None,
+    scratch: Path,
+) -> tuple[Path, str]:
+    """Train the challenger into ``scratch``; (its .keras, "fine-tune" or "from-scratch")."""
+    init = None if (s.from_scratch or champion is None) else champion.keras
+    if init is not None:
+        train_settings = replace(train_settings, learning_rate=s.fine_tune_learning_rate)
+    train(scratch, train_settings, init_model=init, stage="retrain", data_dir=ws.data)
+    return scratch / "model" / "model.keras", "from-scratch" if init is None else "fine-tune"
+
+
+def eval_set(ws: Workspace, champion: Champion | None) -> Split:
+    """The examples both models are judged on: the new test split + the champion's test set."""
+    new_test = load_split(ws.data / "test.npz")
+    if champion is None:
+        return new_test
+    if champion.test.images.shape[1:] != new_test.images.shape[1:]:
+        raise DataError(
+            f"the new data's images {new_test.images.shape[1:]} differ from the "
+            f"champion's {champion.test.images.shape[1:]}"
+        )
+    return Split(
+        np.concatenate([new_test.images, champion.test.images]),
+        np.concatenate([new_test.labels, champion.test.labels]),
+    )
+
+
 def evaluate_both(
-    champion_keras: Path | None, challenger_keras: Path, eval_set: Split, num_classes: int
+    champion_keras: Path | None, challenger_keras: Path, examples: Split, num_classes: int
 ) -> tuple[dict | None, dict]:
     """Metrics of both models on the same examples."""
 
     def metrics(model_path: Path) -> dict:
-        probs = predict_keras(model_path, eval_set.images)
+        probs = predict_keras(model_path, examples.images)
         return classification_metrics(
-            eval_set.labels,
+            examples.labels,
             probs.argmax(axis=1),
             num_classes,
-            cross_entropy(probs, eval_set.labels),
+            cross_entropy(probs, examples.labels),
         )
 
     champ = metrics(champion_keras) if champion_keras else None
     return champ, metrics(challenger_keras)
 
 
-def gate(champ: dict | None, chall: dict, s: RetrainSettings) -> list[Check]:
-    """Challenger vs champion (relative) and vs the absolute minimum."""
+def decide(champ: dict | None, chall: dict, s: RetrainSettings) -> list[Check]:
+    """The gate, a pure function of both models' metrics: challenger vs champion (relative)
+    and vs the absolute minimum. The challenger ships if no check failed."""
     checks = [Check("challenger accuracy (absolute)", chall["accuracy"], ">=", s.min_accuracy)]
     if champ is None:
         return checks
@@ -118,6 +296,11 @@ def gate(champ: dict | None, chall: dict, s: RetrainSettings) -> list[Check]:
     return checks
 
 
+# --------------------------------------------------------------------------------------------
+# 4. The report and the decision
+# --------------------------------------------------------------------------------------------
+
+
 def side_by_side(champ: dict | None, chall: dict, champion_version: int | None) -> str:
     """The table the person at the approval hold reads."""
     if champ is None:
@@ -137,22 +320,68 @@ def side_by_side(champ: dict | None, chall: dict, champion_version: int | None) 
     return "\n".join(rows)
 
 
+def report(decision: dict, checks: list[Check], rows: int) -> str:
+    """``retrain/report.md``."""
+    return "\n".join(
+        [
+            "## Retrain: champion vs challenger",
+            "",
+            f"**Gate {'PASSED' if decision['passed'] else 'FAILED'}**: {summary(checks)}",
+            "",
+            f"Both evaluated on the same {rows} held-out examples "
+            "(the champion's test set + the new data's test split).",
+            "",
+            side_by_side(
+                decision["champion"], decision["challenger"], decision["champion_version"]
+            ),
+            "",
+            check_table(checks),
+            "",
+        ]
+    )
+
+
+@dataclass
+class RetrainResult:
+    """The decision of stage 6 (``retrain/retrain.json``)."""
+
+    decision: dict
+
+    def to_dict(self) -> dict:
+        return self.decision
+
+    def summary(self, ws_root: Path) -> str:
+        d = self.decision
+        if d["decision"] == "no-new-data":
+            return f"no new data, nothing to do (version {d['champion_version']} was trained on it)"
+        versus = (
+            f" vs champion {d['champion']['accuracy']:.4f} (version {d['champion_version']})"
+            if d["champion"]
+            else ""
+        )
+        return (
+            f"challenger accepted: accuracy {d['challenger']['accuracy']:.4f}{versus}; "
+            f"report {Path(ws_root) / 'retrain' / 'report.md'}"
+        )
+
+
 def retrain(
     ws_root: Path,
     store: ArtifactStore,
-    client,
+    fleet: Fleet,
     model: str,
     s: RetrainSettings,
-    train_settings,
-    host_fetch=None,
-    serving_version=None,
-) -> dict:
-    """Stage 6. ``client`` is a ServingClient on the deploy target (who is the champion).
+    train_settings: TrainSettings,
+) -> RetrainResult:
+    """Stage 6, against the deploy target ``fleet`` (a fleet of one: a retrain has one
+    champion). What serves is the target's answer (which tells a fresh host from a dead one);
+    the champion comes from the store, else from the host's own copy."""
+    target = fleet.single
+    client = target.client(model)
 
-    ``serving_version`` (the target's, which knows a fresh host from a dead one) answers
-    "what serves now"; without it the client is asked.
-    """
-    from tfship.train import train
+    def from_host(version: int, dest: Path) -> Path:
+        target.host.get_tree(f"{target.model_dir(model)}/{version}", dest)
+        return dest
 
     ws = Workspace(ws_root)
     data_manifest = read_json(ws.require(ws.data / "manifest.json", "build"))
@@ -160,118 +389,70 @@ def retrain(
     # read it. This run's decision is written last, after the model it speaks of.
     recover_dir(ws.retrain, ".tmp-retrain-")
     recover_dir(ws.model, ".tmp-train-")
+    for leftover in ws.root.glob(".work-retrain-*"):  # a killed run's champion and scratch
+        shutil.rmtree(leftover, ignore_errors=True)
     shutil.rmtree(ws.retrain, ignore_errors=True)
     started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix=".work-retrain-", dir=ws.root))
     try:
-        champion_version = (serving_version or client.serving_version)()
-    except ServingError as exc:
-        raise ServingError(
-            f"cannot ask TF Serving which version is serving: {exc.message}", hint=exc.hint
-        ) from exc
-    if champion_version is None and not s.allow_cold_start:
-        raise ServingError(
-            f"no version of {model} is serving at {client.url}: nothing to retrain against",
-            hint="deploy a first model, or pass --allow-cold-start to train from scratch",
+        champion = find_champion(
+            lambda: fleet.serving_version(model),
+            client.url,
+            store,
+            from_host,
+            model,
+            s.allow_cold_start,
+            tmp / "champion",
         )
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-retrain-", dir=ws.root))
-    try:
-        champion_manifest, champion_keras, champion_test = None, None, None
-        if champion_version is not None:
-            pkg = fetch_champion(store, host_fetch, model, champion_version, tmp / "champion")
-            champion_manifest = read_json(pkg / MANIFEST)
-            champion_keras = pkg / "assets.extra" / "model.keras"
-            with np.load(pkg / "assets.extra" / "test.npz", allow_pickle=False) as npz:
-                champion_test = Split(npz["images"], npz["labels"])
-            event(
-                "retrain",
-                "champion",
-                model=model,
-                version=champion_version,
-                data=champion_manifest["data_hash"][:19],
-            )
-            if champion_manifest["data_hash"] == data_manifest["data_hash"]:
-                decision = {
-                    "decision": "no-new-data",
-                    "champion_version": champion_version,
-                    "data_hash": data_manifest["data_hash"],
-                }
-                out = tmp / "out"
-                out.mkdir()
+        if champion is not None and champion.manifest["data_hash"] == data_manifest["data_hash"]:
+            decision = {
+                "decision": "no-new-data",
+                "champion_version": champion.version,
+                "data_hash": data_manifest["data_hash"],
+            }
+            with ws.stage_output("retrain") as out:
                 write_json(out / DECISION_FILE, decision)
                 (out / "report.md").write_text(
                     f"## Retrain\n\nNo new data: the data hash equals the one version "
-                    f"{champion_version} was trained on. Nothing to do.\n"
+                    f"{champion.version} was trained on. Nothing to do.\n"
                 )
-                replace_dir(out, ws.retrain)
-                event("retrain", "no new data, nothing to do", version=champion_version)
-                return decision
-        init = None if (s.from_scratch or champion_keras is None) else champion_keras
-        if init is not None:
-            train_settings = replace(train_settings, learning_rate=s.fine_tune_learning_rate)
-        scratch = Workspace(tmp / "ws")
-        train(scratch.root, train_settings, init_model=init, stage="retrain", data_dir=ws.data)
-        challenger_keras = scratch.model / "model.keras"
-
-        new_test = load_split(ws.data / "test.npz")
-        parts = [new_test] + ([champion_test] if champion_test is not None else [])
-        if (
-            champion_test is not None
-            and champion_test.images.shape[1:] != new_test.images.shape[1:]
-        ):
-            raise DataError(
-                f"the new data's images {new_test.images.shape[1:]} differ from the "
-                f"champion's {champion_test.images.shape[1:]}"
-            )
-        eval_set = Split(
-            np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts])
-        )
+            event("retrain", "no new data, nothing to do", version=champion.version)
+            return RetrainResult(decision)
+        challenger, strategy = train_challenger(ws, train_settings, s, champion, tmp / "ws")
+        examples = eval_set(ws, champion)
         num_classes = int(data_manifest["num_classes"])
-        champ, chall = evaluate_both(champion_keras, challenger_keras, eval_set, num_classes)
-        checks = gate(champ, chall, s)
+        champ, chall = evaluate_both(
+            champion.keras if champion else None, challenger, examples, num_classes
+        )
+        checks = decide(champ, chall, s)
         passed = not failed(checks)
         decision = {
             "decision": "deploy-challenger" if passed else "keep-champion",
             "passed": passed,
-            "champion_version": champion_version,
+            "champion_version": champion.version if champion else None,
             "data_hash": data_manifest["data_hash"],
-            "champion_data_hash": champion_manifest["data_hash"] if champion_manifest else None,
-            "strategy": "from-scratch" if init is None else "fine-tune",
-            "eval_rows": int(eval_set.labels.size),
+            "champion_data_hash": champion.manifest["data_hash"] if champion else None,
+            "strategy": strategy,
+            "eval_rows": int(examples.labels.size),
             "champion": champ,
             "challenger": chall,
             "checks": [c.to_dict() for c in checks],
-            "settings": s.__dict__,
+            "settings": asdict(s),
             "seconds": round(time.monotonic() - started, 2),
         }
-        out = tmp / "out"
-        out.mkdir()
-        write_json(out / DECISION_FILE, decision)
-        write_junit(out / "junit.xml", "tfship.retrain", checks)
-        plot_confusion(
-            chall["confusion_matrix"], out / "confusion_matrix.png", "challenger confusion matrix"
-        )
-        (out / "report.md").write_text(
-            "\n".join(
-                [
-                    "## Retrain: champion vs challenger",
-                    "",
-                    f"**Gate {'PASSED' if passed else 'FAILED'}**: {summary(checks)}",
-                    "",
-                    f"Both evaluated on the same {eval_set.labels.size} held-out examples "
-                    "(the champion's test set + the new data's test split).",
-                    "",
-                    side_by_side(champ, chall, champion_version),
-                    "",
-                    check_table(checks),
-                    "",
-                ]
+        with ws.stage_output("retrain") as out:
+            write_json(out / DECISION_FILE, decision)
+            write_junit(out / "junit.xml", "tfship.retrain", checks)
+            plot_confusion(
+                chall["confusion_matrix"],
+                out / "confusion_matrix.png",
+                "challenger confusion matrix",
             )
-        )
-        if passed:
-            replace_dir(scratch.model, ws.model)  # stage 3, 4, 5 and 7 follow unchanged
-        else:
-            shutil.rmtree(ws.model, ignore_errors=True)  # nothing a later stage could package
-        replace_dir(out, ws.retrain)  # last: the decision is the commit point
+            (out / "report.md").write_text(report(decision, checks, int(examples.labels.size)))
+            if passed:
+                replace_dir(challenger.parent, ws.model)  # stage 3, 4, 5 and 7 follow unchanged
+            else:
+                shutil.rmtree(ws.model, ignore_errors=True)  # nothing a later stage could package
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     event(
@@ -285,4 +466,4 @@ def retrain(
             f"challenger rejected: {summary(checks)}",
             hint=f"report: {ws.retrain / 'report.md'}; the champion keeps serving",
         )
-    return decision
+    return RetrainResult(decision)

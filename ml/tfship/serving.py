@@ -17,6 +17,7 @@ import numpy as np
 from tfship import config
 from tfship.errors import ServingError, ServingNotReady
 from tfship.log import quiet_tensorflow
+from tfship.settings import Setting, setting
 from tfship.store import check_label, check_model_name
 
 RETRY_STATUS = (502, 503, 504)
@@ -56,25 +57,50 @@ class VersionState:
     error_message: str = ""
 
 
-def default_serving_url(local_base: str = "serving") -> str:
-    """``TF_SERVING_URL``; else the deploy host on 8501; else the local serving that
-    ``tfship run`` started (``<local_base>/serve.json``); else localhost:8501."""
-    import json
-    import os
-    from pathlib import Path
+HOSTNAME = Setting(
+    None,
+    "DEPLOY_SERVER_HOSTNAME",
+    "Deploy host (SSH), or several comma-separated (a fleet). Empty: a local folder served by "
+    "`tfship serve`.",
+)
 
-    if os.environ.get("TF_SERVING_URL"):
-        return os.environ["TF_SERVING_URL"]
-    host = (os.environ.get("DEPLOY_SERVER_HOSTNAME") or "").split(",")[0].strip()
-    if host:
-        return f"http://{host}:{config.REST_PORT}"
-    state = Path(local_base) / "serve.json"
-    if state.is_file():
-        try:
-            return f"http://127.0.0.1:{int(json.loads(state.read_text())['rest_port'])}"
-        except (ValueError, KeyError, OSError):
-            pass
-    return f"http://127.0.0.1:{config.REST_PORT}"
+
+@dataclass
+class ServingSettings:
+    """Where TF Serving answers, and how to talk to it."""
+
+    url: str | None = setting(
+        None,
+        "TF_SERVING_URL",
+        "TF Serving address. Default: http://$DEPLOY_SERVER_HOSTNAME:8501, else the local "
+        "serving `tfship run` started, else http://127.0.0.1:8501.",
+    )
+    transport: str = setting(
+        "rest",
+        "TFSHIP_SERVING_TRANSPORT",
+        "REST (url http://host:8501) or gRPC (url host:8500).",
+        choices=("rest", "grpc"),
+    )
+    hostname: str | None = HOSTNAME.field()
+
+    def resolved_url(self, local_base: str = "serving") -> str:
+        """The URL; else the (first) deploy host on 8501; else the local serving that
+        ``tfship run`` started (``<local_base>/serve.json``); else localhost:8501."""
+        import json
+        from pathlib import Path
+
+        if self.url:
+            return self.url
+        host = (self.hostname or "").split(",")[0].strip()
+        if host:
+            return f"http://{host}:{config.REST_PORT}"
+        state = Path(local_base) / "serve.json"
+        if state.is_file():
+            try:
+                return f"http://127.0.0.1:{int(json.loads(state.read_text())['rest_port'])}"
+            except (ValueError, KeyError, OSError):
+                pass
+        return f"http://127.0.0.1:{config.REST_PORT}"
 
 
 class ServingClient:

@@ -18,15 +18,30 @@ import re
 import secrets
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from tfship import config
 from tfship.errors import ConfigError, StoreError
+from tfship.settings import Setting
 from tfship.workspace import tree_hashes
 
 MANIFEST = "assets.extra/tfship.json"
 VERSION_RE = re.compile(r"^[0-9]{1,19}$")
+
+MODEL_NAME = Setting("digits", "MODEL_NAME", "Model name in TF Serving and in the store.")
+STORE = Setting(
+    "store", "TFSHIP_STORE", "Artifact store: a local folder (<store>/<model>/<version>/)."
+)
+
+
+@dataclass
+class StoreSettings:
+    """Which model, and where its versions are kept."""
+
+    model_name: str = MODEL_NAME.field()
+    store: str = STORE.field()
 
 
 def check_model_name(name: str) -> str:

@@ -1,7 +1,9 @@
 """Stage 2: train a Keras model on the build stage's splits.
 
 Writes ``<workspace>/model/``: ``model.keras`` (kept for retraining), ``history.json``,
-``history.png`` and ``train.json`` (what was trained on, with which settings).
+``history.png`` and ``train.json`` (what was trained on, with which settings). TensorFlow
+is imported when a model is trained, not when this module is (``tfship --help`` and the
+settings stay fast).
 """
 
 from __future__ import annotations
@@ -11,31 +13,41 @@ import time
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tfship import config
+from tfship.data import SEED, Split, load_split
+from tfship.errors import ConfigError
 from tfship.log import event, quiet_tensorflow
+from tfship.settings import Setting, setting
+from tfship.workspace import Workspace, read_json, sha256_file, write_json
 
-quiet_tensorflow()
+if TYPE_CHECKING:
+    import keras
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from tfship.data import Split, load_split  # noqa: E402
-from tfship.errors import ConfigError  # noqa: E402
-from tfship.model import build_model, check_interface  # noqa: E402
-from tfship.workspace import Workspace, read_json, sha256_file, write_json  # noqa: E402
+EPOCHS = Setting(
+    40, "TFSHIP_EPOCHS", "Upper bound; early stopping on val loss usually ends sooner.", min=1
+)
 
 
 @dataclass
 class TrainSettings:
     """Everything that decides what a training run produces."""
 
-    epochs: int = config.EPOCHS
-    batch_size: int = config.BATCH_SIZE
-    learning_rate: float = config.LEARNING_RATE
-    patience: int = config.PATIENCE
-    seed: int = config.DEFAULT_SEED
-    model_fn: str | None = None
+    epochs: int = EPOCHS.field()
+    batch_size: int = setting(32, "TFSHIP_BATCH_SIZE", "Rows per training step.", min=1)
+    learning_rate: float = setting(
+        3e-3, "TFSHIP_LEARNING_RATE", "Adam's learning rate when training from scratch."
+    )
+    patience: int = setting(
+        4, "TFSHIP_PATIENCE", "Epochs without a better validation loss before stopping.", min=1
+    )
+    seed: int = SEED.field()
+    model_fn: str | None = setting(
+        None,
+        "TFSHIP_MODEL_FN",
+        "Your model: package.module:function(input_shape, num_classes) -> compiled "
+        "keras.Model with a named input. Default: tfship's CNN.",
+    )
 
     def validate(self) -> None:
         """Reject settings that cannot train."""
@@ -47,25 +59,31 @@ class TrainSettings:
             raise ConfigError(f"--learning-rate {self.learning_rate}: must be in (0, 1)")
 
 
-class EpochLog(keras.callbacks.Callback):
-    """One log line per epoch: what a CI console can show without progress-bar spam."""
+def _epoch_log(stage: str):
+    """A Keras callback writing one log line per epoch (no progress-bar spam in CI)."""
+    import keras
 
-    def __init__(self, stage: str) -> None:
-        super().__init__()
-        self.stage = stage
-        self.start = time.monotonic()
+    class EpochLog(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.start = time.monotonic()
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        fields = {k: f"{v:.4f}" for k, v in sorted(logs.items()) if isinstance(v, float)}
-        fields["s"] = f"{time.monotonic() - self.start:.1f}"
-        event(self.stage, f"epoch {epoch + 1}", **fields)
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = logs or {}
+            fields = {k: f"{v:.4f}" for k, v in sorted(logs.items()) if isinstance(v, float)}
+            fields["s"] = f"{time.monotonic() - self.start:.1f}"
+            event(stage, f"epoch {epoch + 1}", **fields)
+
+    return EpochLog()
 
 
 def fit(
     model: keras.Model, train: Split, val: Split, s: TrainSettings, stage: str = "train"
 ) -> dict[str, list[float]]:
     """Fit with early stopping on validation loss (best weights restored)."""
+    quiet_tensorflow()
+    import keras
+    import tensorflow as tf
 
     def pipe(split: Split, shuffle: bool) -> tf.data.Dataset:
         """A tf.data pipeline over an in-memory split (plain tensors: one named input)."""
@@ -84,7 +102,7 @@ def fit(
             keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=s.patience, restore_best_weights=True
             ),
-            EpochLog(stage),
+            _epoch_log(stage),
         ],
     )
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
@@ -155,18 +173,40 @@ def plot_history(history: dict[str, list[float]], path: Path) -> None:
     plt.close(fig)
 
 
+@dataclass
+class TrainResult:
+    """What stage 2 wrote: ``train.json``."""
+
+    info: dict
+
+    def to_dict(self) -> dict:
+        return self.info
+
+    def summary(self, ws_root: Path) -> str:
+        return (
+            f"trained {self.info['epochs_run']} epochs, best val loss "
+            f"{self.info['best_val_loss']:.4f}: {Path(ws_root) / 'model' / 'model.keras'}"
+        )
+
+
 def train(
     ws_root: Path,
     s: TrainSettings,
     init_model: Path | None = None,
     stage: str = "train",
     data_dir: Path | None = None,
-) -> dict:
+) -> TrainResult:
     """Stage 2 (and the fit of stage 6): train and write ``<workspace>/model/``.
 
     ``init_model`` fine-tunes an existing ``.keras`` model instead of building a new one.
     """
     s.validate()
+    quiet_tensorflow()
+    import keras
+    import tensorflow as tf
+
+    from tfship.model import build_model, check_interface
+
     ws = Workspace(ws_root)
     data_dir = data_dir or ws.require(ws.data, "build")
     data_manifest = read_json(ws.require(data_dir / "manifest.json", "build"))
@@ -222,4 +262,4 @@ def train(
         epochs=info["epochs_run"],
         best_val_loss=f"{info['best_val_loss']:.4f}",
     )
-    return info
+    return TrainResult(info)

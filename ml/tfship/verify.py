@@ -22,21 +22,75 @@ from tfship import config
 from tfship.errors import DataError, ServingError, VerificationFailed
 from tfship.log import event
 from tfship.report import Check, check_table, failed, summary, write_junit
-from tfship.serving import ServingClient
+from tfship.serving import ServingClient, ServingSettings
+from tfship.settings import setting
 from tfship.store import MANIFEST
 from tfship.workspace import Workspace, read_json, write_json
 
 
 @dataclass
 class VerifySettings:
-    """Thresholds and sizes for stage 7."""
+    """Thresholds and sizes for stage 7 (and the checks of deploy and rollback)."""
 
-    min_accuracy: float | None = None  # None: the gate recorded in the manifest
-    samples: int = 200
-    latency_requests: int = 50
-    max_p95_ms: float = 250.0
-    wait_seconds: float = config.AVAILABLE_TIMEOUT
+    min_accuracy: float | None = setting(
+        None,
+        "TFSHIP_SERVED_MIN_ACCURACY",
+        "Served accuracy gate. Default: the gate recorded in the manifest.",
+        value_type=float,
+        min=0,
+        max=1,
+    )
+    samples: int = setting(
+        200, "TFSHIP_VERIFY_SAMPLES", "Held-out test rows sent for the accuracy check.", min=1
+    )
+    latency_requests: int = setting(
+        50, "TFSHIP_LATENCY_REQUESTS", "Single-row requests timed for p50/p95 latency.", min=1
+    )
+    max_p95_ms: float = setting(
+        250.0, "TFSHIP_MAX_P95_MS", "p95 latency gate, milliseconds.", min=0
+    )
+    wait_seconds: float = setting(
+        60.0,
+        "TFSHIP_WAIT_SECONDS",
+        "How long TF Serving may take to make the version AVAILABLE.",
+        min=0,
+    )
     tolerance: float = config.SERVING_TOLERANCE
+
+
+@dataclass
+class VersionSettings:
+    """Stage 7: which version to verify (default: the workspace's package)."""
+
+    version: int | None = setting(
+        None,
+        "TFSHIP_EXPECTED_VERSION",
+        "Version to verify. Default: the one in workspace/package/.",
+        value_type=int,
+    )
+    manifest: Path | None = setting(
+        None,
+        "TFSHIP_MANIFEST",
+        "A package's assets.extra/tfship.json, instead of workspace/package/.",
+        kind="existing-file",
+    )
+
+
+@dataclass
+class VerifyResult:
+    """What stage 7 found: ``verify.json``."""
+
+    result: dict
+
+    def to_dict(self) -> dict:
+        return self.result
+
+    def summary(self) -> str:
+        r, lat = self.result, self.result["latency_ms"]
+        return (
+            f"verified {r['model']} version {r['version']} at {r['url']}: accuracy "
+            f"{r['accuracy']:.4f}, p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms"
+        )
 
 
 def load_test_split(package_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -167,19 +221,19 @@ def render(checks: list[Check], facts: dict) -> str:
 
 def test_deployed(
     ws_root: Path,
-    url: str,
+    serving: ServingSettings,
     model_name: str,
     s: VerifySettings,
-    version: int | None = None,
-    manifest_path: Path | None = None,
-    transport: str = "rest",
-) -> dict:
+    which: VersionSettings | None = None,
+) -> VerifyResult:
     """Stage 7: verify the served model; write ``deployed/``; raise VerificationFailed."""
+    which = which or VersionSettings()
     ws = Workspace(ws_root)
-    manifest, package_dir = package_manifest(ws, manifest_path)
-    version = version if version is not None else int(manifest["version"])
+    manifest, package_dir = package_manifest(ws, which.manifest)
+    version = which.version if which.version is not None else int(manifest["version"])
     images, labels = load_test_split(package_dir)
-    client = ServingClient(url, model_name, transport=transport)
+    url = serving.resolved_url()
+    client = ServingClient(url, model_name, transport=serving.transport)
     started = time.monotonic()
     try:
         checks, facts = verify_version(client, manifest, version, images, labels, s)
@@ -198,4 +252,4 @@ def test_deployed(
             f"deployed model failed verification: {summary(checks)}",
             hint=f"report: {ws.deployed / 'report.md'}",
         )
-    return json.loads(json.dumps(result, default=float))
+    return VerifyResult(json.loads(json.dumps(result, default=float)))

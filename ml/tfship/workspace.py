@@ -27,6 +27,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tfship.errors import DataError
+from tfship.settings import Setting
+
+WORKSPACE = Setting(
+    Path("workspace"),
+    "TFSHIP_WORKSPACE",
+    "Folder the stages read and write (CircleCI persists it between jobs).",
+    kind="dir",
+)
+
+
+@dataclass
+class WorkspaceSettings:
+    """Where the stages meet."""
+
+    workspace: Path = WORKSPACE.field()
+
 
 STAGE_DIRS = {
     "build": "data",

@@ -37,7 +37,7 @@ class Site:
         return self.base / "digits"
 
     def target(self):
-        from tfship.deploy import make_target
+        from tfship.targets import make_target
 
         return make_target(
             "127.0.0.1",
@@ -259,8 +259,8 @@ def test_permission_denied_on_the_base_path_changes_nothing(unprivileged):
 def test_a_copy_from_the_host_with_an_escaping_link_is_refused(sshd, tmp_path, name, link_to):
     """Retrain fetches the champion from the host when the store lacks it: a version folder
     there holding a link out of itself is refused, and nothing half-copied is left."""
-    from tfship.deploy import make_target
     from tfship.errors import HostError
+    from tfship.targets import make_target
 
     version = tmp_path / "models" / "digits" / "7"
     (version / "assets.extra").mkdir(parents=True)

@@ -185,8 +185,8 @@ def test_a_failed_gate_stops_the_workflow_and_the_hook_reports_it(site, webhook)
         TFSHIP_WEBHOOK_URL=url,
         MODEL_NAME="digits",
     )
-    assert p.returncode == 11
-    assert statuses["test"] == "failed"
+    assert p.returncode == 11, p.stderr[-3000:]
+    assert statuses.get("test") == "failed", (statuses, p.stdout[-2000:], p.stderr[-3000:])
     assert [statuses[j] for j in ("package", "deploy", "test_deployment")] == ["not_run"] * 3
     assert "job(s) failed: test" in p.stderr.splitlines()[-1]
     assert len(received) == 1

@@ -8,6 +8,7 @@ answers do not carry them.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import subprocess
 import sys
@@ -329,3 +330,38 @@ def test_watch_data_reads_an_https_style_listing(api, tmp_path):
         )
     finally:
         server.shutdown()
+
+
+def test_watch_data_over_ssh_uses_the_deploy_hosts_ssh_settings(api, sshd, tmp_path):
+    """An ssh:// source is reached as the deploy hosts are: the key from --ssh-key-env's
+    variable (never a file), known_hosts checked, --accept-unknown-host-key honoured."""
+    snaps = snapshots(tmp_path, "2026-11-01", "2026-11-02")
+    source = f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{snaps}"
+    key = {"WATCH_KEY": sshd.client_key.read_text()}
+    strange = tmp_path / "known_hosts_without_it"
+    strange.write_text("")
+
+    def watch(*flags: str):
+        args = ["ci", "watch-data", source, "--state", str(tmp_path / "s.json"), "--json"]
+        return run_cli(*args, *flags, env=ci_env(api, **key), cwd=tmp_path, timeout=60)
+
+    refused = watch("--ssh-key-env", "WATCH_KEY", "--known-hosts", str(strange))
+    assert refused.code == 9, refused.err
+    assert "not in" in refused.err_lines[-1] and "known_hosts" in refused.err_lines[-1]
+    assert sent(api, "triggerPipeline") == []
+
+    r = watch(
+        "--ssh-key-env", "WATCH_KEY", "--known-hosts", str(strange), "--accept-unknown-host-key"
+    )
+    assert r.code == 0, r.err
+    poll = json.loads(r.out)["polls"][0]
+    newest = snaps / "2026-11-02.npz"
+    assert poll["action"] == "triggered"
+    assert poll["data_uri"] == (
+        f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{newest}"
+        f"#sha256={hashlib.sha256(newest.read_bytes()).hexdigest()}"
+    )
+
+    (tmp_path / "s.json").unlink()
+    trusted = watch("--ssh-key-env", "WATCH_KEY", "--known-hosts", str(sshd.known_hosts))
+    assert trusted.code == 0, trusted.err

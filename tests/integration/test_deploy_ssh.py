@@ -183,8 +183,9 @@ def test_key_text_from_the_environment_works_and_is_never_printed(env):
 
 
 def test_a_connection_killed_mid_upload_leaves_no_version_and_a_rerun_succeeds(env, packaged):
-    from tfship.deploy import DeploySettings, deploy, make_target
+    from tfship.deploy import DeploySettings, deploy
     from tfship.ssh import SSHHost
+    from tfship.targets import make_target
 
     make_version(packaged, env.pkgs, 5000, filler_bytes=6 * 1024 * 1024)
     original = SSHHost.put_tree

@@ -110,7 +110,7 @@ class Fleet:
 
     def targets(self):
         """In-process deploy targets for the four hosts."""
-        from tfship.deploy import make_target
+        from tfship.targets import make_target
 
         self.env()  # writes the shared client key and known_hosts
         return [
@@ -221,7 +221,7 @@ def test_a_mixed_fleet_is_reported_and_blocks_deploy(fleet):
 
 def _fleet_deploy(fleet, version, **kw):
     from tfship.deploy import DeploySettings
-    from tfship.fleet import fleet_deploy
+    from tfship.fleet import FleetSettings, fleet_deploy
     from tfship.verify import VerifySettings
 
     targets = fleet.targets()
@@ -230,7 +230,7 @@ def _fleet_deploy(fleet, version, **kw):
             targets,
             fleet.pkgs / str(version),
             DeploySettings(verify=VerifySettings(latency_requests=3, wait_seconds=8)),
-            **kw,
+            FleetSettings(**kw),
         )
     finally:
         for t in targets:

@@ -8,6 +8,10 @@ model has a version AVAILABLE** and only then opens gRPC and REST. A model whose
 version fails to load (after its retries) makes it print
 ``Failed to start server. Error: ...`` on stdout and exit 255; a model with no version on
 disk keeps it waiting, ports closed, until one appears.
+
+This module declares the server's flags (``ServeOptions``), which every ``tfship`` command
+imports to build its options; the server's parts (TensorFlow, protos, gRPC) are imported
+inside the functions that start it, so that ``tfship --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from tfship import config
 from tfship.log import event
+from tfship.server.status import RpcError
+from tfship.settings import setting
+from tfship.store import MODEL_NAME
 
 EXIT_START_FAILED = 255  # main.cc returns -1
 
@@ -29,29 +37,121 @@ EXIT_START_FAILED = 255  # main.cc returns -1
 class ServeOptions:
     """Flags, in TF Serving's own names and defaults (``model_servers/main.cc``)."""
 
-    model_name: str = "default"
-    model_base_path: str | None = None
-    rest_api_port: int = 8501  # upstream's default is 0 (off); its Docker image passes 8501
-    port: int = 8500
-    host: str = "127.0.0.1"  # upstream binds every interface; tfship binds loopback unless told
-    file_system_poll_wait_seconds: float = 1.0
-    model_config_file: str | None = None
-    model_config_file_poll_wait_seconds: float = 0.0
-    max_num_load_retries: int = 5
-    load_retry_interval_micros: int = 60_000_000
-    allow_version_labels_for_unavailable_models: bool = False
-    enable_model_warmup: bool = True
-    num_request_iterations_for_warmup: int = 0
-    enable_signature_method_name_check: bool = False
-    enable_serialization_as_tensor_content: bool = False
-    monitoring_config_file: str | None = None
-    ready_file: str | None = None
+    model_name: str = MODEL_NAME.field(
+        flag="--model_name", help="Name the model answers to (ignored with --model_config_file)."
+    )
+    model_base_path: str | None = setting(
+        None,
+        "MODEL_BASE_PATH",
+        "Absolute path of the folder whose integer-named children are the model's versions.",
+        flag="--model_base_path",
+    )
+    # Upstream's default is 0 (REST off); its Docker image passes 8501.
+    rest_api_port: int = setting(
+        config.REST_PORT,
+        "TFSHIP_REST_API_PORT",
+        "REST port; 0 turns REST off.",
+        flag="--rest_api_port",
+        min=0,
+        max=65535,
+    )
+    port: int = setting(
+        config.GRPC_PORT, "TFSHIP_GRPC_PORT", "gRPC port.", flag="--port", min=1, max=65535
+    )
+    # Upstream binds every interface; tfship binds loopback unless told.
+    host: str = setting(
+        "127.0.0.1",
+        "TFSHIP_SERVE_HOST",
+        "Address to bind. 0.0.0.0 exposes the model to the network.",
+        flag="--host",
+    )
+    file_system_poll_wait_seconds: float = setting(
+        1.0,
+        "TFSHIP_POLL_SECONDS",
+        "How often to look for new versions; 0 = at start and config reloads only.",
+        flag="--file_system_poll_wait_seconds",
+        min=0,
+    )
+    model_config_file: str | None = setting(
+        None,
+        "TFSHIP_MODEL_CONFIG_FILE",
+        "TF Serving model config (text proto): several models, version policy, labels.",
+        flag="--model_config_file",
+    )
+    model_config_file_poll_wait_seconds: float = setting(
+        0.0,
+        "TFSHIP_MODEL_CONFIG_POLL_SECONDS",
+        "How often to re-read --model_config_file; 0 = read once.",
+        flag="--model_config_file_poll_wait_seconds",
+        min=0,
+    )
+    max_num_load_retries: int = setting(
+        5,
+        "TFSHIP_MAX_NUM_LOAD_RETRIES",
+        "Retries of a failed load (the version shows LOADING meanwhile).",
+        flag="--max_num_load_retries",
+        min=0,
+    )
+    load_retry_interval_micros: int = setting(
+        60_000_000,
+        "TFSHIP_LOAD_RETRY_INTERVAL_MICROS",
+        "Wait between load retries, in microseconds (negative: no wait).",
+        flag="--load_retry_interval_micros",
+    )
+    allow_version_labels_for_unavailable_models: bool = setting(
+        False,
+        "TFSHIP_ALLOW_LABELS_FOR_UNAVAILABLE",
+        "Allow a label to point at a version that is not AVAILABLE yet (else a config with "
+        "labels cannot start the server).",
+        flag="--allow_version_labels_for_unavailable_models",
+        value_type=bool,
+    )
+    enable_model_warmup: bool = setting(
+        True,
+        "TFSHIP_ENABLE_MODEL_WARMUP",
+        "Replay assets.extra/tf_serving_warmup_requests before a version is AVAILABLE.",
+        flag="--enable_model_warmup",
+        value_type=bool,
+    )
+    num_request_iterations_for_warmup: int = setting(
+        0,
+        "TFSHIP_WARMUP_ITERATIONS",
+        "Times each warmup record is replayed (0 = once).",
+        flag="--num_request_iterations_for_warmup",
+        min=0,
+    )
+    enable_signature_method_name_check: bool = setting(
+        False,
+        "TFSHIP_SIGNATURE_METHOD_CHECK",
+        "Check signatures' method_name (predict/classify/regress) as older servers did.",
+        flag="--enable_signature_method_name_check",
+        value_type=bool,
+    )
+    enable_serialization_as_tensor_content: bool = setting(
+        False,
+        "TFSHIP_TENSOR_CONTENT",
+        "gRPC Predict answers in tensor_content instead of the typed *_val fields.",
+        flag="--enable_serialization_as_tensor_content",
+        value_type=bool,
+    )
+    monitoring_config_file: str | None = setting(
+        None,
+        "TFSHIP_MONITORING_CONFIG_FILE",
+        'e.g. prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }: '
+        "TF Serving's metrics on the REST port.",
+        flag="--monitoring_config_file",
+    )
+    ready_file: str | None = setting(
+        None,
+        "TFSHIP_READY_FILE",
+        "Write {rest_port, grpc_port, pid} as JSON here once listening (for scripts).",
+        flag="--ready_file",
+    )
 
 
 def load_configs(opts: ServeOptions):
     """The model configs the flags name (``server.cc``: config file, or name + base path)."""
-    from tfship.server.config import read_file, single_model
-    from tfship.server.status import RpcError
+    from tfship.server.config import read_file, single_model  # protos: see the module doc
 
     if opts.model_config_file:
         return read_file(opts.model_config_file)
@@ -140,8 +240,6 @@ class Server:
 
     def _watch_config(self) -> None:
         """``server.cc`` ``PollFilesystemAndReloadConfig``: re-read and reload every period."""
-        from tfship.server.status import RpcError
-
         while not self.stopped.wait(self.opts.model_config_file_poll_wait_seconds):
             try:
                 self.core.reload(load_configs(self.opts))
@@ -182,8 +280,6 @@ def _start_hint(exc) -> str:
 
 def serve_forever(opts: ServeOptions) -> int:
     """Run until SIGTERM/SIGINT; return the exit status (255 if the server could not start)."""
-    from tfship.server.status import RpcError
-
     server = Server(opts)
     done = threading.Event()
 

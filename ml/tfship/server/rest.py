@@ -33,17 +33,15 @@ from tfship.log import event
 from tfship.server.core import ServerCore
 from tfship.server.json_tensor import (
     b64decode,
-    debug_string,
     error_body,
     format_float,
     is_b64,
-    json_type,
-    parse_json,
     predict_inputs,
     predict_response,
     signature_name_of,
 )
 from tfship.server.monitoring import REGISTRY
+from tfship.server.rapidjson import debug_string, json_type, parse_json
 from tfship.server.status import HTTP_CODE, RpcError
 
 PREDICT_RE = re.compile(

@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
-from tensorflow.core.framework import tensor_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
     inference_pb2,
@@ -42,7 +42,7 @@ from tensorflow_serving.apis import (
 
 from tfship.server.monitoring import REGISTRY
 from tfship.server.status import RpcError, from_tf_error
-from tfship.server.tensors import to_ndarray
+from tfship.server.tensors import dtype_of, to_ndarray
 
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT = "tensorflow/serving/predict"
@@ -75,10 +75,6 @@ def _shape_text(array: np.ndarray) -> str:
 
 def _dtype_enum_name(array: np.ndarray) -> str:
     """``DataType_Name``: ``DT_FLOAT``..."""
-    from tensorflow.core.framework import types_pb2
-
-    from tfship.server.tensors import dtype_of
-
     return types_pb2.DataType.Name(dtype_of(array))
 
 

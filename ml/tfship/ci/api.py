@@ -1,4 +1,4 @@
-"""CircleCI API v2 client: trigger, follow, approve or reject, schedule, and watch for new data.
+"""CircleCI API v2 client: trigger, follow, approve or reject, schedule (watch-data: ``watch``).
 
 Auth is a personal API token (``CIRCLE_TOKEN``) sent as ``Circle-Token``; it is never printed.
 Errors are what a person needs: 401/403 say which token is needed, 404 says what was not found
@@ -15,22 +15,19 @@ keeps its own record of what it triggered.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import json
-import os
 import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from tfship.errors import ApiError, ConfigError
 from tfship.log import event
 
 DEFAULT_BASE = "https://circleci.com/api/v2"
+DEFAULT_BRANCH = "main"
+
+
 SLUG_RE = re.compile(
     r"^(gh|github|bb|bitbucket|circleci|gl|gitlab)/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
 )
@@ -91,7 +88,7 @@ class Ref:
         """``--branch``/``--tag`` as given: the tag if set, else the branch (default main)."""
         if branch and tag:
             raise ConfigError("give --branch or --tag, not both")
-        return cls(tag=tag) if tag else cls(branch=branch or "main")
+        return cls(tag=tag) if tag else cls(branch=branch or DEFAULT_BRANCH)
 
     def body(self) -> dict:
         """The ref as the API takes it: {"branch": ...} or {"tag": ...}."""
@@ -511,7 +508,7 @@ class CircleCI:
         name: str,
         hours: list[int],
         days: list[str],
-        branch: str = "main",
+        branch: str | None = None,
         parameters: dict | None = None,
         description: str = "",
     ) -> dict:
@@ -520,7 +517,7 @@ class CircleCI:
             "description": description or f"tfship: {name}",
             "attribution-actor": "system",
             "timetable": {"per-hour": 1, "hours-of-day": hours, "days-of-week": days},
-            "parameters": {"branch": branch, **(parameters or {})},
+            "parameters": {"branch": branch or DEFAULT_BRANCH, **(parameters or {})},
         }
         check_parameters(body["parameters"])
         return self.request("POST", f"/project/{check_slug(slug)}/schedule", body, ok=(201,))
@@ -558,221 +555,39 @@ def parse_params(pairs: tuple[str, ...]) -> dict:
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# watch-data: trigger retrain-deploy once per new snapshot
-# --------------------------------------------------------------------------------------------
-
-
 @dataclass
-class Snapshot:
-    uri: str
-    sha256: str
+class HoldDecision:
+    """What ``tfship ci approve`` did to a workflow's hold."""
 
-    @property
-    def data_uri(self) -> str:
-        return f"{self.uri}#sha256={self.sha256}"
+    workflow_id: str
+    job: dict
+    action: str  # approved | rejected
+    workflow: dict | None = None
 
+    def to_dict(self) -> dict:
+        out = {"job": self.job, "action": self.action}
+        if self.workflow is not None:
+            out["workflow"] = self.workflow
+        return out
 
-def newest_snapshot(source: str) -> Snapshot | None:
-    """The newest snapshot at ``source``: a folder, an https listing, or ssh://user@host/path."""
-    from tfship.data import SNAPSHOT_SUFFIXES
-
-    if source.startswith(("https://", "http://")):
-        import requests
-
-        resp = requests.get(source, timeout=30)
-        if resp.status_code != 200:
-            raise ApiError(f"{source}: HTTP {resp.status_code}")
-        lines = [ln.split() for ln in resp.text.splitlines() if ln.strip()]
-        entries = [
-            (u[0], u[1] if len(u) > 1 else None) for u in lines if u[0].endswith(SNAPSHOT_SUFFIXES)
-        ]
-        if not entries:
-            return None
-        uri, digest = sorted(entries)[-1]
-        if digest is None:
-            raise ApiError(
-                f"{source}: listing line for {uri} has no sha256",
-                hint="list snapshots as '<url> <sha256>' lines",
-            )
-        return Snapshot(uri, digest)
-    if source.startswith("ssh://"):
-        return _newest_over_ssh(source)
-    folder = Path(source)
-    if not folder.is_dir():
-        raise ConfigError(f"{source}: not a folder, https listing or ssh:// URL")
-    files = sorted(p for p in folder.iterdir() if p.suffix in SNAPSHOT_SUFFIXES and p.is_file())
-    if not files:
-        return None
-    newest = files[-1]
-    return Snapshot(str(newest.absolute()), hashlib.sha256(newest.read_bytes()).hexdigest())
-
-
-def _newest_over_ssh(source: str) -> Snapshot | None:
-    import shlex
-    from urllib.parse import urlsplit
-
-    from tfship.ssh import SSHHost, SSHSettings
-
-    u = urlsplit(source)
-    host = SSHHost(
-        SSHSettings(
-            hostname=u.hostname,
-            username=u.username,
-            port=u.port or 22,
-            key_file=os.environ.get("DEPLOY_SERVER_SSH_KEY_FILE"),
-            key_text=os.environ.get("DEPLOY_SERVER_SSH_KEY"),
-            known_hosts=os.environ.get("DEPLOY_SERVER_KNOWN_HOSTS"),
+    def summary(self) -> str:
+        if self.action == "approved":
+            return f"approved {self.job['name']} in workflow {self.workflow_id}"
+        return (
+            f"rejected {self.job['name']} in workflow {self.workflow_id}: workflow canceled, "
+            "nothing after the hold runs"
         )
-    ).connect()
-    try:
-        names = [n for n in host.listdir(u.path) if n.endswith((".npz", ".csv"))]
-        if not names:
-            return None
-        path = f"{u.path.rstrip('/')}/{sorted(names)[-1]}"
-        out = host.check(f"sha256sum -- {shlex.quote(path)}", f"hash {path}")
-        return Snapshot(f"ssh://{u.netloc}{path}", out.split()[0].decode())
-    finally:
-        host.close()
 
 
-def watch_once(
-    api: CircleCI,
-    slug: str,
-    source: str,
-    state_file: Path,
-    branch: str = "main",
-    extra: dict | None = None,
-) -> dict:
-    """One poll: trigger retrain-deploy for a snapshot not triggered before; return what happened.
-
-    The state file is the record (the API cannot say which data a pipeline was given):
-    ``triggered`` maps a snapshot's sha256 to its pipeline; ``pending`` holds a trigger being
-    sent, written before the POST with the :class:`Mark` taken just before it. A poll that
-    finds a pending entry (a crash between sending and recording) looks its pipeline up
-    (:meth:`CircleCI.find_triggered`) and records it instead of triggering again. An
-    exclusive lock on ``<state>.lock`` makes an overlapping poll (cron) skip rather than
-    trigger the same snapshot too. Losing the state file loses the record: the newest
-    snapshot is then triggered again.
-    """
-    with _locked(state_file) as held:
-        if not held:
-            return {"action": "none", "reason": f"another poll holds {_lock_path(state_file)}"}
-        state = _load_state(state_file)
-        found = _resolve_pending(api, slug, state, state_file)
-        snap = newest_snapshot(source)
-        if snap is None:
-            return {"action": "none", "reason": "no snapshot yet"}
-        done = state["triggered"].get(snap.sha256)
-        if done is not None and snap.sha256 not in found:
-            return {
-                "action": "none",
-                "reason": "already triggered",
-                "sha256": snap.sha256,
-                "pipeline": done,
-            }
-        if done is not None:
-            event("ci", "watch-data: already-triggered-found", pipeline=done.get("number"))
-            return {
-                "action": "already-triggered-found",
-                "sha256": snap.sha256,
-                "data_uri": snap.data_uri,
-                "pipeline": done,
-            }
-        params = {"retrain": True, "data_uri": snap.data_uri, **(extra or {})}
-        check_parameters(params)
-        mark = api.mark(slug)
-        state["pending"][snap.sha256] = {
-            "data_uri": snap.data_uri,
-            "branch": branch,
-            **mark.to_json(),
-        }
-        _save_state(state_file, state)
-        pipeline = api.trigger(slug, branch=branch, parameters=params, mark=mark)
-        _record(state, snap.sha256, pipeline, snap.data_uri)
-        _save_state(state_file, state)
-        event("ci", "watch-data: triggered", pipeline=pipeline.get("number"), data=snap.uri)
-        return {
-            "action": "triggered",
-            "sha256": snap.sha256,
-            "data_uri": snap.data_uri,
-            "pipeline": pipeline,
-        }
-
-
-def _resolve_pending(api: CircleCI, slug: str, state: dict, state_file: Path) -> set[str]:
-    """Settle the pending entries a crashed poll left; return the shas whose pipeline was found.
-
-    A pending entry with no pipeline was never triggered: it is dropped (the newest snapshot
-    is then triggered as usual). One that could be several pipelines stops the poll.
-    """
-    found = set()
-    for sha, entry in list(state["pending"].items()):
-        ref = Ref.of(entry.get("branch"), None)
-        try:
-            pipeline = api.find_triggered(slug, ref, Mark.from_json(entry))
-        except AmbiguousTrigger as exc:
-            raise ApiError(
-                f"watch-data: {exc.message}",
-                hint=f"{state_file} holds this trigger as pending; once you know its pipeline, "
-                'move the entry under "triggered" with that id (or delete it to trigger again)',
-            ) from exc
-        if pipeline is None:
-            del state["pending"][sha]
-            event(
-                "ci",
-                "watch-data: a pending trigger made no pipeline; dropped",
-                data=entry["data_uri"],
-            )
-        else:
-            _record(state, sha, pipeline, entry["data_uri"])
-            found.add(sha)
-            event(
-                "ci", "watch-data: a pending trigger had been sent", pipeline=pipeline.get("number")
-            )
-        _save_state(state_file, state)
-    return found
-
-
-def _record(state: dict, sha: str, pipeline: dict, data_uri: str) -> None:
-    state["pending"].pop(sha, None)
-    state["triggered"][sha] = {
-        "id": pipeline["id"],
-        "number": pipeline.get("number"),
-        "data_uri": data_uri,
-    }
-
-
-def _load_state(state_file: Path) -> dict:
-    state = json.loads(state_file.read_text()) if state_file.exists() else {}
-    state.setdefault("triggered", {})
-    state.setdefault("pending", {})
-    return state
-
-
-def _save_state(state_file: Path, state: dict) -> None:
-    # Write then rename: a crash leaves the old record or the new one, never half of one.
-    tmp = state_file.with_name(f".{state_file.name}.tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, state_file)
-
-
-def _lock_path(state_file: Path) -> Path:
-    return state_file.with_name(f"{state_file.name}.lock")
-
-
-@contextlib.contextmanager
-def _locked(state_file: Path) -> Iterator[bool]:
-    """Hold an exclusive lock on the state file's sidecar lock file; yield False if another
-    process holds it. (A sidecar, because the state file itself is replaced on every write.)
-    """
-    with open(_lock_path(state_file), "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def decide_hold(
+    api: CircleCI, workflow_id: str, job_name: str, timeout: float, poll: float, reject: bool
+) -> HoldDecision:
+    """Approve the workflow's hold, or reject it: the API has no reject, so the workflow is
+    canceled (cancelWorkflow) once the hold is there, and read until it is canceled."""
+    job = api.find_approval(workflow_id, job_name, timeout, poll)
+    if not reject:
+        api.approve(workflow_id, job.get("approval_request_id") or job["id"])
+        return HoldDecision(workflow_id, job, "approved")
+    api.cancel_workflow(workflow_id)
+    workflow = api.wait_workflow_status(workflow_id, "canceled", timeout, poll)
+    return HoldDecision(workflow_id, job, "rejected", workflow)

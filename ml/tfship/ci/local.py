@@ -16,7 +16,6 @@ caches are no-ops. Anything else it does not support is refused by name before a
 from __future__ import annotations
 
 import contextlib
-import copy
 import glob
 import os
 import re
@@ -29,377 +28,12 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from tfship.errors import ConfigError, TfshipError
-
-BUILTIN = {
-    "run",
-    "checkout",
-    "persist_to_workspace",
-    "attach_workspace",
-    "store_artifacts",
-    "store_test_results",
-    "restore_cache",
-    "save_cache",
-    "when",
-    "unless",
-}
-JOB_KEYS = {
-    "description",
-    "parameters",
-    "steps",
-    "executor",
-    "docker",
-    "machine",
-    "macos",
-    "resource_class",
-    "environment",
-    "working_directory",
-    "shell",
-    "parallelism",
-}
-ENTRY_KEYS = {"requires", "name", "context", "filters", "type"}
-RUN_KEYS = {
-    "name",
-    "command",
-    "environment",
-    "working_directory",
-    "shell",
-    "when",
-    "no_output_timeout",
-}
-PARAM = re.compile(r"(?<!\\)<<\s*parameters\.([A-Za-z0-9_-]+)\s*>>")
-PIPELINE = re.compile(r"(?<!\\)<<\s*pipeline\.([A-Za-z0-9_.-]+)\s*>>")
-WHOLE = re.compile(r"^\s*(?<!\\)<<\s*(pipeline\.)?parameters\.([A-Za-z0-9_-]+)\s*>>\s*$")
-
-
-class Unsupported(ConfigError):
-    """The config uses something the local runner does not do; nothing was run."""
-
-
-class WorkflowFailed(TfshipError):
-    """A job of the local workflow failed."""
-
-    exit_code = 11
-    kind = "workflow failed"
-
-
-# --------------------------------------------------------------------------------------------
-# Parameters and logic
-# --------------------------------------------------------------------------------------------
-
-
-def coerce(value, decl: dict, where: str):
-    """A parameter value as its declared type (string, boolean, integer, enum, ...)."""
-    kind = decl.get("type", "string")
-    if kind == "boolean":
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-            return str(value).lower() in ("true", "1", "yes", "on")
-        raise ConfigError(f"{where}: {value!r} is not a boolean")
-    if kind == "integer":
-        try:
-            return int(value)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{where}: {value!r} is not an integer") from exc
-    if kind == "enum" and value not in decl.get("enum", []):
-        raise ConfigError(f"{where}: {value!r} is not one of {decl.get('enum')}")
-    return value
-
-
-def bind(decls: dict | None, args: dict, where: str) -> dict:
-    """Arguments given + defaults, type-checked; a missing required one is an error."""
-    decls = decls or {}
-    out = {}
-    for name, decl in decls.items():
-        if name in args:
-            out[name] = coerce(args[name], decl, f"{where} parameter {name}")
-        elif "default" in decl:
-            out[name] = decl["default"]
-        else:
-            raise ConfigError(f"{where}: parameter {name!r} is required")
-    unknown = set(args) - set(decls)
-    if unknown:
-        raise ConfigError(f"{where}: unknown parameter(s) {sorted(unknown)}")
-    return out
-
-
-def _text(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return "" if v is None else str(v)
-
-
-def substitute(value, params: dict, pipeline: dict, where: str):
-    """Replace << parameters.x >> and << pipeline.x >> (whole-value refs keep their type)."""
-    if isinstance(value, dict):
-        return {k: substitute(v, params, pipeline, where) for k, v in value.items()}
-    if isinstance(value, list):
-        out = []
-        for v in value:
-            m = WHOLE.match(v) if isinstance(v, str) else None
-            if m and not m.group(1) and isinstance(params.get(m.group(2)), list):
-                out.extend(params[m.group(2)])  # a steps parameter expands in place
-            else:
-                out.append(substitute(v, params, pipeline, where))
-        return out
-    if not isinstance(value, str):
-        return value
-    m = WHOLE.match(value)
-    if m:
-        table = pipeline.get("parameters", {}) if m.group(1) else params
-        if m.group(2) not in table:
-            raise ConfigError(
-                f"{where}: << {'pipeline.' if m.group(1) else ''}parameters."
-                f"{m.group(2)} >> is not declared"
-            )
-        return table[m.group(2)]
-
-    def param(mm):
-        if mm.group(1) not in params:
-            raise ConfigError(f"{where}: << parameters.{mm.group(1)} >> is not declared")
-        return _text(params[mm.group(1)])
-
-    def pipe(mm):
-        key = mm.group(1)
-        node = pipeline
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                raise Unsupported(f"{where}: << pipeline.{key} >> is not known to the local runner")
-            node = node[part]
-        return _text(node)
-
-    return PIPELINE.sub(pipe, PARAM.sub(param, value))
-
-
-def unescape(value):
-    """``\\<<`` (orb pack's escape) back to ``<<`` once substitution is done."""
-    if isinstance(value, dict):
-        return {k: unescape(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unescape(v) for v in value]
-    return value.replace("\\<<", "<<") if isinstance(value, str) else value
-
-
-def truth(cond) -> bool:
-    """CircleCI logic statements: and, or, not, equal, matches, or a plain value."""
-    if isinstance(cond, dict):
-        if len(cond) != 1:
-            raise Unsupported(f"logic statement {cond!r} must have one key")
-        op, arg = next(iter(cond.items()))
-        if op == "and":
-            return all(truth(c) for c in arg)
-        if op == "or":
-            return any(truth(c) for c in arg)
-        if op == "not":
-            return not truth(arg)
-        if op == "equal":
-            return all(a == arg[0] for a in arg[1:])
-        if op == "matches":
-            return re.fullmatch(str(arg["pattern"]), str(arg["value"])) is not None
-        raise Unsupported(f"logic operator {op!r}")
-    if isinstance(cond, str):
-        return cond.strip().lower() not in ("", "false", "0", "no", "off")
-    return bool(cond)
-
-
-# --------------------------------------------------------------------------------------------
-# Expansion
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Job:
-    """One workflow entry, expanded to runnable steps."""
-
-    name: str
-    kind: str  # build | approval
-    requires: dict[str, list[str]]
-    steps: list = field(default_factory=list)
-    environment: dict = field(default_factory=dict)
-    working_directory: str | None = None
-    skipped: bool = False  # filtered out by branch filters
-
-
-class Config:
-    """A parsed config with its inline orbs."""
-
-    def __init__(self, doc: dict, pipeline: dict) -> None:
-        self.doc = doc
-        self.pipeline = pipeline
-        self.orbs: dict[str, dict] = {}
-        for name, orb in (doc.get("orbs") or {}).items():
-            if not isinstance(orb, dict):
-                raise Unsupported(
-                    f"orb {name!r} is a registry reference ({orb}); only inline orbs run locally"
-                )
-            self.orbs[name] = orb
-
-    def _lookup(self, kind: str, name: str, scope: str | None) -> tuple[dict, str | None]:
-        if "/" in name:
-            orb, _, item = name.partition("/")
-            if orb not in self.orbs or item not in (self.orbs[orb].get(kind) or {}):
-                raise ConfigError(f"{kind[:-1]} {name!r} is not defined")
-            return self.orbs[orb][kind][item], orb
-        if scope is not None and name in (self.orbs[scope].get(kind) or {}):
-            return self.orbs[scope][kind][name], scope
-        if name in (self.doc.get(kind) or {}):
-            return self.doc[kind][name], None
-        raise ConfigError(f"{kind[:-1]} {name!r} is not defined")
-
-    def expand_steps(self, steps: list, scope: str | None, where: str, depth: int = 0) -> list:
-        """Built-in steps only, with commands expanded recursively."""
-        if depth > 20:
-            raise ConfigError(f"{where}: commands nest too deep (a cycle?)")
-        out = []
-        for step in steps or []:
-            name, args = (step, {}) if isinstance(step, str) else next(iter(step.items()))
-            args = args if isinstance(args, dict) else {}
-            if name in ("when", "unless"):
-                cond = truth(args.get("condition"))
-                if cond == (name == "when"):
-                    out += self.expand_steps(args.get("steps"), scope, where, depth + 1)
-                continue
-            if name in BUILTIN:
-                if name == "run":
-                    run = step["run"]
-                    run = (
-                        {"command": run, "name": run.splitlines()[0][:60]}
-                        if isinstance(run, str)
-                        else run
-                    )
-                    extra = set(run) - RUN_KEYS
-                    if extra:
-                        raise Unsupported(
-                            f"{where}: run key(s) {sorted(extra)} (e.g. "
-                            "background) are not supported locally"
-                        )
-                    out.append({"run": run})
-                else:
-                    out.append({name: args})
-                continue
-            if name in ("add_ssh_keys", "setup_remote_docker", "deploy"):
-                raise Unsupported(f"{where}: step {name!r} is not supported locally")
-            command, cscope = self._lookup("commands", name, scope)
-            params = bind(command.get("parameters"), args, f"{where} > {name}")
-            body = substitute(command.get("steps") or [], params, self.pipeline, f"command {name}")
-            out += self.expand_steps(body, cscope, f"{where} > {name}", depth + 1)
-        return out
-
-    def job(self, name: str, args: dict, scope_name: str) -> Job:
-        """Expand a workflow entry into a Job."""
-        definition, scope = self._lookup("jobs", name, None)
-        extra = set(definition) - JOB_KEYS
-        if extra:
-            raise Unsupported(f"job {name}: key(s) {sorted(extra)} are not supported locally")
-        if int(definition.get("parallelism", 1) or 1) > 1:
-            raise Unsupported(f"job {name}: parallelism > 1 is not supported locally")
-        job_args = {k: v for k, v in args.items() if k not in ENTRY_KEYS}
-        params = bind(definition.get("parameters"), job_args, f"job {name}")
-        body = substitute(copy.deepcopy(definition), params, self.pipeline, f"job {name}")
-        executor = body.get("executor")
-        if isinstance(executor, str):
-            self._lookup("executors", executor, scope)  # exists? (not run as a container)
-        elif isinstance(executor, dict):
-            self._lookup("executors", executor.get("name", ""), scope)
-        steps = unescape(self.expand_steps(body.get("steps"), scope, f"job {scope_name}"))
-        return Job(
-            scope_name,
-            "build",
-            {},
-            steps,
-            unescape(body.get("environment") or {}),
-            body.get("working_directory"),
-        )
-
-
-def parse_requires(entries) -> dict[str, list[str]]:
-    out = {}
-    for r in entries or []:
-        if isinstance(r, dict):
-            ((name, statuses),) = r.items()
-            out[name] = statuses if isinstance(statuses, list) else [statuses]
-        else:
-            out[r] = ["success"]
-    return out
-
-
-def branch_allowed(filters: dict | None, branch: str) -> bool:
-    b = (filters or {}).get("branches") or {}
-    only, ignore = b.get("only"), b.get("ignore")
-
-    def match(spec) -> bool:
-        specs = spec if isinstance(spec, list) else [spec]
-        return any(
-            re.fullmatch(s.strip("/"), branch) if s.startswith("/") else s == branch for s in specs
-        )
-
-    if only is not None and not match(only):
-        return False
-    return not (ignore is not None and match(ignore))
-
-
-def plan(
-    doc: dict, workflow: str, params: dict, branch: str, extra_pipeline: dict | None = None
-) -> tuple[list[Job], bool]:
-    """The workflow's jobs, expanded and checked; and whether its when/unless lets it run."""
-    declared = doc.get("parameters") or {}
-    unknown = set(params) - set(declared)
-    if unknown:
-        raise ConfigError(
-            f"Unexpected argument(s): {', '.join(sorted(unknown))} (not declared "
-            "in the config's parameters)"
-        )
-    pipeline = {
-        "parameters": bind(declared, params, "pipeline"),
-        "git": {"branch": branch, "revision": (extra_pipeline or {}).get("revision", "")},
-        "number": 1,
-        "id": str(uuid.uuid4()),
-    }
-    flows = doc.get("workflows") or {}
-    if workflow not in flows:
-        names = [k for k in flows if k != "version"]
-        raise ConfigError(f"no workflow {workflow!r} in the config (have: {', '.join(names)})")
-    wf = substitute(flows[workflow], {}, pipeline, f"workflow {workflow}")
-    extra = set(wf) - {"jobs", "when", "unless"}
-    if extra:
-        raise Unsupported(f"workflow {workflow}: {sorted(extra)} not supported locally")
-    runs = (truth(wf["when"]) if "when" in wf else True) and not (
-        truth(wf["unless"]) if "unless" in wf else False
-    )
-    cfg = Config(doc, pipeline)
-    jobs = []
-    for entry in wf.get("jobs") or []:
-        name, args = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
-        args = args or {}
-        for key in ("matrix", "pre-steps", "post-steps", "serial-group"):
-            if key in args:
-                raise Unsupported(
-                    f"workflow {workflow} job {name}: {key!r} is not supported locally"
-                )
-        alias = args.get("name", name)
-        requires = parse_requires(args.get("requires"))
-        if args.get("type") is not None:
-            if args["type"] != "approval":
-                raise ConfigError(f"job {alias}: unknown type {args['type']!r}")
-            jobs.append(Job(alias, "approval", requires))
-            continue
-        job = cfg.job(name, args, alias)
-        job.requires = requires
-        job.skipped = not branch_allowed(args.get("filters"), branch)
-        jobs.append(job)
-    names = {j.name for j in jobs}
-    for j in jobs:
-        missing = set(j.requires) - names
-        if missing:
-            raise ConfigError(f"job {j.name} requires {sorted(missing)}, not in {workflow}")
-    return jobs, runs
-
+from tfship.ci.api import parse_params
+from tfship.ci.workflow import Job, WorkflowFailed, as_text, load_config, plan
+from tfship.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------
 # Running
@@ -529,7 +163,7 @@ class Runner:
         bash_env.write_text("")
         env = {
             **self.env,
-            **{k: _text(v) for k, v in job.environment.items()},
+            **{k: as_text(v) for k, v in job.environment.items()},
             "CI": "true",
             "CIRCLECI": "true",
             "CIRCLE_JOB": job.name,
@@ -622,7 +256,7 @@ class Runner:
         title = args.get("name") or "run"
         cwd = workdir / args.get("working_directory", job.working_directory or ".")
         cwd.mkdir(parents=True, exist_ok=True)
-        step_env = {**env, **{k: _text(v) for k, v in (args.get("environment") or {}).items()}}
+        step_env = {**env, **{k: as_text(v) for k, v in (args.get("environment") or {}).items()}}
         shell = args.get("shell", "/bin/bash -eo pipefail").split()
         timeout = _duration(args.get("no_output_timeout", "10m"))
         self._say(job, log, f"$ {title}")
@@ -739,29 +373,6 @@ def summary(results: dict[str, Result], workflow: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: Path) -> dict:
-    try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path} not found") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(doc, dict) or str(doc.get("version")) != "2.1":
-        raise ConfigError(f"{path}: not a version 2.1 CircleCI config")
-    for key in doc:
-        if key not in (
-            "version",
-            "orbs",
-            "commands",
-            "executors",
-            "jobs",
-            "workflows",
-            "parameters",
-        ):
-            raise Unsupported(f"{path}: top-level key {key!r} is not supported locally")
-    return doc
-
-
 def current_branch(project: Path) -> str:
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
         out = subprocess.run(
@@ -790,3 +401,62 @@ def terminal_decider(approve: set[str], reject: set[str]) -> Callable[[str], str
         return None
 
     return decide
+
+
+@dataclass
+class LocalRun:
+    """What ``tfship ci local`` did: each job's result, and where its files are."""
+
+    workflow: str
+    results: dict[str, Result]
+    out: Path
+
+    def to_dict(self) -> dict:
+        return {
+            "workflow": self.workflow,
+            "jobs": {k: v.__dict__ for k, v in self.results.items()},
+            "out": str(self.out),
+        }
+
+    def summary(self) -> str:
+        return summary(self.results, self.workflow)
+
+    def raise_if_failed(self) -> None:
+        """WorkflowFailed (exit 11) naming the failed jobs, if any; print the run first."""
+        failed = [r.name for r in self.results.values() if r.status == "failed"]
+        if failed:
+            raise WorkflowFailed(
+                f"{self.workflow}: job(s) failed: {', '.join(failed)}",
+                hint=f"logs in {self.out}/jobs/<job>/log.txt",
+            )
+
+
+def run_workflow(
+    workflow: str,
+    s,
+    project: Path,
+    environ: dict[str, str],
+    echo: Callable[[str], None],
+) -> LocalRun | None:
+    """Plan and run ``workflow`` of ``s.config`` (``LocalSettings``); None if its
+    when/unless condition is false. A failed job is in the result (``raise_if_failed``)."""
+    branch = s.branch or current_branch(project)
+    jobs, runs = plan(load_config(s.config), workflow, parse_params(s.params), branch)
+    if not runs:
+        return None
+    extra = {}
+    for pair in s.envs:
+        k, sep, v = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--env {pair!r}: expected k=v")
+        extra[k] = v
+    runner = Runner(
+        project,
+        s.out,
+        {**environ, **extra},
+        branch,
+        terminal_decider(set(s.approve), set(s.reject)),
+        s.jobs,
+        echo=echo,
+    )
+    return LocalRun(workflow, runner.run(jobs), s.out)

@@ -10,11 +10,49 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from tfship.errors import ApiError
 from tfship.log import event
+from tfship.report import Check
+from tfship.settings import setting
+from tfship.store import MODEL_NAME
 from tfship.workspace import Workspace
+
+
+@dataclass
+class NotifySettings:
+    """``tfship notify``: what to say, and where."""
+
+    event: str = setting(
+        "fail",
+        "TFSHIP_NOTIFY_EVENT",
+        "What happened: a failure, a pass, a challenger waiting for approval, or news.",
+        choices=("fail", "pass", "approval", "info"),
+    )
+    webhook_env: str = setting(
+        "TFSHIP_WEBHOOK_URL",
+        "TFSHIP_WEBHOOK_ENV",
+        "Name of the variable holding the webhook URL (a secret: never printed).",
+    )
+    format: str = setting(
+        "slack",
+        "TFSHIP_NOTIFY_FORMAT",
+        "Slack incoming-webhook JSON, or a generic JSON body.",
+        choices=("slack", "json"),
+    )
+    job: str | None = setting(None, "CIRCLE_JOB", "Job name (CircleCI sets CIRCLE_JOB).")
+    stage: str | None = setting(None, "TFSHIP_STAGE", "The stage that ran.")
+    message: str | None = setting(None, "TFSHIP_NOTIFY_MESSAGE", "A line to add.")
+    evidence: Path | None = setting(
+        None,
+        "TFSHIP_NOTIFY_EVIDENCE",
+        "A markdown file to include (e.g. workspace/retrain/report.md before an approval).",
+        kind="file",
+    )
+    strict: bool = setting(False, None, "Fail (exit 7) if the post fails.", switch=True)
+
 
 # Where each stage leaves its verdict, most downstream first.
 VERDICTS = (
@@ -26,8 +64,6 @@ VERDICTS = (
 
 def failed_check(ws: Workspace) -> tuple[str | None, str | None]:
     """(stage, 'check: value op threshold FAILED (missed by x)') from the newest verdict."""
-    from tfship.report import Check
-
     for stage, rel in VERDICTS:
         path = ws.root / rel
         if not path.exists():
@@ -59,9 +95,9 @@ def compose(
     failed_stage, check = failed_check(ws) if event_kind == "fail" else (None, None)
     return {
         "event": event_kind,
-        "job": job or os.environ.get("CIRCLE_JOB"),
+        "job": job,
         "stage": stage or failed_stage,
-        "model": os.environ.get("MODEL_NAME"),
+        "model": os.environ.get(MODEL_NAME.env),
         "version": version,
         "failed_check": check,
         "message": message,
@@ -135,25 +171,33 @@ def send(url: str, payload: dict, timeout: float = 10.0, strict: bool = False) -
     return True
 
 
-def notify(
-    ws_root: Path,
-    event_kind: str,
-    url: str | None,
-    fmt: str = "slack",
-    job: str | None = None,
-    stage: str | None = None,
-    message: str | None = None,
-    evidence_file: Path | None = None,
-    strict: bool = False,
-) -> dict:
+@dataclass
+class Notification:
+    """What was composed, and whether it was sent."""
+
+    content: dict
+    sent: bool
+
+    def to_dict(self) -> dict:
+        return {**self.content, "sent": self.sent}
+
+    def summary(self) -> str:
+        check = self.content.get("failed_check")
+        return f"notification {'sent' if self.sent else 'not sent'}: {self.content['event']}" + (
+            f" ({check})" if check else ""
+        )
+
+
+def notify(ws_root: Path, s: NotifySettings) -> Notification:
     """Compose and send; returns the composed notification (also when not sent)."""
     ws = Workspace(ws_root)
     evidence = None
-    if evidence_file and Path(evidence_file).exists():
-        evidence = Path(evidence_file).read_text()[:2500]
-    n = compose(ws, event_kind, job, stage, message, evidence)
+    if s.evidence and Path(s.evidence).exists():
+        evidence = Path(s.evidence).read_text()[:2500]
+    n = compose(ws, s.event, s.job, s.stage, s.message, evidence)
+    url = os.environ.get(s.webhook_env)
     if not url:
-        event("notify", "no webhook URL set; nothing sent", event_kind=event_kind)
-        return {**n, "sent": False}
-    payload = slack_payload(n) if fmt == "slack" else n
-    return {**n, "sent": send(url, payload, strict=strict)}
+        event("notify", "no webhook URL set; nothing sent", event_kind=s.event)
+        return Notification(n, False)
+    payload = slack_payload(n) if s.format == "slack" else n
+    return Notification(n, send(url, payload, strict=s.strict))

@@ -1,0 +1,249 @@
+"""``tfship ci watch-data``: trigger the retrain once per new data snapshot.
+
+A source is a folder (its newest snapshot by name), an https listing (``<url> <sha256>`` per
+line) or ``ssh://user@host/path``. The state file is the record of what was triggered (the
+CircleCI API cannot say which parameters a pipeline got): a trigger is written there as
+pending before it is sent, so after a crash the next poll finds that pipeline instead of
+triggering again; one poll holds an exclusive lock on ``<state>.lock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shlex
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from tfship.ci.api import AmbiguousTrigger, CircleCI, Mark, Ref, check_parameters
+from tfship.ci.settings import WatchSettings
+from tfship.errors import ApiError, ConfigError
+from tfship.log import event
+from tfship.sources import SNAPSHOT_SUFFIXES
+from tfship.targets import SSHAccess
+
+
+@dataclass
+class Snapshot:
+    uri: str
+    sha256: str
+
+    @property
+    def data_uri(self) -> str:
+        return f"{self.uri}#sha256={self.sha256}"
+
+
+def newest_snapshot(source: str, access: SSHAccess | None = None) -> Snapshot | None:
+    """The newest snapshot at ``source``: a folder, an https listing, or ssh://user@host/path
+    (reached with ``access``, the deploy hosts' SSH settings)."""
+    if source.startswith(("https://", "http://")):
+        import requests  # only https listings pay for it
+
+        resp = requests.get(source, timeout=30)
+        if resp.status_code != 200:
+            raise ApiError(f"{source}: HTTP {resp.status_code}")
+        lines = [ln.split() for ln in resp.text.splitlines() if ln.strip()]
+        entries = [
+            (u[0], u[1] if len(u) > 1 else None) for u in lines if u[0].endswith(SNAPSHOT_SUFFIXES)
+        ]
+        if not entries:
+            return None
+        uri, digest = sorted(entries)[-1]
+        if digest is None:
+            raise ApiError(
+                f"{source}: listing line for {uri} has no sha256",
+                hint="list snapshots as '<url> <sha256>' lines",
+            )
+        return Snapshot(uri, digest)
+    if source.startswith("ssh://"):
+        return _newest_over_ssh(source, access or SSHAccess())
+    folder = Path(source)
+    if not folder.is_dir():
+        raise ConfigError(f"{source}: not a folder, https listing or ssh:// URL")
+    files = sorted(p for p in folder.iterdir() if p.suffix in SNAPSHOT_SUFFIXES and p.is_file())
+    if not files:
+        return None
+    newest = files[-1]
+    return Snapshot(str(newest.absolute()), hashlib.sha256(newest.read_bytes()).hexdigest())
+
+
+def _newest_over_ssh(source: str, access: SSHAccess) -> Snapshot | None:
+    from tfship.ssh import SSHHost, SSHSettings  # paramiko: only ssh:// sources pay for it
+
+    u = urlsplit(source)
+    host = SSHHost(
+        SSHSettings(
+            hostname=u.hostname,
+            username=u.username,
+            port=u.port or 22,
+            **access.ssh(),
+        )
+    ).connect()
+    try:
+        names = [n for n in host.listdir(u.path) if n.endswith((".npz", ".csv"))]
+        if not names:
+            return None
+        path = f"{u.path.rstrip('/')}/{sorted(names)[-1]}"
+        out = host.check(f"sha256sum -- {shlex.quote(path)}", f"hash {path}")
+        return Snapshot(f"ssh://{u.netloc}{path}", out.split()[0].decode())
+    finally:
+        host.close()
+
+
+def watch_once(
+    api: CircleCI,
+    slug: str,
+    source: str,
+    state_file: Path,
+    branch: str = "main",
+    extra: dict | None = None,
+    access: SSHAccess | None = None,
+) -> dict:
+    """One poll: trigger retrain-deploy for a snapshot not triggered before; return what happened.
+
+    The state file is the record (the API cannot say which data a pipeline was given):
+    ``triggered`` maps a snapshot's sha256 to its pipeline; ``pending`` holds a trigger being
+    sent, written before the POST with the :class:`Mark` taken just before it. A poll that
+    finds a pending entry (a crash between sending and recording) looks its pipeline up
+    (:meth:`CircleCI.find_triggered`) and records it instead of triggering again. An
+    exclusive lock on ``<state>.lock`` makes an overlapping poll (cron) skip rather than
+    trigger the same snapshot too. Losing the state file loses the record: the newest
+    snapshot is then triggered again.
+    """
+    with _locked(state_file) as held:
+        if not held:
+            return {"action": "none", "reason": f"another poll holds {_lock_path(state_file)}"}
+        state = _load_state(state_file)
+        found = _resolve_pending(api, slug, state, state_file)
+        snap = newest_snapshot(source, access)
+        if snap is None:
+            return {"action": "none", "reason": "no snapshot yet"}
+        done = state["triggered"].get(snap.sha256)
+        if done is not None and snap.sha256 not in found:
+            return {
+                "action": "none",
+                "reason": "already triggered",
+                "sha256": snap.sha256,
+                "pipeline": done,
+            }
+        if done is not None:
+            event("ci", "watch-data: already-triggered-found", pipeline=done.get("number"))
+            return {
+                "action": "already-triggered-found",
+                "sha256": snap.sha256,
+                "data_uri": snap.data_uri,
+                "pipeline": done,
+            }
+        params = {"retrain": True, "data_uri": snap.data_uri, **(extra or {})}
+        check_parameters(params)
+        mark = api.mark(slug)
+        state["pending"][snap.sha256] = {
+            "data_uri": snap.data_uri,
+            "branch": branch,
+            **mark.to_json(),
+        }
+        _save_state(state_file, state)
+        pipeline = api.trigger(slug, branch=branch, parameters=params, mark=mark)
+        _record(state, snap.sha256, pipeline, snap.data_uri)
+        _save_state(state_file, state)
+        event("ci", "watch-data: triggered", pipeline=pipeline.get("number"), data=snap.uri)
+        return {
+            "action": "triggered",
+            "sha256": snap.sha256,
+            "data_uri": snap.data_uri,
+            "pipeline": pipeline,
+        }
+
+
+def _resolve_pending(api: CircleCI, slug: str, state: dict, state_file: Path) -> set[str]:
+    """Settle the pending entries a crashed poll left; return the shas whose pipeline was found.
+
+    A pending entry with no pipeline was never triggered: it is dropped (the newest snapshot
+    is then triggered as usual). One that could be several pipelines stops the poll.
+    """
+    found = set()
+    for sha, entry in list(state["pending"].items()):
+        ref = Ref.of(entry.get("branch"), None)
+        try:
+            pipeline = api.find_triggered(slug, ref, Mark.from_json(entry))
+        except AmbiguousTrigger as exc:
+            raise ApiError(
+                f"watch-data: {exc.message}",
+                hint=f"{state_file} holds this trigger as pending; once you know its pipeline, "
+                'move the entry under "triggered" with that id (or delete it to trigger again)',
+            ) from exc
+        if pipeline is None:
+            del state["pending"][sha]
+            event(
+                "ci",
+                "watch-data: a pending trigger made no pipeline; dropped",
+                data=entry["data_uri"],
+            )
+        else:
+            _record(state, sha, pipeline, entry["data_uri"])
+            found.add(sha)
+            event(
+                "ci", "watch-data: a pending trigger had been sent", pipeline=pipeline.get("number")
+            )
+        _save_state(state_file, state)
+    return found
+
+
+def _record(state: dict, sha: str, pipeline: dict, data_uri: str) -> None:
+    state["pending"].pop(sha, None)
+    state["triggered"][sha] = {
+        "id": pipeline["id"],
+        "number": pipeline.get("number"),
+        "data_uri": data_uri,
+    }
+
+
+def _load_state(state_file: Path) -> dict:
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    state.setdefault("triggered", {})
+    state.setdefault("pending", {})
+    return state
+
+
+def _save_state(state_file: Path, state: dict) -> None:
+    # Write then rename: a crash leaves the old record or the new one, never half of one.
+    tmp = state_file.with_name(f".{state_file.name}.tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, state_file)
+
+
+def _lock_path(state_file: Path) -> Path:
+    return state_file.with_name(f"{state_file.name}.lock")
+
+
+@contextlib.contextmanager
+def _locked(state_file: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on the state file's sidecar lock file; yield False if another
+    process holds it. (A sidecar, because the state file itself is replaced on every write.)
+    """
+    with open(_lock_path(state_file), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def watch(api: CircleCI, s: WatchSettings, source: str) -> list[dict]:
+    """``s.max_polls`` polls of ``source``, ``s.interval`` seconds apart; what each did."""
+    results = []
+    for n in range(s.max_polls):
+        results.append(watch_once(api, s.project, source, s.state, s.branch, access=s.access))
+        if n + 1 < s.max_polls:
+            time.sleep(s.interval)
+    return results

@@ -1,0 +1,124 @@
+"""The ``tfship`` command line: thin shells over the library.
+
+Each command takes its settings (declared beside the stage that owns them; see
+``tfship.settings``) as ready objects, calls one library function, and prints the result
+(``summary()`` for people, ``to_dict()`` with ``--json``). Expected failures are mapped to one
+line and an exit code in one place, :func:`main`, which names the command from click's
+context. The commands live by family: ``stages`` (build .. test-deployed, run, snapshot,
+config), ``ship`` (deploy, rollback, status, retrain), ``ci`` (the CircleCI API, the local
+runner, notify) and ``serve``. Nothing here is imported by the library.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from tfship import __version__, errors
+from tfship.cli.options import CONTEXT
+from tfship.env import load_dotenv_file
+from tfship.log import DEBUG_ENV, debug_enabled
+
+OTHER_EXIT_CODES = {
+    0: "success",
+    1: "an unexpected error (a bug: the traceback is shown)",
+    11: "`tfship ci local`: a job of the workflow failed",
+    130: "interrupted",
+    255: "`tfship serve` could not start (as tensorflow_model_server)",
+}
+
+
+def exit_codes() -> list[tuple[int, str]]:
+    """Every exit code and its meaning, from the error families in ``tfship.errors``."""
+    families: dict[int, list[str]] = {}
+    for cls in vars(errors).values():
+        if isinstance(cls, type) and issubclass(cls, errors.TfshipError) and cls.exit_code > 1:
+            text = (cls.__doc__ or cls.kind).strip().splitlines()[0]
+            if text not in families.setdefault(cls.exit_code, []):
+                families[cls.exit_code].append(text)
+    # Two families sharing a code: one line each, under the code.
+    codes = {code: "\n       ".join(texts) for code, texts in families.items()}
+    return sorted({**OTHER_EXIT_CODES, **codes}.items())
+
+
+class Command(click.Command):
+    """A tfship command: an expected failure carries the command's name to :func:`main`."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except errors.TfshipError as exc:
+            # "tfship ci trigger", also when run as ml/N_<stage>.py
+            exc.command = " ".join(["tfship", *ctx.command_path.split()[1:]])
+            raise
+
+
+class Group(click.Group):
+    """Groups whose commands are :class:`Command`s."""
+
+    command_class = Command
+    group_class = type
+
+
+EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in exit_codes())
+
+
+@click.group(cls=Group, context_settings=CONTEXT, epilog=EPILOG)
+@click.version_option(__version__, prog_name="tfship")
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar=DEBUG_ENV,
+    help="Show everything: tracebacks for expected failures and TensorFlow's own log lines.",
+)
+def cli(debug: bool) -> None:
+    """tfship: data -> trained -> gated -> packaged -> served by TF Serving -> verified.
+
+    \b
+    Stages (each also runs as ml/N_<stage>.py):
+      build          get and validate data          -> workspace/data/
+      train          train the Keras model          -> workspace/model/
+      test           evaluate and apply the gates   -> workspace/eval/
+      package        SavedModel + lineage -> store  -> workspace/package/
+      deploy         ship to TF Serving, no downtime
+      retrain        against the model serving now  -> workspace/retrain/
+      test-deployed  verify what TF Serving serves  -> workspace/deployed/
+
+    Every option can also be set by the environment variable shown in each command's --help
+    (`tfship config` lists them all), or in a .env file in the current folder.
+    """
+    if debug:  # read by tfship.log when TensorFlow loads, here and in child processes
+        os.environ[DEBUG_ENV] = "1"
+
+
+def main(argv: list[str] | None = None, prog_name: str = "tfship") -> None:
+    """Entry point: run the CLI; expected failures become one line and an exit code."""
+    load_dotenv_file()
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        rv = cli.main(args=args, prog_name=prog_name, standalone_mode=False)
+    except errors.TfshipError as exc:
+        if debug_enabled() or "--debug" in args:
+            traceback.print_exc()
+        command = getattr(exc, "command", "tfship")
+        click.echo(f"{command}: {exc.kind}: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo(f"{prog_name}: interrupted", err=True)
+        sys.exit(errors.EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        click.echo(f"{prog_name}: interrupted; nothing half-written was left in place", err=True)
+        sys.exit(errors.EXIT_INTERRUPTED)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+# The command families register themselves on `cli`.
+from tfship.cli import ci, serve, ship, stages  # noqa: E402, F401

@@ -1,0 +1,156 @@
+"""The stages' commands: build, train, test, package, test-deployed, run, snapshot, config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tfship.cli import cli
+from tfship.cli.options import CONTEXT, emit, json_option, options
+from tfship.data import DataSettings, SnapshotSettings, make_snapshot
+from tfship.data import build as build_data
+from tfship.evaluate import Gates, evaluate
+from tfship.package import PackageSettings
+from tfship.package import package as package_model
+from tfship.pipeline import RunSettings, run_all
+from tfship.retrain import skipped
+from tfship.serving import ServingSettings
+from tfship.settings import all_settings, describe
+from tfship.store import StoreSettings, local_store
+from tfship.train import TrainSettings
+from tfship.train import train as train_model
+from tfship.verify import VerifySettings, VersionSettings
+from tfship.verify import test_deployed as verify_deployed
+from tfship.workspace import WorkspaceSettings
+
+
+@cli.command(context_settings=CONTEXT)
+@options(ws=WorkspaceSettings, s=DataSettings)
+@json_option
+def build(ws: WorkspaceSettings, s: DataSettings, as_json: bool) -> None:
+    """Stage 1: get data, validate it, split it (seeded), write workspace/data/.
+
+    Validation runs before anything is written: dtype and shape, NaN/inf, pixel range,
+    labels in 0..N-1, rows per class, and train/test drift. A failure prints one line naming
+    the file, the check and the numbers, and exits 2.
+    """
+    result = build_data(ws.workspace, s)
+    emit(result, as_json, result.summary())
+
+
+@cli.command(context_settings=CONTEXT)
+@options(ws=WorkspaceSettings, s=TrainSettings)
+@json_option
+def train(ws: WorkspaceSettings, s: TrainSettings, as_json: bool) -> None:
+    """Stage 2: train on workspace/data/, write workspace/model/ (model.keras, history)."""
+    result = train_model(ws.workspace, s)
+    emit(result, as_json, result.summary(ws.workspace))
+
+
+@cli.command("test", context_settings=CONTEXT)
+@options(ws=WorkspaceSettings, gates=Gates)
+@json_option
+def test_cmd(ws: WorkspaceSettings, gates: Gates, as_json: bool) -> None:
+    """Stage 3: evaluate on the test split and apply the gates (exit 3 if one misses).
+
+    Writes workspace/eval/: metrics.json, junit.xml (store_test_results), report.md and
+    confusion_matrix.png (store_artifacts), also when the gate fails.
+    """
+    if skip := skipped(ws.workspace, "test"):
+        emit(skip, as_json, skip.summary())
+        return
+    result = evaluate(ws.workspace, gates)
+    emit(result, as_json, result.summary(ws.workspace))
+
+
+@cli.command(context_settings=CONTEXT)
+@options(ws=WorkspaceSettings, where=StoreSettings, s=PackageSettings)
+@json_option
+def package(ws: WorkspaceSettings, where: StoreSettings, s: PackageSettings, as_json: bool) -> None:
+    """Stage 4: export the SavedModel, prove it matches the model, store it with its lineage.
+
+    The version folder holds saved_model.pb, variables/ and assets.extra/ (tfship.json
+    manifest, tf_serving_warmup_requests, model.keras for retraining, the test split).
+    """
+    if skip := skipped(ws.workspace, "package"):
+        emit(skip, as_json, skip.summary())
+        return
+    result = package_model(ws.workspace, local_store(where.store), where.model_name, s.version)
+    emit(result, as_json, result.summary())
+
+
+@cli.command("test-deployed", context_settings=CONTEXT)
+@options(
+    ws=WorkspaceSettings,
+    where=StoreSettings,
+    serving=ServingSettings,
+    which=VersionSettings,
+    s=VerifySettings,
+    exclude=("store",),
+)
+@json_option
+def test_deployed(
+    ws: WorkspaceSettings,
+    where: StoreSettings,
+    serving: ServingSettings,
+    which: VersionSettings,
+    s: VerifySettings,
+    as_json: bool,
+) -> None:
+    """Stage 7: verify the model TF Serving serves against its package (exit 6 on a miss).
+
+    Checks, on the version's own endpoint: AVAILABLE; signature equals the manifest's;
+    golden inputs give the manifest's outputs (1e-4); accuracy on held-out rows reaches
+    the gate; p95 latency. Writes workspace/deployed/ (verify.json, junit.xml, report.md).
+    """
+    default_package = which.version is None and which.manifest is None
+    if default_package and (skip := skipped(ws.workspace, "verify")):
+        emit(skip, as_json, skip.summary())
+        return
+    result = verify_deployed(ws.workspace, serving, where.model_name, s, which)
+    emit(result, as_json, result.summary())
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("mode", required=False, type=click.Choice(["retrain"]))
+@options(s=RunSettings)
+@json_option
+def run(mode: str | None, s: RunSettings, as_json: bool) -> None:
+    """The main job, locally, end to end on the embedded defaults.
+
+    \b
+    build -> train -> test -> package -> start the local serving -> deploy -> test-deployed.
+    `tfship run retrain` (or --retrain) then makes a new data snapshot (the default data
+    with a shift, or --retrain-data) -> build -> retrain -> test -> package -> deploy ->
+    test-deployed. It stops at the first failing stage with that stage's exit code; each
+    stage is atomic, so Ctrl-C leaves no half state. At the end it prints what is serving,
+    where the reports are, and how to query the model with curl.
+    """
+    s.retrain = s.retrain or mode == "retrain"
+    result = run_all(s)
+    emit(result, as_json, result.summary(s.model_name, s.workspace))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@options(s=SnapshotSettings)
+def snapshot(out: Path, s: SnapshotSettings) -> None:
+    """Write a new data snapshot (NPZ) from the bundled digits, for demos and drills."""
+    info = make_snapshot(out, s.kind, s.seed)
+    click.echo(f"wrote {info['rows']} rows ({s.kind}) to {info['path']}")
+
+
+@cli.command(context_settings=CONTEXT)
+@json_option
+def config(as_json: bool) -> None:
+    """Every setting's environment variable, default and meaning (what the options read)."""
+    # Every command family has been imported (tfship.cli imports them all), so every
+    # setting is declared by now.
+    rows = [(s.env, describe(s), s.help) for s in all_settings()]
+    if as_json:
+        emit({env: {"default": d, "help": h} for env, d, h in rows}, True, "")
+        return
+    width = max(len(env) for env, _, _ in rows)
+    for env, default, help_text in rows:
+        click.echo(f"{env:<{width}}  {default}\n{'':<{width}}  {help_text}")

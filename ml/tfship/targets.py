@@ -1,0 +1,324 @@
+"""Where models are deployed: TF Serving hosts, one type for one host or a fleet.
+
+A :class:`Target` is one TF Serving host: its model base path (on a :class:`~tfship.store.Host`,
+a local folder or an SSH host) and the URL TF Serving answers on. A :class:`Fleet` is what
+every command holds: one target or several (a single host is a fleet of one), opened from
+:class:`TargetSettings` by :func:`open_fleet` and closed (every SSH link) when the ``with``
+block ends.
+
+- Hosts: ``DEPLOY_SERVER_HOSTNAME`` (one host, or a comma-separated list: same user, port and
+  base path; serving URL ``http://<host>:8501``), or ``--hosts-file`` with one
+  ``user@host:port base_path serving_url`` per line (``#`` comments allowed). Without either,
+  the target is a local folder served by ``tfship serve``.
+- A fleet serves one version: :meth:`Fleet.serving_version` refuses a mixed fleet.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from tfship import config
+from tfship.errors import ConfigError, DeployError, HostError, TfshipError
+from tfship.log import event
+from tfship.serving import HOSTNAME, ServingClient, ServingSettings, ServingUnreachable
+from tfship.settings import setting
+from tfship.store import Host, LocalHost, check_model_name, numeric_versions
+
+PASSWORD_ENV = "DEPLOY_SERVER_PASSWORD"  # read only from the environment: a secret
+
+
+@dataclass
+class SSHAccess:
+    """How tfship authenticates to SSH hosts: deploy targets and ssh:// snapshot sources."""
+
+    ssh_key_file: Path | None = setting(
+        None, "DEPLOY_SERVER_SSH_KEY_FILE", "Private key file.", kind="file"
+    )
+    ssh_key_env: str = setting(
+        "DEPLOY_SERVER_SSH_KEY",
+        "TFSHIP_SSH_KEY_ENV",
+        "Name of the variable holding the private key's text (CircleCI: add it as a project "
+        "environment variable). Read in memory, never written to disk.",
+    )
+    known_hosts: Path | None = setting(
+        None, "DEPLOY_SERVER_KNOWN_HOSTS", "Default: ~/.ssh/known_hosts.", kind="file"
+    )
+    accept_unknown_host_key: bool = setting(
+        False,
+        None,
+        "Connect to a host whose key is not in known_hosts (prints a warning; a CHANGED key "
+        "is still refused).",
+        switch=True,
+    )
+    ssh_timeout: float = setting(10.0, "TFSHIP_SSH_TIMEOUT", "Connect timeout, seconds.", min=0.1)
+
+    def ssh(self) -> dict:
+        """``SSHSettings`` keywords (the secrets are read from the environment, in memory)."""
+        return {
+            "key_file": str(self.ssh_key_file) if self.ssh_key_file else None,
+            "key_text": os.environ.get(self.ssh_key_env) if self.ssh_key_env else None,
+            "password": os.environ.get(PASSWORD_ENV),
+            "known_hosts": str(self.known_hosts) if self.known_hosts else None,
+            "accept_unknown_host": self.accept_unknown_host_key,
+            "connect_timeout": self.ssh_timeout,
+        }
+
+
+@dataclass
+class TargetSettings:
+    """Where the deploy target is (the CircleCI sample's DEPLOY_SERVER_* names)."""
+
+    hostname: str | None = HOSTNAME.field()
+    username: str | None = setting(None, "DEPLOY_SERVER_USERNAME", "SSH user.")
+    base_path: str = setting(
+        "serving",
+        "DEPLOY_SERVER_PATH",
+        "Models root on the host; TF Serving's --model_base_path is <this>/<model>.",
+    )
+    ssh_port: int = setting(22, "DEPLOY_SERVER_PORT", "SSH port.", min=1, max=65535)
+    access: SSHAccess = field(default_factory=SSHAccess)
+    hosts_file: Path | None = setting(
+        None,
+        "TFSHIP_HOSTS_FILE",
+        "One 'user@host:port base_path serving_url' per line (a fleet).",
+        kind="existing-file",
+    )
+    serving: ServingSettings = field(default_factory=ServingSettings)
+
+    def ssh(self) -> dict:
+        """SSH settings shared by every host (the secrets are read from the environment)."""
+        return self.access.ssh()
+
+    @property
+    def several(self) -> bool:
+        """Whether the settings name a fleet (a hosts file, or several hostnames)."""
+        return bool(self.hosts_file) or bool(self.hostname and "," in self.hostname)
+
+
+@dataclass
+class Target:
+    """One TF Serving host: where its model base path is and how to query it."""
+
+    host: Host
+    base: str  # the models root; TF Serving's --model_base_path is <base>/<model>
+    serving_url: str
+    transport: str = "rest"
+
+    def model_dir(self, model: str) -> str:
+        return str(PurePosixPath(self.base) / check_model_name(model))
+
+    def client(self, model: str) -> ServingClient:
+        return ServingClient(self.serving_url, model, transport=self.transport)
+
+    def versions(self, model: str) -> list[int]:
+        """The version folders on the host."""
+        return numeric_versions(self.host.listdir(self.model_dir(model)))
+
+    def serving_version(self, model: str) -> int | None:
+        """The version TF Serving answers with now; None on a fresh host.
+
+        ``tensorflow_model_server`` opens no port until every model has a version AVAILABLE
+        (``model_servers/server.cc``): a server that does not answer while the model's base
+        path holds no version is a fresh host waiting for its first deploy, not a failure.
+        With versions on disk, silence means the server is down or still loading.
+        """
+        client = self.client(model)
+        try:
+            return client.serving_version()
+        except ServingUnreachable as exc:
+            versions = self.versions(model)
+            if not versions:
+                event(
+                    "deploy",
+                    "TF Serving is not listening and no version is on the host: a fresh "
+                    "server opens its ports once the first version has loaded",
+                    host=self.host.name,
+                )
+                return None
+            raise ServingUnreachable(
+                f"{client.url} does not answer, but {self.model_dir(model)} holds versions "
+                f"{', '.join(map(str, versions))}",
+                hint="is TF Serving running? A server still loading (or retrying) a version "
+                "keeps its ports closed; its log says why",
+            ) from exc
+
+
+def make_target(
+    hostname: str | None, base: str, serving_url: str | None, transport: str, ssh: dict
+) -> Target:
+    """A local folder (no hostname: the embedded default) or an SSH host."""
+    if not hostname:
+        url = serving_url or ServingSettings().resolved_url(base)
+        return Target(LocalHost(), str(Path(base).expanduser().absolute()), url, transport)
+    from tfship.ssh import SSHHost, SSHSettings  # paramiko: only SSH targets pay for it
+
+    host = SSHHost(SSHSettings(hostname=hostname, **ssh)).connect()
+    return Target(host, base, serving_url or f"http://{hostname}:{config.REST_PORT}", transport)
+
+
+@dataclass
+class HostSpec:
+    """Where one TF Serving host of a fleet is."""
+
+    hostname: str
+    username: str | None
+    port: int
+    base: str
+    serving_url: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.username + '@' if self.username else ''}{self.hostname}:{self.port}"
+
+
+def parse_hosts(s: TargetSettings) -> list[HostSpec]:
+    """The fleet from the hosts file or the comma-separated hostnames."""
+    specs = []
+    if s.hosts_file:
+        for n, line in enumerate(Path(s.hosts_file).read_text().splitlines(), start=1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = line.split()
+            if len(parts) != 3:
+                raise ConfigError(
+                    f"{s.hosts_file}:{n}: expected 'user@host:port base_path serving_url', "
+                    f"got {line!r}"
+                )
+            addr, host_base, url = parts
+            user, _, hostport = addr.rpartition("@")
+            host, _, p = hostport.partition(":")
+            if not host or (p and not p.isdigit()):
+                raise ConfigError(f"{s.hosts_file}:{n}: bad address {addr!r}")
+            specs.append(HostSpec(host, user or s.username, int(p or s.ssh_port), host_base, url))
+    elif s.hostname:
+        names = [h.strip() for h in s.hostname.split(",") if h.strip()]
+        for host in names:
+            url = s.serving.url if s.serving.url and len(names) == 1 else None
+            specs.append(
+                HostSpec(
+                    host,
+                    s.username,
+                    s.ssh_port,
+                    s.base_path,
+                    url or f"http://{host}:{config.REST_PORT}",
+                )
+            )
+    if not specs:
+        raise ConfigError("no deploy hosts: set DEPLOY_SERVER_HOSTNAME or --hosts-file")
+    return specs
+
+
+class Fleet:
+    """The deploy target: one host or several. A context manager: it closes every link."""
+
+    def __init__(self, targets: list[Target], several: bool) -> None:
+        self.targets = targets
+        self.several = several  # named as a fleet (a single host is a fleet of one)
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for t in self.targets:
+            t.host.close()
+
+    @property
+    def single(self) -> Target:
+        """The one target of a single-host (or local) deploy."""
+        return self.targets[0]
+
+    def state(self, model: str) -> list[dict]:
+        """Per host: versions on disk, version serving (or the error reading them)."""
+
+        def one(t: Target) -> dict:
+            row = {"host": t.host.name, "serving_url": t.serving_url}
+            try:
+                row["on_disk"] = t.versions(model)
+                row["serving"] = t.serving_version(model)
+                row["state"] = "ok" if row["serving"] is not None else "nothing serving"
+            except TfshipError as exc:
+                row.update(on_disk=row.get("on_disk", []), serving=None, state=f"error: {exc}")
+            return row
+
+        with ThreadPoolExecutor(max(1, len(self.targets))) as pool:
+            return list(pool.map(one, self.targets))
+
+    def serving_version(self, model: str) -> int | None:
+        """The one version the fleet serves; DeployError if the fleet is mixed."""
+        if not self.several:
+            return self.single.serving_version(model)
+        return one_version(self.state(model))
+
+
+def one_version(rows: list[dict]) -> int | None:
+    """The one version the rows (hosts) serve; DeployError naming each host if mixed."""
+    versions = {r["serving"] for r in rows}
+    if len(versions) > 1:
+        listing = ", ".join(f"{r['host']}={r['serving']}" for r in rows)
+        raise DeployError(
+            f"the fleet serves mixed versions ({listing})",
+            hint="resolve with `tfship rollback --to VERSION` on the fleet, or a deploy with "
+            "--force",
+        )
+    return versions.pop() if versions else None
+
+
+def open_fleet(s: TargetSettings, require_all: bool = True) -> Fleet:
+    """Reach the target(s) the settings name; for a fleet, every host in parallel.
+
+    With ``require_all`` an unreachable host stops everything before any change; without
+    it, unreachable hosts are skipped with a warning.
+    """
+    if not s.several:
+        url = s.serving.resolved_url(s.base_path)
+        ssh = {**s.ssh(), "username": s.username, "port": s.ssh_port}
+        return Fleet([make_target(s.hostname, s.base_path, url, s.serving.transport, ssh)], False)
+    specs = parse_hosts(s)
+
+    def one(spec: HostSpec) -> tuple[Target | None, str | None]:
+        ssh = {**s.ssh(), "username": spec.username, "port": spec.port}
+        try:
+            target = make_target(spec.hostname, spec.base, spec.serving_url, "", ssh)
+            target.transport = s.serving.transport
+            return target, None
+        except (HostError, ConfigError) as exc:
+            return None, f"{spec.label}: {exc}"
+
+    with ThreadPoolExecutor(max(1, len(specs))) as pool:
+        results = list(pool.map(one, specs))
+    targets = [t for t, _ in results if t is not None]
+    errors = [e for _, e in results if e is not None]
+    if errors and require_all:
+        for t in targets:
+            t.host.close()
+        raise HostError(
+            "not every host is reachable; nothing was changed: " + "; ".join(errors),
+            hint="fix the hosts or pass --no-require-all to deploy to the rest",
+        )
+    for e in errors:
+        event("fleet", f"WARNING: skipping unreachable host {e}")
+    return Fleet(targets, True)
+
+
+def status_table(rows: list[dict]) -> str:
+    """``tfship status``: host, versions on disk, version serving, state."""
+    versions = {r["serving"] for r in rows}
+    lines = ["| host | versions on disk | serving | state |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['host']} | {', '.join(map(str, r['on_disk'])) or '-'} | "
+            f"{r['serving']} | {r['state']} |"
+        )
+    verdict = (
+        "consistent"
+        if len(versions) == 1
+        else f"MIXED: {', '.join(str(v) for v in sorted(versions, key=str))}"
+    )
+    return "\n".join(lines) + f"\n\nfleet: {verdict}"
