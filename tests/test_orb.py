@@ -4,13 +4,17 @@ by the project's own rules (each rule shown to fire on a broken copy)."""
 from __future__ import annotations
 
 import copy
+import functools
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT
+from helpers import ROOT, run_cli
 
 sys.path.insert(0, str(ROOT / "tools"))
 import check_orb  # noqa: E402
@@ -35,10 +39,12 @@ def test_inline_orb_and_packed_orb_match_the_source():
 
 
 def test_packing_inlines_scripts_and_escapes_parameter_syntax():
-    run = ORB["commands"]["build"]["steps"][0]["run"]
-    script = (ROOT / "orb" / "src" / "scripts" / "run_stage.sh").read_text()
+    run_stage = (ROOT / "orb" / "src" / "scripts" / "run_stage.sh").read_text()
+    assert ORB["commands"]["build"]["steps"][0]["run"]["command"] == run_stage.replace("<<", "\\<<")
+    run = ORB["commands"]["install"]["steps"][1]["run"]
+    script = (ROOT / "orb" / "src" / "scripts" / "install.sh").read_text()
     assert run["command"] == script.replace("<<", "\\<<")
-    assert "\\<<<" in run["command"]  # the here-string is escaped, not substituted
+    assert "\\<<'PY'" in run["command"]  # the here-document is escaped, not substituted
     assert set(ORB) >= {
         "version",
         "description",
@@ -63,6 +69,35 @@ def test_packer_refuses_what_orb_pack_would_not_do(tmp_path, text, message):
     (src / "@orb.yml").write_text("version: 2.1\n")
     (src / "commands" / "c.yml").write_text(f"steps:\n  - run:\n      name: x\n      {text}\n")
     with pytest.raises(pack_orb.PackError, match=message):
+        pack_orb.pack(src)
+
+
+def test_parameters_that_feed_a_setting_take_its_declared_help():
+    from tfship.settings import REGISTRY
+
+    epochs = REGISTRY["TFSHIP_EPOCHS"]
+    for params in (ORB["commands"]["train"]["parameters"], ORB["jobs"]["train"]["parameters"]):
+        text = params["epochs"]["description"]
+        assert text.startswith(epochs.help.rstrip("."))
+        assert f"empty: the job's $TFSHIP_EPOCHS, else {epochs.default}" in text
+    fmt = ORB["commands"]["notify"]["parameters"]["format"]["description"]
+    assert fmt.startswith(REGISTRY["TFSHIP_NOTIFY_FORMAT"].help.rstrip("."))
+    assert "`--format`" in fmt
+    # a job parameter handed to a command parameter gets the same text
+    assert (
+        ORB["jobs"]["deploy"]["parameters"]["ssh_key_env"]["description"]
+        == ORB["commands"]["deploy_model"]["parameters"]["ssh_key_env"]["description"]
+    )
+
+
+def test_a_hand_written_description_of_a_setting_fed_parameter_is_refused(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "orb" / "src", src)
+    train = src / "commands" / "train.yml"
+    text = train.read_text()
+    assert "  epochs:\n    type: string" in text
+    train.write_text(text.replace("  epochs:\n", "  epochs:\n    description: Maximum epochs.\n"))
+    with pytest.raises(pack_orb.PackError, match="parameter epochs feeds tfship's TFSHIP_EPOCHS"):
         pack_orb.pack(src)
 
 
@@ -255,3 +290,183 @@ def test_no_examples_fires_rc003(tmp_path):
     shutil.copytree(ROOT / "orb" / "src", src)
     shutil.rmtree(src / "examples")
     assert any(p.startswith("RC003") for p in check_orb.review(src))
+
+
+# --------------------------------------------------------------------------------------------
+# The orb against the CLI: every tfship option it shows users exists (run the real CLI's --help)
+# --------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _cli_help(path: tuple[str, ...]) -> str:
+    r = run_cli(*path, "--help", cwd=ROOT, timeout=60)
+    assert r.code == 0, f"tfship {' '.join(path)} --help: {r.err}"
+    return r.out
+
+
+def _help_section(path: tuple[str, ...], title: str) -> list[str]:
+    """The entry lines of one section of `tfship PATH --help` (click's layout)."""
+    lines = _cli_help(path).split(f"\n{title}:\n", 1)[1:]
+    section = lines[0].split("\n\n", 1)[0].splitlines() if lines else []
+    # Entries start two spaces in; deeper lines continue an entry's help text.
+    return [line.strip() for line in section if re.match(r"  \S", line)]
+
+
+@functools.cache
+def _cli_flags(path: tuple[str, ...]) -> frozenset[str]:
+    """Options of `tfship PATH`, read from the option column only: help texts mention flags of
+    other programs (deploy's --base-path cites TF Serving's --model_base_path)."""
+    flags: set[str] = set()
+    for entry in _help_section(path, "Options"):
+        names = re.split(r"\s{2,}", entry)[0]  # "-h, --help", "--require-all / --no-require-all"
+        flags.update(re.findall(r"(?<![\w-])--?[A-Za-z][\w-]*", names))
+    return frozenset(flags)
+
+
+@functools.cache
+def _cli_subcommands(path: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(entry.split()[0] for entry in _help_section(path, "Commands"))
+
+
+def _flags(words: list[str]) -> list[str]:
+    """The options among a command line's words (`--x=1` names --x; `-1` is a value)."""
+    return [w.split("=", 1)[0] for w in words if re.match(r"--?[A-Za-z]", w)]
+
+
+def _tfship_calls(text: str) -> list[tuple[tuple[str, ...], list[str]]]:
+    """Each `tfship ...` in a shell text: (its subcommand path, the words after it)."""
+    # A comment starts only at a word's start (a URL's #sha256=... is not one), which shlex
+    # cannot tell, so comments go first.
+    text = re.sub(r"(^|\s)#.*$", "", text, flags=re.M)
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    calls, words = [], []
+    for token in [*lexer, ";"]:
+        if token.strip("();<>|&"):
+            words.append(token)
+            continue
+        # `&&`, `|`, `;`... end one simple command.
+        tfship = [i for i, w in enumerate(words) if w == "tfship" or w.endswith("/tfship")]
+        if tfship:
+            path: tuple[str, ...] = ()
+            args = words[tfship[0] + 1 :]
+            while args and args[0] in _cli_subcommands(path):
+                path, args = (*path, args[0]), args[1:]
+            calls.append((path, args))
+        words = []
+    return calls
+
+
+def _stage(kind: str, name: str) -> str | None:
+    """The tfship stage an orb command or job runs: the PARAM_STAGE of the command's run step;
+    for a job, that of the command it hands its extra_args to."""
+    for step in ORB[kind][name].get("steps", []):
+        step_name, args = next(iter(step.items())) if isinstance(step, dict) else (step, {})
+        if kind == "commands" and step_name == "run":
+            return (args.get("environment") or {}).get("PARAM_STAGE")
+        if kind == "jobs" and (args or {}).get("extra_args") == "<< parameters.extra_args >>":
+            return _stage("commands", step_name)
+    return None
+
+
+# Where a key's children are jobs (workflow entries) or commands (steps) of the orb.
+_CHILD_KIND = {
+    "workflows": "jobs",
+    "steps": "commands",
+    "pre-steps": "commands",
+    "post-steps": "commands",
+}
+
+
+def _flag_uses(example: dict) -> list[tuple[tuple[str, ...], str]]:
+    """(subcommand path, flag) for each tfship option an example shows: in `code` of its
+    description, in its run commands and in the extra_args it gives the orb's jobs or commands."""
+    uses = [
+        (path, flag)
+        for code in re.findall(r"`([^`]*)`", example.get("description", ""))
+        for path, words in _tfship_calls(code)
+        for flag in _flags(words)
+    ]
+
+    def walk(node, kind: str) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            if key == "run":
+                command = value.get("command", "") if isinstance(value, dict) else value
+                uses.extend((p, f) for p, words in _tfship_calls(command) for f in _flags(words))
+            elif (
+                str(key).startswith("tfship/") and isinstance(value, dict) and "extra_args" in value
+            ):
+                stage = _stage(kind, key.removeprefix("tfship/"))
+                assert stage, f"{key} takes extra_args but runs no stage"
+                uses.extend(((stage,), f) for f in _flags(shlex.split(value["extra_args"])))
+            if isinstance(value, dict | list):
+                walk(value, _CHILD_KIND.get(key, kind))
+
+    walk(example.get("usage") or {}, "jobs")
+    return uses
+
+
+def _unknown_flags(example: dict) -> list[tuple[tuple[str, ...], str]]:
+    return [(path, flag) for path, flag in _flag_uses(example) if flag not in _cli_flags(path)]
+
+
+def test_every_tfship_flag_in_the_examples_is_an_option_of_its_command():
+    uses = {name: _flag_uses(example) for name, example in ORB["examples"].items()}
+    # The examples show extra_args and `tfship ci` calls: finding none means the reader broke.
+    assert (("train",), "--batch-size") in uses["build_and_deploy"]
+    assert (("ci", "trigger"), "--param") in uses["retrain_on_new_data"]
+    unknown = {name: _unknown_flags(example) for name, example in ORB["examples"].items()}
+    assert unknown == {name: [] for name in ORB["examples"]}
+
+
+def test_the_example_check_finds_flags_the_cli_lacks():
+    example = {
+        "description": "Trigger with `tfship ci trigger --parameter retrain=true`.",
+        "usage": {
+            "workflows": {"w": {"jobs": [{"tfship/build": {"extra_args": "--epochs 20"}}]}},
+            "jobs": {
+                "custom": {
+                    "steps": [
+                        {"tfship/deploy_model": {"extra_args": "--keep 2 --canary 5"}},
+                        {
+                            "run": {
+                                "name": "n",
+                                "command": "cd x && tfship test-deployed --sample 5",
+                            }
+                        },
+                        {"run": "tfship train --epochs 3 # --not-a-flag, a comment"},
+                    ]
+                }
+            },
+        },
+    }
+    assert _unknown_flags(example) == [
+        (("ci", "trigger"), "--parameter"),
+        (("build",), "--epochs"),
+        (("deploy",), "--canary"),
+        (("test-deployed",), "--sample"),
+    ]
+
+
+_EXTRA_ARGS = [
+    (kind, name)
+    for kind in ("commands", "jobs")
+    for name, body in ORB[kind].items()
+    if "extra_args" in (body.get("parameters") or {})
+]
+
+
+def test_every_stage_command_and_job_takes_extra_args():
+    assert len(_EXTRA_ARGS) == 14  # seven stages, each a command and a job
+
+
+@pytest.mark.parametrize(("kind", "name"), _EXTRA_ARGS, ids=lambda v: v)
+def test_extra_args_example_is_an_option_of_the_stage(kind, name):
+    stage = _stage(kind, name)
+    text = ORB[kind][name]["parameters"]["extra_args"]["description"]
+    assert f"`tfship {stage}`" in text
+    example = re.search(r'e\.g\. "([^"]+)"', text)
+    assert example, text
+    flags = _flags(shlex.split(example.group(1)))
+    assert flags and set(flags) <= _cli_flags((stage,)), (stage, flags)

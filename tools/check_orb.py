@@ -25,58 +25,20 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILTIN_STEPS = {
-    "run",
-    "checkout",
-    "setup_remote_docker",
-    "save_cache",
-    "restore_cache",
-    "deploy",
-    "store_artifacts",
-    "store_test_results",
-    "persist_to_workspace",
-    "attach_workspace",
-    "add_ssh_keys",
-    "when",
-    "unless",
-}
-CONFIG_KEYS = {
-    "version",
-    "orbs",
-    "commands",
-    "executors",
-    "jobs",
-    "workflows",
-    "parameters",
-    "setup",
-}
-ORB_KEYS = {
-    "version",
-    "description",
-    "display",
-    "orbs",
-    "commands",
-    "executors",
-    "jobs",
-    "examples",
-}
-WORKFLOW_ENTRY_KEYS = {
-    "requires",
-    "name",
-    "context",
-    "filters",
-    "type",
-    "matrix",
-    "pre-steps",
-    "post-steps",
-    "serial-group",
-    "override-with",
-}
+sys.path.insert(0, str(ROOT / "ml"))  # the vocabulary is tfship's own (tfship ci local reads it)
+
+from tfship.ci.vocabulary import (  # noqa: E402
+    BUILTIN_STEPS,
+    CONFIG_KEYS,
+    INCLUDE,
+    ORB_KEYS,
+    PARAM_REF,
+    PARAM_TYPES,
+    WORKFLOW_ENTRY_KEYS,
+)
+from tfship.ci.vocabulary import PIPELINE_PARAM_REF as PIPELINE_REF  # noqa: E402
+
 SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
-PARAM_REF = re.compile(r"<<\s*parameters\.([A-Za-z0-9_-]+)\s*>>")
-PIPELINE_REF = re.compile(r"<<\s*pipeline\.parameters\.([A-Za-z0-9_-]+)\s*>>")
-INCLUDE = re.compile(r"^<<\s*include\([^()]+\)\s*>>$")
-PARAM_TYPES = {"string", "boolean", "integer", "enum", "env_var_name", "steps", "executor"}
 CRON_RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
 
 

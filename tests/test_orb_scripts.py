@@ -1,0 +1,350 @@
+"""The orb's scripts, function by function: notify.sh's decision and tfship arguments,
+run_stage.sh's splitting of extra_args; then each script run whole, as CircleCI runs a step,
+against a stand-in `tfship` that records what it was given.
+
+A test sources a script with $0 set to the scripts' ORB_TEST_ENV marker, so the functions are
+defined and main does not run (the slack orb's pattern)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers import ROOT
+
+SCRIPTS = ROOT / "orb" / "src" / "scripts"
+NOTIFY = SCRIPTS / "notify.sh"
+RUN_STAGE = SCRIPTS / "run_stage.sh"
+MARKER = "tfship-orb-test"
+# Prints a bash array's words NUL-terminated: unlike `printf '%s\0' "${a[@]}"`, nothing for an
+# empty array, and a word holding a newline stays one word.
+PRINT_WORDS = 'for w in "${%s[@]}"; do printf "%%s\\0" "$w"; done'
+
+
+def _env(tmp_path: Path, **params: str) -> dict[str, str]:
+    """The test's environment without any PARAM_* or TFSHIP_* of its own, plus ``params``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PARAM_", "TFSHIP_", "MODEL_"))}
+    env["PATH"] = f"{tmp_path / 'bin'}{os.pathsep}{env['PATH']}"
+    env["TFSHIP_STUB_LOG"] = str(tmp_path / "tfship-called.json")
+    env.update(params)
+    return env
+
+
+def _source(script: Path, body: str, *args: str, env: dict[str, str] | None = None, cwd=None):
+    """Source ``script`` as the tests do ($0 holds the marker) and run ``body`` with ``args``."""
+    return subprocess.run(
+        ["bash", "-c", f'source "{script}"; {body}', MARKER, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+    )
+
+
+def _words(stdout: str) -> list[str]:
+    assert stdout == "" or stdout.endswith("\0"), repr(stdout)
+    return stdout.split("\0")[:-1]
+
+
+@pytest.fixture
+def stub_tfship(tmp_path: Path):
+    """A `tfship` first on PATH that records its arguments, folder and environment; returns a
+    function giving that record, or None if it was not called."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub = bin_dir / "tfship"
+    stub.write_text(
+        "#!/usr/bin/env python3\n"
+        "import json, os, sys\n"
+        "known = os.environ.get('DEPLOY_SERVER_KNOWN_HOSTS')\n"
+        "record = {'argv': sys.argv[1:], 'cwd': os.getcwd(), 'env': dict(os.environ),\n"
+        "          'known_hosts': open(known).read() if known else None}\n"
+        "json.dump(record, open(os.environ['TFSHIP_STUB_LOG'], 'w'))\n"
+        "sys.exit(int(os.environ.get('STUB_EXIT', '0')))\n"
+    )
+    stub.chmod(0o755)
+    log = tmp_path / "tfship-called.json"
+    return lambda: json.loads(log.read_text()) if log.exists() else None
+
+
+def _run_as_circleci(script: Path, env: dict[str, str], cwd: Path):
+    """Run the script's text the way CircleCI runs a step's command (the default shell)."""
+    return subprocess.run(
+        ["/bin/bash", "-eo", "pipefail", "-c", script.read_text()],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# notify.sh
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "wanted", "sent"),
+    [
+        ("pass", "fail", None),
+        ("pass", "pass", "pass"),
+        ("pass", "always", "pass"),
+        ("pass", "approval", "approval"),
+        ("fail", "fail", "fail"),
+        ("fail", "pass", None),
+        ("fail", "always", "fail"),
+        ("fail", "approval", None),  # a failed retrain leaves nothing to approve
+    ],
+)
+def test_notify_decides_which_event_to_send_for_each_status(status, wanted, sent):
+    r = _source(NOTIFY, 'event_to_send "$1" "$2"', status, wanted)
+    if sent is None:
+        assert (r.returncode, r.stdout) == (1, "")
+    else:
+        assert (r.returncode, r.stdout) == (0, f"{sent}\n")
+
+
+def test_notify_arguments_leave_out_empty_optional_parameters(tmp_path):
+    # CircleCI passes a parameter left at its "" default as an empty variable.
+    env = _env(
+        tmp_path,
+        PARAM_WEBHOOK_ENV="TEAM_HOOK",
+        PARAM_FORMAT="json",
+        PARAM_STAGE="",
+        PARAM_MESSAGE="",
+        PARAM_EVIDENCE="",
+    )
+    r = _source(NOTIFY, f'build_notify_args "$1"; {PRINT_WORDS % "notify_args"}', "pass", env=env)
+    assert r.returncode == 0, r.stderr
+    assert _words(r.stdout) == [
+        "notify",
+        "--event",
+        "pass",
+        "--webhook-env",
+        "TEAM_HOOK",
+        "--format",
+        "json",
+    ]
+
+
+def test_notify_arguments_keep_values_with_spaces_whole(tmp_path):
+    env = _env(
+        tmp_path,
+        PARAM_WEBHOOK_ENV="TFSHIP_WEBHOOK_URL",
+        PARAM_FORMAT="slack",
+        PARAM_STAGE="retrain",
+        PARAM_MESSAGE="A challenger is waiting for approval (job hold).",
+        PARAM_EVIDENCE="my workspace/retrain/report.md",
+    )
+    r = _source(
+        NOTIFY, f'build_notify_args "$1"; {PRINT_WORDS % "notify_args"}', "approval", env=env
+    )
+    assert r.returncode == 0, r.stderr
+    assert _words(r.stdout)[6:] == [
+        "slack",
+        "--stage",
+        "retrain",
+        "--message",
+        "A challenger is waiting for approval (job hold).",
+        "--evidence",
+        "my workspace/retrain/report.md",
+    ]
+
+
+def _notify_env(tmp_path, **params):
+    # What the notify command passes when its optional parameters are left at their defaults.
+    defaults = {
+        "PARAM_WEBHOOK_ENV": "TFSHIP_WEBHOOK_URL",
+        "PARAM_FORMAT": "slack",
+        "PARAM_STAGE": "",
+        "PARAM_MESSAGE": "",
+        "PARAM_EVIDENCE": "",
+    }
+    return _env(tmp_path, **{**defaults, **params})
+
+
+def test_notify_step_sends_a_failure_with_its_message(tmp_path, stub_tfship):
+    app = tmp_path / "app dir"
+    app.mkdir()
+    env = _notify_env(
+        tmp_path,
+        PARAM_EVENT="fail",
+        TFSHIP_JOB_STATUS="fail",
+        PARAM_STAGE="test",
+        PARAM_MESSAGE="gate missed, see the report",
+        PARAM_APP_DIR=str(app),
+    )
+    r = _run_as_circleci(NOTIFY, env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    called = stub_tfship()
+    assert called["argv"] == [
+        "notify",
+        "--event",
+        "fail",
+        "--webhook-env",
+        "TFSHIP_WEBHOOK_URL",
+        "--format",
+        "slack",
+        "--stage",
+        "test",
+        "--message",
+        "gate missed, see the report",
+    ]
+    assert called["cwd"] == str(app)
+
+
+def test_notify_step_without_a_recorded_failure_reports_a_pass(tmp_path, stub_tfship):
+    r = _run_as_circleci(NOTIFY, _notify_env(tmp_path, PARAM_EVENT="always"), tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert stub_tfship()["argv"][:3] == ["notify", "--event", "pass"]
+
+
+def test_notify_step_stays_quiet_when_the_status_is_not_wanted(tmp_path, stub_tfship):
+    env = _notify_env(tmp_path, PARAM_EVENT="fail", TFSHIP_JOB_STATUS="pass")
+    r = _run_as_circleci(NOTIFY, env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert stub_tfship() is None
+    assert r.stdout == "notify: job status is pass, notifying on fail only\n"
+
+
+def test_notify_step_never_fails_the_job(tmp_path, stub_tfship):
+    env = _notify_env(tmp_path, PARAM_EVENT="fail", TFSHIP_JOB_STATUS="fail", STUB_EXIT="7")
+    r = _run_as_circleci(NOTIFY, env, tmp_path)
+    assert stub_tfship() is not None
+    assert r.returncode == 0
+    assert "notify: could not notify (the job's result stands)" in r.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# run_stage.sh
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("", []),
+        ("   ", []),
+        ("--batch-size 64  --seed 7", ["--batch-size", "64", "--seed", "7"]),
+        ('--message "two words"', ["--message", "two words"]),
+        ("--data 'my data/new snapshot.npz'", ["--data", "my data/new snapshot.npz"]),
+        (
+            r"--data my\ data.npz --model-fn=pkg.mod:fn",
+            ["--data", "my data.npz", "--model-fn=pkg.mod:fn"],
+        ),
+        ('--message "it\'s one\nparagraph"', ["--message", "it's one\nparagraph"]),
+        # Nothing is expanded or run: no eval, no globbing, no variables.
+        ('--message "$(touch ran)" $HOME *', ["--message", "$(touch ran)", "$HOME", "*"]),
+    ],
+)
+def test_extra_args_split_by_shell_quoting_rules(tmp_path, text, words):
+    (tmp_path / "a-file").touch()  # something for an unquoted * to match, were it globbed
+    r = _source(RUN_STAGE, f'split_args "$1"; {PRINT_WORDS % "extra_args"}', text, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert _words(r.stdout) == words
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('--message "two words', "No closing quotation"),
+        ("--data 'a b", "No closing quotation"),
+        ("--seed 7 \\", "No escaped character"),
+    ],
+)
+def test_malformed_extra_args_fail_with_one_line_naming_the_parameter(text, reason):
+    r = _source(RUN_STAGE, 'split_args "$1"; echo "not reached"', text)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("run_stage: PARAM_EXTRA_ARGS ")
+    assert reason in r.stderr
+
+
+def _stage_env(tmp_path, **params):
+    defaults = {
+        "PARAM_WORKSPACE": "workspace",
+        "PARAM_APP_DIR": ".",
+        "PARAM_MODEL_NAME": "",
+        "PARAM_EXTRA_ARGS": "",
+    }
+    return _env(tmp_path, **{**defaults, **params})
+
+
+def test_stage_step_runs_tfship_with_quoted_extra_args_and_settings(tmp_path, stub_tfship):
+    app = tmp_path / "app"
+    app.mkdir()
+    env = _stage_env(
+        tmp_path,
+        PARAM_STAGE="train",
+        PARAM_APP_DIR=str(app),
+        PARAM_MODEL_NAME="digits",
+        PARAM_EPOCHS="3",
+        PARAM_EXTRA_ARGS="--model-fn 'my models:build' --batch-size 8",
+    )
+    r = _run_as_circleci(RUN_STAGE, env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    called = stub_tfship()
+    assert called["argv"] == ["train", "--model-fn", "my models:build", "--batch-size", "8"]
+    assert called["cwd"] == str(app)
+    assert {
+        k: called["env"].get(k) for k in ("TFSHIP_WORKSPACE", "MODEL_NAME", "TFSHIP_EPOCHS")
+    } == {
+        "TFSHIP_WORKSPACE": "workspace",
+        "MODEL_NAME": "digits",
+        "TFSHIP_EPOCHS": "3",
+    }
+    # The log line shows the words as tfship gets them, quoted where needed.
+    assert r.stdout.splitlines()[0] == r"tfship train --model-fn my\ models:build --batch-size 8"
+
+
+def test_stage_step_without_extra_args_runs_the_bare_stage(tmp_path, stub_tfship):
+    r = _run_as_circleci(RUN_STAGE, _stage_env(tmp_path, PARAM_STAGE="build"), tmp_path)
+    assert r.returncode == 0, r.stderr
+    called = stub_tfship()
+    assert called["argv"] == ["build"]
+    assert "MODEL_NAME" not in called["env"]  # empty parameters leave tfship's defaults
+
+
+def test_stage_step_writes_the_known_hosts_lines_for_tfship(tmp_path, stub_tfship):
+    env = _stage_env(
+        tmp_path,
+        PARAM_STAGE="deploy",
+        PARAM_KNOWN_HOSTS_ENV="HOSTS_LINES",
+        HOSTS_LINES="deploy.example.com ssh-ed25519 AAAAC3Nza",
+    )
+    r = _run_as_circleci(RUN_STAGE, env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert stub_tfship()["known_hosts"] == "deploy.example.com ssh-ed25519 AAAAC3Nza\n"
+
+
+def test_stage_step_fails_on_malformed_extra_args_before_running_tfship(tmp_path, stub_tfship):
+    env = _stage_env(tmp_path, PARAM_STAGE="test", PARAM_EXTRA_ARGS='--min-accuracy "0.9')
+    r = _run_as_circleci(RUN_STAGE, env, tmp_path)
+    assert r.returncode == 2
+    assert stub_tfship() is None
+    assert r.stderr.count("\n") == 1 and "PARAM_EXTRA_ARGS" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# The guard: sourced by a test, a script defines its functions and runs nothing
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("script", "params"),
+    [
+        (NOTIFY, {"PARAM_EVENT": "always", "PARAM_WEBHOOK_ENV": "X", "PARAM_FORMAT": "slack"}),
+        (RUN_STAGE, {"PARAM_STAGE": "build"}),
+    ],
+    ids=["notify", "run_stage"],
+)
+def test_sourcing_a_script_with_the_marker_runs_nothing(tmp_path, stub_tfship, script, params):
+    r = _source(script, "true", env=_env(tmp_path, **params), cwd=tmp_path)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert stub_tfship() is None
