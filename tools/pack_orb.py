@@ -83,7 +83,9 @@ def pack(src: Path = SRC) -> dict:
 def _options() -> dict[str, set]:
     """Every tfship flag -> the settings (by env name) it sets, over all commands."""
     import click
-    from tfship.cli import cli  # imports every command family: every setting is declared
+    from tfship.cli import load_all
+
+    cli = load_all()  # every command family imported: every setting is declared
 
     found: dict[str, set] = {}
 

@@ -1,22 +1,16 @@
-"""The stages' commands: build, train, test, package, test-deployed, run, snapshot, config."""
+"""The stages' commands: build, train, test, package, test-deployed."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import click
-
 from tfship.cli import cli
 from tfship.cli.options import CONTEXT, emit, json_option, options
-from tfship.data import DataSettings, SnapshotSettings, make_snapshot
+from tfship.data import DataSettings
 from tfship.data import build as build_data
 from tfship.evaluate import Gates, evaluate
 from tfship.package import PackageSettings
 from tfship.package import package as package_model
-from tfship.pipeline import RunSettings, run_all
 from tfship.retrain import skipped
 from tfship.serving import ServingSettings
-from tfship.settings import all_settings, describe
 from tfship.store import StoreSettings, local_store
 from tfship.train import TrainSettings
 from tfship.train import train as train_model
@@ -110,47 +104,3 @@ def test_deployed(
         return
     result = verify_deployed(ws.workspace, serving, where.model_name, s, which)
     emit(result, as_json, result.summary())
-
-
-@cli.command(context_settings=CONTEXT)
-@click.argument("mode", required=False, type=click.Choice(["retrain"]))
-@options(s=RunSettings)
-@json_option
-def run(mode: str | None, s: RunSettings, as_json: bool) -> None:
-    """The main job, locally, end to end on the embedded defaults.
-
-    \b
-    build -> train -> test -> package -> start the local serving -> deploy -> test-deployed.
-    `tfship run retrain` (or --retrain) then makes a new data snapshot (the default data
-    with a shift, or --retrain-data) -> build -> retrain -> test -> package -> deploy ->
-    test-deployed. It stops at the first failing stage with that stage's exit code; each
-    stage is atomic, so Ctrl-C leaves no half state. At the end it prints what is serving,
-    where the reports are, and how to query the model with curl.
-    """
-    s.retrain = s.retrain or mode == "retrain"
-    result = run_all(s)
-    emit(result, as_json, result.summary(s.model_name, s.workspace))
-
-
-@cli.command(context_settings=CONTEXT)
-@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-@options(s=SnapshotSettings)
-def snapshot(out: Path, s: SnapshotSettings) -> None:
-    """Write a new data snapshot (NPZ) from the bundled digits, for demos and drills."""
-    info = make_snapshot(out, s.kind, s.seed)
-    click.echo(f"wrote {info['rows']} rows ({s.kind}) to {info['path']}")
-
-
-@cli.command(context_settings=CONTEXT)
-@json_option
-def config(as_json: bool) -> None:
-    """Every setting's environment variable, default and meaning (what the options read)."""
-    # Every command family has been imported (tfship.cli imports them all), so every
-    # setting is declared by now.
-    rows = [(s.env, describe(s), s.help) for s in all_settings()]
-    if as_json:
-        emit({env: {"default": d, "help": h} for env, d, h in rows}, True, "")
-        return
-    width = max(len(env) for env, _, _ in rows)
-    for env, default, help_text in rows:
-        click.echo(f"{env:<{width}}  {default}\n{'':<{width}}  {help_text}")
