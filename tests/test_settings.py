@@ -188,7 +188,15 @@ print("HEAVY=" + ",".join(heavy))
 
 @pytest.mark.parametrize(
     "args",
-    [["--help"], ["config"], ["build"], ["status"], ["deploy", "--help"], ["ci", "--help"]],
+    [
+        ["--help"],
+        ["config"],
+        ["build"],
+        ["build", "--data", "wine"],
+        ["status"],
+        ["deploy", "--help"],
+        ["ci", "--help"],
+    ],
 )
 def test_commands_that_do_not_train_never_import_tensorflow(args, tmp_path):
     r = subprocess.run(

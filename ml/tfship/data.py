@@ -21,6 +21,7 @@ from tfship import config
 from tfship.errors import DataError
 from tfship.settings import Setting, setting
 from tfship.sources import DATA, DATA_SHA256, MAX_DATA_BYTES, RawData, load_source
+from tfship.tables import TableBuild, TableSettings, build_table, is_table
 from tfship.workspace import Workspace, write_json
 
 SEED = Setting(
@@ -63,6 +64,7 @@ class DataSettings:
     data_sha256: str | None = DATA_SHA256.field()
     seed: int = SEED.field()
     checks: Checks = field(default_factory=Checks)
+    table: TableSettings = field(default_factory=TableSettings)
 
 
 @dataclass
@@ -324,8 +326,12 @@ class BuildResult:
         )
 
 
-def build(ws_root: Path, s: DataSettings) -> BuildResult:
+def build(ws_root: Path, s: DataSettings) -> BuildResult | TableBuild:
     """Stage 1: load ``s.data``, validate, split, and write ``<workspace>/data/``."""
+    if is_table(s.data or DATA.default, s.table.label):
+        return build_table(
+            ws_root, s.data or DATA.default, s.table, s.seed, s.checks.min_rows_per_class
+        )
     ws = Workspace(ws_root)
     raw = load_source(s.data or DATA.default, s.data_sha256, max_bytes=s.checks.max_bytes)
     prepared = prepare(raw, s.checks, s.seed)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tfship.data import SEED, Split, load_split
-from tfship.errors import ConfigError
+from tfship.errors import ConfigError, DataError
 from tfship.log import event, quiet_tensorflow
 from tfship.settings import Setting, setting
 from tfship.workspace import Workspace, read_json, sha256_file, write_json
@@ -210,6 +210,12 @@ def train(
     ws = Workspace(ws_root)
     data_dir = data_dir or ws.require(ws.data, "build")
     data_manifest = read_json(ws.require(data_dir / "manifest.json", "build"))
+    if data_manifest.get("kind") == "table":
+        raise DataError(
+            f"{data_dir}: holds a table ({data_manifest['task']}); stage 1 checks and splits "
+            "tables, but training them is not built yet (issue #17)",
+            hint="train on images (digits, .npz) for now",
+        )
     train_split = load_split(data_dir / "train.npz")
     val_split = load_split(data_dir / "val.npz")
     keras.utils.set_random_seed(s.seed)

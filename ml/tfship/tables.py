@@ -1,0 +1,378 @@
+"""Stage 1 for tables: the bundled tabular sets, a streaming CSV reader, and ``build_table``.
+
+Bundled, offline (they ship inside scikit-learn, read by its own loaders):
+``breast_cancer`` (binary classification, label ``target``: malignant/benign), ``wine``
+(3 classes, label ``target``) and ``diabetes`` (regression, label ``target``: disease
+progression after a year), each written as a CSV with a header row.
+
+A CSV is read in batches of rows (``read_csv``): the file is never held in memory whole, and
+its sha256 is computed from the same bytes in the same pass (``table_stats``), so statistics
+and the content hash cost one read. A second pass writes the split.
+
+``build_table`` (what ``tfship build --label COLUMN`` does): statistics and hash; the task
+from the label (``--task`` to override); the schema (``schema.pbtxt``, TFDV's format) read
+from beside the data and every anomaly refused (exit 2), or inferred and written there on
+the first build; then a stratified, seeded split into ``train.csv``/``val.csv``/``test.csv``,
+``stats.json`` and ``manifest.json``. Nothing is written unless every check passed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tfship import config
+from tfship import schema as sch
+from tfship.errors import DataError
+from tfship.settings import setting
+from tfship.sources import shown_url, snapshot_path
+from tfship.stats import BYTES, FLOAT, TableStats
+from tfship.workspace import Workspace, write_json
+
+TABULAR_SETS = {
+    "breast_cancer": "load_breast_cancer",
+    "wine": "load_wine",
+    "diabetes": "load_diabetes",
+}
+LABEL = "target"
+BATCH_ROWS = 4096
+CHUNK_BYTES = 1 << 20
+MAX_CLASS_INTEGERS = 20  # an integer label with at most this many values is a class
+CLASSIFICATION, REGRESSION = "classification", "regression"
+
+
+@dataclass
+class TableSettings:
+    """Stage 1 for tables: which column is the target, the task, and the schema."""
+
+    label: str | None = setting(
+        None,
+        "TFSHIP_LABEL",
+        "Target column of a table (CSV). Given, the data is read as a table; "
+        "the bundled tabular sets use 'target'.",
+    )
+    task: str | None = setting(
+        None,
+        "TFSHIP_TASK",
+        "Override the task inferred from the label (strings, or integers with few values: "
+        "classification; other numbers: regression).",
+        choices=(CLASSIFICATION, REGRESSION),
+    )
+    schema: str | None = setting(
+        None,
+        "TFSHIP_SCHEMA",
+        "schema.pbtxt (TFDV's format) to check the data against. Default: schema.pbtxt "
+        "beside the data, inferred and written there on the first build.",
+        kind="file",
+    )
+
+
+def is_table(data: str, label: str | None) -> bool:
+    """Whether ``--data``/``--label`` name a table (else images, as before)."""
+    return label is not None or data in TABULAR_SETS
+
+
+def write_bundled(name: str, path: Path) -> Path:
+    """Write the bundled set ``name`` as a CSV at ``path`` (label column ``target``; class
+    names for classification sets, as the team's own CSV would have them)."""
+    import sklearn.datasets  # heavy (~1 s): only when a bundled set is asked for
+
+    bunch = getattr(sklearn.datasets, TABULAR_SETS[name])(
+        **({"scaled": False} if name == "diabetes" else {})
+    )
+    names = [str(n).replace(" ", "_") for n in bunch.feature_names]
+    target = bunch.target
+    if "target_names" in bunch:
+        target = np.asarray(bunch.target_names)[target]
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([*names, LABEL])
+        for row, y in zip(bunch.data.tolist(), target.tolist(), strict=True):
+            w.writerow([*(f"{v:.10g}" for v in row), y])
+    return path
+
+
+@dataclass
+class _Hashing(io.RawIOBase):
+    """A binary file that hashes what is read through it."""
+
+    raw: io.BufferedReader
+    digest: object
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        n = self.raw.readinto(b)
+        if n:
+            self.digest.update(memoryview(b)[:n])
+        return n or 0
+
+
+def read_csv(
+    path: Path, batch_rows: int = BATCH_ROWS, digest: object | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """The CSV at ``path`` as batches of columns (strings; ``""`` = missing), header first.
+    ``digest`` (a hashlib object), if given, sees every byte of the file."""
+    with path.open("rb") as raw:
+        stream = _Hashing(raw, digest) if digest is not None else raw
+        text = io.TextIOWrapper(
+            io.BufferedReader(stream, CHUNK_BYTES), encoding="utf-8", newline=""
+        )
+        reader = csv.reader(text)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(f"{path}: empty file", hint="a CSV starts with a header row") from None
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+        header = [h.strip() for h in header]
+        if len(set(header)) != len(header) or "" in header:
+            raise DataError(f"{path}: the header row needs distinct, non-empty column names")
+        rows: list[list[str]] = []
+        try:
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise DataError(
+                        f"{path}: line {reader.line_num} has {len(row)} columns, "
+                        f"the header has {len(header)}"
+                    )
+                rows.append(row)
+                if len(rows) == batch_rows:
+                    yield _columns(header, rows)
+                    rows = []
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+        except csv.Error as exc:
+            raise DataError(f"{path}: line {reader.line_num}: {exc}") from exc
+        if rows:
+            yield _columns(header, rows)
+        # the csv reader may stop before EOF's last read: drain so the digest sees every byte
+        while text.read(CHUNK_BYTES):
+            pass
+
+
+def _columns(header: list[str], rows: list[list[str]]) -> dict[str, np.ndarray]:
+    table = np.asarray(rows, dtype=str)
+    return {name: table[:, i] for i, name in enumerate(header)}
+
+
+def table_stats(path: Path, seed: int = 0) -> tuple[TableStats, str]:
+    """Statistics of every column and the file's sha256, in one streaming pass."""
+    digest = hashlib.sha256()
+    stats = TableStats(seed=seed)
+    for batch in read_csv(path, digest=digest):
+        stats.update(batch)
+    if not stats.rows:
+        raise DataError(f"{path}: no data rows")
+    return stats.finish(), digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1 for tables
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TableBuild:
+    """What stage 1 wrote for a table: the data manifest."""
+
+    manifest: dict
+
+    def to_dict(self) -> dict:
+        return self.manifest
+
+    def summary(self) -> str:
+        m, rows = self.manifest, self.manifest["rows"]
+        what = m["task"] + (f", {len(m['classes'])} classes" if m.get("classes") else "")
+        return (
+            f"data {m['data_hash'][:23]} from {m['origin']} ({what}, label {m['label']!r}): "
+            f"{rows['train']} train / {rows['val']} val / {rows['test']} test rows; "
+            f"schema {m['schema']['status']} ({m['schema']['path']})"
+        )
+
+
+def infer_task(label: str, stats: TableStats, override: str | None) -> str:
+    """classification for string labels or integers with few values; else regression."""
+    f = stats.features[label]
+    if override:
+        if override == REGRESSION and f.type == BYTES:
+            raise DataError(
+                f"--task regression: label {label!r} holds strings",
+                hint="regression needs a numeric label",
+            )
+        return override
+    if f.type == BYTES or (f.type != FLOAT and not f.many and f.distinct <= MAX_CLASS_INTEGERS):
+        return CLASSIFICATION
+    return REGRESSION
+
+
+def _resolve(spec: str, work: Path) -> tuple[Path, Path | None]:
+    """The CSV to read and, for a local source, the folder its schema lives in."""
+    if spec in TABULAR_SETS:
+        return write_bundled(spec, work / f"{spec}.csv"), None
+    if "://" in spec and not spec.startswith("file://"):
+        raise DataError(
+            f"--data {shown_url(spec)}: tables are read from local files for now",
+            hint="download the CSV first (tfship build --data PATH.csv --label COLUMN)",
+        )
+    path = Path(spec.removeprefix("file://")).expanduser()
+    if not path.exists():
+        raise DataError(f"--data {path}: not found")
+    csv_path = snapshot_path(path)
+    if csv_path.suffix != ".csv":
+        raise DataError(
+            f"{csv_path}: a table must be a .csv file (got {csv_path.suffix or 'no suffix'})",
+            hint="Parquet and TFRecord tables are not read yet; write the table as CSV",
+        )
+    return csv_path, (path if path.is_dir() else path.parent)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _check_label(path: Path, stats: TableStats, label: str) -> None:
+    if label not in stats.features:
+        cols = ", ".join(list(stats.features)[:12])
+        raise DataError(
+            f"{path}: no column {label!r} (columns: {cols})", hint="set --label to the target"
+        )
+    f = stats.features[label]
+    if f.missing:
+        raise DataError(
+            f"{path}: label {label!r} is empty in {f.missing} of {f.count} rows",
+            hint="drop the unlabelled rows or fill them",
+        )
+
+
+def _check_classes(path: Path, f: object, min_rows: int) -> list[str]:
+    if f.many or f.distinct > 1000:
+        raise DataError(f"{path}: label {f.name!r} has too many classes to count")
+    if f.distinct < 2:
+        raise DataError(f"{path}: label {f.name!r} has one class only ({next(iter(f.counts))!r})")
+    small = {k: c for k, c in f.counts.items() if c < min_rows}
+    if small:
+        k, c = min(small.items(), key=lambda kv: kv[1])
+        raise DataError(
+            f"{path}: class {k!r} has {c} rows, every class needs >= {min_rows}",
+            hint="add rows or lower --min-rows-per-class",
+        )
+    return sorted(f.counts)
+
+
+def _split_slots(seed: int, key: str) -> np.ndarray:
+    """A seeded pattern of 20 slots (0 train, 1 val, 2 test) in the split's proportions:
+    the n-th row of a class goes to slot n mod 20, so each class is split in proportion
+    while the rows stream by."""
+    n_val, n_test = round(20 * config.VAL_FRACTION), round(20 * config.TEST_FRACTION)
+    slots = np.array([1] * n_val + [2] * n_test + [0] * (20 - n_val - n_test))
+    rng = np.random.default_rng([seed, int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)])
+    return rng.permutation(slots)
+
+
+def _write_split(path: Path, out: Path, label: str, task: str, seed: int) -> dict[str, int]:
+    names = ("train", "val", "test")
+    seen: dict[str, int] = {}
+    patterns: dict[str, np.ndarray] = {}
+    rows = dict.fromkeys(names, 0)
+    files = [(out / f"{n}.csv").open("w", newline="") for n in names]
+    try:
+        writers = [csv.writer(f) for f in files]
+        header_done = False
+        for batch in read_csv(path):
+            if not header_done:
+                for w in writers:
+                    w.writerow(list(batch))
+                header_done = True
+            keys = batch[label] if task == CLASSIFICATION else np.full(len(batch[label]), "")
+            table = np.column_stack(list(batch.values()))
+            for row, key in zip(table.tolist(), keys.tolist(), strict=True):
+                n = seen.get(key, 0)
+                seen[key] = n + 1
+                if key not in patterns:
+                    patterns[key] = _split_slots(seed, key)
+                slot = int(patterns[key][n % 20])
+                writers[slot].writerow(row)
+                rows[names[slot]] += 1
+    finally:
+        for f in files:
+            f.close()
+    return rows
+
+
+def build_table(
+    ws_root: Path, data: str, s: TableSettings, seed: int, min_rows_per_class: int
+) -> TableBuild:
+    """Stage 1 for a table: stats + hash, task, schema check (or inference), split, write."""
+    label = s.label or LABEL
+    with tempfile.TemporaryDirectory(prefix="tfship-table-") as tmp:
+        path, home = _resolve(data, Path(tmp))
+        stats, sha = table_stats(path, seed)
+        _check_label(path, stats, label)
+        task = infer_task(label, stats, s.task)
+        classes = (
+            _check_classes(path, stats.features[label], min_rows_per_class)
+            if task == CLASSIFICATION
+            else None
+        )
+        schema_path = Path(s.schema) if s.schema else (home / sch.SCHEMA_FILE if home else None)
+        if schema_path is not None and schema_path.exists():
+            try:
+                schema = sch.read_schema(schema_path)
+                anomalies = sch.validate(stats, schema, str(schema_path))
+            except sch.SchemaError as exc:
+                raise DataError(
+                    str(exc), hint="fix the file, or delete it to infer it again"
+                ) from exc
+            if anomalies:
+                more = f" (+{len(anomalies) - 3} more)" if len(anomalies) > 3 else ""
+                raise DataError(
+                    f"{path} breaks {schema_path}: "
+                    + "; ".join(str(a) for a in anomalies[:3])
+                    + more
+                )
+            status = "checked"
+        elif s.schema:
+            raise DataError(f"--schema {s.schema}: not found", hint="omit it to infer one")
+        else:
+            schema, status = sch.infer_schema(stats), "inferred"
+        text = sch.schema_text(schema)
+        ws = Workspace(ws_root)
+        with ws.stage_output("build") as out:
+            split_rows = _write_split(path, out, label, task, seed)
+            (out / sch.SCHEMA_FILE).write_text(text)
+            write_json(out / "stats.json", stats.to_dict())
+            info = {
+                "kind": "table",
+                "origin": data,
+                "data_hash": "sha256:" + sha,
+                "label": label,
+                "task": task,
+                "classes": classes,
+                "seed": seed,
+                "rows": split_rows,
+                "schema": {
+                    "status": status,
+                    "path": str(schema_path or ws.data / sch.SCHEMA_FILE),
+                    "sha256": hashlib.sha256(text.encode()).hexdigest(),
+                },
+                "created_by": os.environ.get("CIRCLE_BUILD_URL") or "local",
+            }
+            write_json(out / "manifest.json", info)
+        if status == "inferred" and schema_path is not None:
+            _atomic_text(schema_path, text)  # last: only a build that passed leaves one
+    return TableBuild(info)

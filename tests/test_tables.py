@@ -1,0 +1,139 @@
+"""`tfship build` on tables: task, schema beside the data, anomalies refused, stratified split."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from helpers import assert_build_rejected
+from tfship.tables import write_bundled
+
+
+def rows_of(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def write_rows(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "task", "classes", "total"),
+    [
+        ("breast_cancer", "classification", ["benign", "malignant"], 569),
+        ("wine", "classification", ["class_0", "class_1", "class_2"], 178),
+        ("diabetes", "regression", None, 442),
+    ],
+)
+def test_the_bundled_tables_build_with_their_task_and_a_stratified_split(
+    cli, tmp_path, name, task, classes, total
+):
+    r = cli("build", "--data", name, "--json")
+    assert r.code == 0, r.err
+    m = json.loads(r.out)
+    assert (m["kind"], m["task"], m["classes"], m["label"]) == ("table", task, classes, "target")
+    assert sum(m["rows"].values()) == total
+    data = tmp_path / "workspace" / "data"
+    assert sorted(p.name for p in data.iterdir()) == [
+        "manifest.json",
+        "schema.pbtxt",
+        "stats.json",
+        "test.csv",
+        "train.csv",
+        "val.csv",
+    ]
+    split = {s: rows_of(data / f"{s}.csv") for s in ("train", "val", "test")}
+    assert {s: len(v) for s, v in split.items()} == m["rows"]
+    assert m["rows"]["test"] == pytest.approx(0.15 * total, abs=len(classes or [1]) * 2)
+    if classes:  # every class in every split, in the whole table's proportions
+        whole = Counter(row["target"] for v in split.values() for row in v)
+        test = Counter(row["target"] for row in split["test"])
+        for c in classes:
+            assert test[c] / len(split["test"]) == pytest.approx(whole[c] / total, abs=0.05)
+    stats = json.loads((data / "stats.json").read_text())
+    assert stats["rows"] == total
+
+
+def test_the_same_data_and_seed_give_the_same_split_and_another_seed_another(cli, tmp_path):
+    def split(*args: str) -> str:
+        assert cli("build", "--data", "wine", *args).code == 0
+        return (tmp_path / "workspace" / "data" / "test.csv").read_text()
+
+    first = split()
+    assert split() == first
+    assert split("--seed", "7") != first
+
+
+def test_the_schema_is_inferred_beside_the_data_then_later_snapshots_are_checked(cli, tmp_path):
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    write_bundled("wine", snaps / "2026-01.csv")
+    r = cli("build", "--data", "snaps", "--label", "target", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["schema"] == {
+        "status": "inferred",
+        "path": "snaps/schema.pbtxt",
+        "sha256": json.loads(r.out)["schema"]["sha256"],
+    }
+    schema = (snaps / "schema.pbtxt").read_text()
+    assert 'name: "alcohol"\n  type: FLOAT' in schema and 'value: "class_1"' in schema
+    assert (tmp_path / "workspace" / "data" / "schema.pbtxt").read_text() == schema
+
+    rows = rows_of(snaps / "2026-01.csv")[:150]  # a newer snapshot, same distributions
+    write_rows(snaps / "2026-02.csv", rows)
+    r = cli("build", "--data", "snaps", "--label", "target", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["schema"]["status"] == "checked"
+    before = (tmp_path / "workspace" / "data" / "manifest.json").read_text()
+
+    for i, row in enumerate(rows):  # a broken snapshot: shifted values, a lost column
+        if i < 40:
+            row["alcohol"] = str(float(row["alcohol"]) + 10)
+        del row["hue"]
+    write_rows(snaps / "2026-03.csv", rows)
+    r = cli("build", "--data", "snaps", "--label", "target")
+    assert r.code == 2, r.err
+    (line,) = r.err_lines
+    assert line.startswith("tfship build: bad input: snaps/2026-03.csv breaks snaps/schema.pbtxt:")
+    assert "alcohol: " in line and "outside [11.03, 14.83" in line
+    assert "hue: column is in the schema but not in the data" in line
+    assert (tmp_path / "workspace" / "data" / "manifest.json").read_text() == before
+    assert (snaps / "schema.pbtxt").read_text() == schema  # never rewritten by a check
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (("--label", "colour"), ("no column 'colour'", "set --label")),
+        (("--label", "target", "--task", "regression"), ("label 'target' holds strings",)),
+        (("--label", "target", "--min-rows-per-class", "100"), ("class 'class_2' has 48 rows",)),
+        (("--label", "alcohol", "--schema", "missing.pbtxt"), ("--schema missing.pbtxt",)),
+    ],
+)
+def test_bad_table_input_is_one_line_and_nothing_written(cli, tmp_path, args, needles):
+    write_bundled("wine", tmp_path / "wine.csv")
+    r = cli("build", "--data", "wine.csv", *args)
+    assert_build_rejected(r, tmp_path, *needles)
+    assert not (tmp_path / "schema.pbtxt").exists()
+
+
+def test_a_broken_schema_file_is_named(cli, tmp_path):
+    write_bundled("wine", tmp_path / "wine.csv")
+    (tmp_path / "schema.pbtxt").write_text('feature { name: "alcohol" typ: FLOAT }\n')
+    r = cli("build", "--data", "wine.csv", "--label", "target")
+    assert_build_rejected(r, tmp_path, "schema.pbtxt:1:", "typ")
+
+
+def test_training_a_table_is_refused_until_it_is_built(cli, tmp_path):
+    assert cli("build", "--data", "diabetes").code == 0
+    r = cli("train")
+    assert r.code == 2
+    assert r.err_lines[-1].startswith("tfship train: bad input: workspace/data: holds a table")
