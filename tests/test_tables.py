@@ -1,9 +1,11 @@
-"""`tfship build` on tables: task, schema beside the data, anomalies refused, stratified split."""
+"""Tables: build (task, schema beside the data, anomalies refused, split), train and test."""
 
 from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -132,8 +134,76 @@ def test_a_broken_schema_file_is_named(cli, tmp_path):
     assert_build_rejected(r, tmp_path, "schema.pbtxt:1:", "typ")
 
 
-def test_training_a_table_is_refused_until_it_is_built(cli, tmp_path):
-    assert cli("build", "--data", "diabetes").code == 0
-    r = cli("train")
-    assert r.code == 2
-    assert r.err_lines[-1].startswith("tfship train: bad input: workspace/data: holds a table")
+@pytest.mark.parametrize(
+    ("name", "gate", "floor"),
+    [
+        ("breast_cancer", "accuracy", 0.9),
+        ("wine", "accuracy", 0.9),
+        ("reviews", "accuracy", 0.9),  # text, a categorical and a number
+        ("diabetes", "r2", 0.2),
+    ],
+)
+def test_each_bundled_table_trains_and_passes_its_tasks_gates(cli, tmp_path, name, gate, floor):
+    assert cli("build", "--data", name).code == 0
+    r = cli("train", "--epochs", "30")
+    assert r.code == 0, r.err
+    r = cli("test", "--json")
+    assert r.code == 0, r.err
+    result = json.loads(r.out)
+    metrics = result["metrics"]
+    assert metrics[gate] >= floor
+    names = [c["name"] for c in result["checks"]]
+    if gate == "accuracy":
+        assert metrics["auc"] > 0.95
+        assert metrics["accuracy"] > metrics["baseline_accuracy"]
+        assert names[-1] == "accuracy vs baseline (majority class)"
+        assert all(f"recall[{c}]" in names for c in metrics["classes"])
+    else:
+        assert metrics["rmse"] < metrics["baseline_rmse"] and metrics["mae"] > 0
+        assert names == ["r2", "rmse vs baseline (train mean)"]
+    report = (tmp_path / "workspace" / "eval" / "report.md").read_text()
+    assert "**Gate PASSED**" in report
+    r = cli("package")  # the next step of #17: refused in one line, nothing stored
+    assert r.code == 2 and "workspace/data holds a table" in r.err_lines[-1]
+    assert not (tmp_path / "store").exists()
+
+
+PREDICT = """
+import json, sys
+import keras, tensorflow as tf
+model = keras.models.load_model(sys.argv[1])
+out = model({k: tf.constant([v]) for k, v in json.loads(sys.argv[2]).items()})
+print(json.dumps(out.numpy().tolist()))
+"""
+
+
+def test_the_model_takes_raw_features_and_unseen_categories_and_words(cli, tmp_path):
+    assert cli("build", "--data", "reviews").code == 0
+    assert cli("train", "--epochs", "30").code == 0
+    model = tmp_path / "workspace" / "model" / "model.keras"
+
+    def predict(row: dict) -> list[float]:
+        p = subprocess.run(
+            [sys.executable, "-c", PREDICT, str(model), json.dumps(row)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert p.returncode == 0, p.stderr[-2000:]
+        return json.loads(p.stdout)[0]
+
+    classes = json.loads((tmp_path / "workspace" / "model" / "train.json").read_text())["classes"]
+    good = predict({"review": "great excellent perfect", "channel": "web", "stars": 5.0})
+    assert classes[max(range(2), key=good.__getitem__)] == "positive"
+    unseen = predict({"review": "zebra quartz", "channel": "fax", "stars": 3.0})
+    assert sum(unseen) == pytest.approx(1.0, abs=1e-5) and all(0 <= p <= 1 for p in unseen)
+
+
+def test_the_same_table_and_seed_train_the_same_model(cli, tmp_path):
+    assert cli("build", "--data", "wine").code == 0
+    shas = []
+    for _ in range(2):
+        assert cli("train", "--epochs", "5").code == 0
+        info = json.loads((tmp_path / "workspace" / "model" / "train.json").read_text())
+        shas.append(info["model_sha256"])
+    assert shas[0] == shas[1]

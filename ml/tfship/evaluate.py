@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfship import table_eval
 from tfship.data import load_split
 from tfship.errors import DataError, GateFailed
 from tfship.log import event, quiet_tensorflow
@@ -33,6 +34,12 @@ class Gates:
     min_class_recall: float = setting(
         0.75, "TFSHIP_MIN_CLASS_RECALL", "Every class's recall must reach this.", min=0, max=1
     )
+    min_r2: float = setting(
+        0.2,
+        "TFSHIP_MIN_R2",
+        "Regression: test R2 must reach this (0 = no better than the mean).",
+        max=1,
+    )
 
 
 @dataclass
@@ -45,10 +52,10 @@ class EvalResult:
         return self.result
 
     def summary(self, ws_root: Path) -> str:
+        first = self.result["checks"][0]  # accuracy (classification) or r2 (regression)
         return (
-            f"gate passed: accuracy {self.result['metrics']['accuracy']:.4f} >= "
-            f"{self.result['thresholds']['min_accuracy']}; report "
-            f"{Path(ws_root) / 'eval' / 'report.md'}"
+            f"gate passed: {first['name']} {first['value']:.4f} {first['op']} "
+            f"{first['threshold']}; report {Path(ws_root) / 'eval' / 'report.md'}"
         )
 
 
@@ -166,6 +173,10 @@ def render_report(metrics: dict, checks: list[Check], title: str, extra: str = "
     return "\n".join(lines)
 
 
+def _describe(c: dict) -> str:
+    return Check(c["name"], c["value"], c["op"], c["threshold"], c.get("detail", "")).describe()
+
+
 def evaluate(ws_root: Path, gates: Gates) -> EvalResult:
     """Stage 3: evaluate ``model/model.keras`` on ``data/test.npz``; raise GateFailed if it misses.
 
@@ -180,6 +191,15 @@ def evaluate(ws_root: Path, gates: Gates) -> EvalResult:
             "the model in the workspace was trained on other data than data/ holds",
             hint="run `tfship train` again after `tfship build`",
         )
+    if data_manifest.get("kind") == "table":
+        result = table_eval.evaluate_table(ws, gates, model_path, data_manifest)
+        if not result["passed"]:
+            checks = [c for c in result["checks"] if not c["passed"]]
+            raise GateFailed(
+                "quality gate failed: " + "; ".join(_describe(c) for c in checks),
+                hint=f"report: {ws.eval / 'report.md'}",
+            )
+        return EvalResult(result)
     test = load_split(ws.data / "test.npz")
     started = time.monotonic()
     probs = predict_keras(model_path, test.images)

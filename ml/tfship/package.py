@@ -30,6 +30,7 @@ from tfship.errors import DataError, GateFailed, VerificationFailed
 from tfship.log import event, quiet_tensorflow
 from tfship.settings import setting
 from tfship.store import MANIFEST, ArtifactStore, check_model_name, check_version
+from tfship.tables import refuse_table
 from tfship.workspace import Workspace, read_json, tree_hashes, write_json
 
 if TYPE_CHECKING:
@@ -178,6 +179,7 @@ def _inputs(ws: Workspace) -> tuple[Path, dict, dict, dict]:
     evaluation = read_json(ws.require(ws.eval / "metrics.json", "test"))
     data_manifest = read_json(ws.require(ws.data / "manifest.json", "build"))
     train_info = read_json(ws.require(ws.model / "train.json", "train"))
+    refuse_table(data_manifest, "packaging")
     if not evaluation.get("passed"):
         raise GateFailed(
             "the model in the workspace did not pass `tfship test`; it will not be packaged"

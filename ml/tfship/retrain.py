@@ -43,6 +43,7 @@ from tfship.report import Check, check_table, failed, summary, write_junit
 from tfship.settings import setting
 from tfship.sources import DATA
 from tfship.store import MANIFEST, ArtifactStore
+from tfship.tables import refuse_table
 from tfship.targets import Fleet
 from tfship.train import TrainSettings, train
 from tfship.workspace import Workspace, read_json, recover_dir, replace_dir, write_json
@@ -385,6 +386,7 @@ def retrain(
 
     ws = Workspace(ws_root)
     data_manifest = read_json(ws.require(ws.data / "manifest.json", "build"))
+    refuse_table(data_manifest, "retraining")
     # A decision from an earlier run must not outlive this one (killed or not): later stages
     # read it. This run's decision is written last, after the model it speaks of.
     recover_dir(ws.retrain, ".tmp-retrain-")

@@ -263,7 +263,8 @@ def _outside_range(f: FeatureStats, lo: float, hi: float) -> float:
     return max(below + above, 1.0 / f.numbers)
 
 
-def _domain_of(schema: object, feat: object) -> list[str] | None:
+def domain_values(schema: object, feat: object) -> list[str] | None:
+    """The vocabulary of a categorical feature (its own or a named string_domain), else None."""
     if feat.HasField("string_domain"):
         return list(feat.string_domain.value)
     if feat.HasField("domain"):
@@ -326,7 +327,7 @@ def validate(stats: TableStats, schema: object, where: str = "schema.pbtxt") -> 
             outside = _outside_range(f, lo, hi)
             what = f"outside [{lo:g}, {hi:g}] (seen {f.min:g} .. {f.max:g})"
         else:
-            domain = _domain_of(schema, feat)
+            domain = domain_values(schema, feat)
             if domain is not None and f.present:
                 allowed = set(domain)
                 unknown = {k: c for k, c in f.counts.items() if k not in allowed}
@@ -401,7 +402,7 @@ def drift(base: TableStats, new: TableStats, schema: object) -> dict[str, tuple[
         a, b = base.features.get(feat.name), new.features.get(feat.name)
         if a is None or b is None or not a.present or not b.present:
             continue
-        if _domain_of(schema, feat) is not None:
+        if domain_values(schema, feat) is not None:
             out[feat.name] = ("L-inf", round(l_infinity(a.counts, b.counts), 6))
         elif a.type != BYTES and a.percentiles and b.percentiles:
             out[feat.name] = ("JS", round(jensen_shannon(a.percentiles, b.percentiles), 6))

@@ -15,10 +15,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tfship import schema as sch
 from tfship.data import SEED, Split, load_split
-from tfship.errors import ConfigError, DataError
+from tfship.errors import ConfigError
 from tfship.log import event, quiet_tensorflow
 from tfship.settings import Setting, setting
+from tfship.stats import TableStats
 from tfship.workspace import Workspace, read_json, sha256_file, write_json
 
 if TYPE_CHECKING:
@@ -82,7 +84,6 @@ def fit(
 ) -> dict[str, list[float]]:
     """Fit with early stopping on validation loss (best weights restored)."""
     quiet_tensorflow()
-    import keras
     import tensorflow as tf
 
     def pipe(split: Split, shuffle: bool) -> tf.data.Dataset:
@@ -92,9 +93,18 @@ def fit(
             ds = ds.shuffle(len(split), seed=s.seed, reshuffle_each_iteration=True)
         return ds.batch(s.batch_size).prefetch(tf.data.AUTOTUNE)
 
+    return fit_datasets(model, pipe(train, True), pipe(val, False), s, stage)
+
+
+def fit_datasets(
+    model: keras.Model, train_ds: object, val_ds: object, s: TrainSettings, stage: str = "train"
+) -> dict[str, list[float]]:
+    """``model.fit`` on two tf.data pipelines with early stopping on validation loss."""
+    import keras
+
     history = model.fit(
-        pipe(train, True),
-        validation_data=pipe(val, False),
+        train_ds,
+        validation_data=val_ds,
         epochs=s.epochs,
         shuffle=False,  # the pipeline shuffles, seeded; Keras would warn that it cannot
         verbose=0,
@@ -210,16 +220,12 @@ def train(
     ws = Workspace(ws_root)
     data_dir = data_dir or ws.require(ws.data, "build")
     data_manifest = read_json(ws.require(data_dir / "manifest.json", "build"))
-    if data_manifest.get("kind") == "table":
-        raise DataError(
-            f"{data_dir}: holds a table ({data_manifest['task']}); stage 1 checks and splits "
-            "tables, but training them is not built yet (issue #17)",
-            hint="train on images (digits, .npz) for now",
-        )
-    train_split = load_split(data_dir / "train.npz")
-    val_split = load_split(data_dir / "val.npz")
     keras.utils.set_random_seed(s.seed)
     tf.config.experimental.enable_op_determinism()  # same seed, same data -> same model
+    if data_manifest.get("kind") == "table":
+        return _train_table(ws, data_dir, data_manifest, s, init_model, stage)
+    train_split = load_split(data_dir / "train.npz")
+    val_split = load_split(data_dir / "val.npz")
     shape = tuple(train_split.images.shape[1:])
     num_classes = int(data_manifest["num_classes"])
     if init_model is not None:
@@ -242,7 +248,28 @@ def train(
     )
     started = time.monotonic()
     history = fit(model, train_split, val_split, s, stage)
-    seconds = time.monotonic() - started
+    facts = {"input_name": model.inputs[0].name, "input_shape": list(shape)}
+    facts["num_classes"] = num_classes
+    return _write(
+        ws, model, history, time.monotonic() - started, data_manifest, s, init_model, facts, stage
+    )
+
+
+def _write(
+    ws: Workspace,
+    model: keras.Model,
+    history: dict[str, list[float]],
+    seconds: float,
+    data_manifest: dict,
+    s: TrainSettings,
+    init_model: Path | None,
+    facts: dict,
+    stage: str,
+) -> TrainResult:
+    """Write ``<workspace>/model/`` (model.keras, history, train.json) in one step."""
+    import keras
+    import tensorflow as tf
+
     with ws.stage_output("train") as out:
         save_model(model, out / "model.keras")
         write_json(out / "history.json", history)
@@ -250,9 +277,7 @@ def train(
         info = {
             "data_hash": data_manifest["data_hash"],
             "model_sha256": sha256_file(out / "model.keras"),
-            "input_name": model.inputs[0].name,
-            "input_shape": list(shape),
-            "num_classes": num_classes,
+            **facts,
             "epochs_run": len(history.get("loss", [])),
             "best_val_loss": min(history.get("val_loss", [float("nan")])),
             "seconds": round(seconds, 2),
@@ -269,3 +294,53 @@ def train(
         best_val_loss=f"{info['best_val_loss']:.4f}",
     )
     return TrainResult(info)
+
+
+def _train_table(
+    ws: Workspace,
+    data_dir: Path,
+    data_manifest: dict,
+    s: TrainSettings,
+    init_model: Path | None,
+    stage: str,
+) -> TrainResult:
+    """Stage 2 for a table: stream the split's CSVs through tf.data into the table model."""
+    import keras
+
+    from tfship.table_model import dataset, default_table_model, feature_kinds  # imports TF
+
+    if s.model_fn:
+        raise ConfigError(
+            "--model-fn takes (input_shape, num_classes) for images; tables take a trainer",
+            hint="omit --model-fn for tables (the --trainer contract is the next step of #17)",
+        )
+    schema = sch.read_schema(data_dir / sch.SCHEMA_FILE)
+    stats = TableStats.from_dict(read_json(data_dir / "stats.json"))
+    label, classes = data_manifest["label"], data_manifest["classes"]
+    kinds = feature_kinds(schema, label)
+
+    def pipe(split: str, shuffle: bool) -> object:
+        seed = s.seed if shuffle else None
+        return dataset(data_dir / f"{split}.csv", kinds, stats, label, classes, s.batch_size, seed)
+
+    train_ds, val_ds = pipe("train", True), pipe("val", False)
+    if init_model is not None:
+        model = keras.models.load_model(init_model)
+        model.optimizer.learning_rate.assign(s.learning_rate)
+    else:
+        model = default_table_model(schema, stats, label, classes, s.learning_rate, train_ds)
+    event(
+        stage,
+        "training",
+        rows=data_manifest["rows"]["train"],
+        task=data_manifest["task"],
+        epochs=s.epochs,
+        data=data_manifest["data_hash"][:19],
+    )
+    started = time.monotonic()
+    history = fit_datasets(model, train_ds, val_ds, s, stage)
+    facts = {"kind": "table", "task": data_manifest["task"], "label": label, "classes": classes}
+    facts["inputs"] = kinds
+    return _write(
+        ws, model, history, time.monotonic() - started, data_manifest, s, init_model, facts, stage
+    )
