@@ -10,7 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import assert_build_rejected
+import requests
+from helpers import assert_build_rejected, serve_model
 from tfship.tables import write_bundled
 
 
@@ -163,9 +164,6 @@ def test_each_bundled_table_trains_and_passes_its_tasks_gates(cli, tmp_path, nam
         assert names == ["r2", "rmse vs baseline (train mean)"]
     report = (tmp_path / "workspace" / "eval" / "report.md").read_text()
     assert "**Gate PASSED**" in report
-    r = cli("package")  # the next step of #17: refused in one line, nothing stored
-    assert r.code == 2 and "workspace/data holds a table" in r.err_lines[-1]
-    assert not (tmp_path / "store").exists()
 
 
 PREDICT = """
@@ -207,3 +205,79 @@ def test_the_same_table_and_seed_train_the_same_model(cli, tmp_path):
         info = json.loads((tmp_path / "workspace" / "model" / "train.json").read_text())
         shas.append(info["model_sha256"])
     assert shas[0] == shas[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "api", "example"),
+    [
+        (
+            "reviews",
+            "classify",
+            {"review": "awful broken refund", "channel": "app", "stars": 1},
+        ),
+        (
+            "diabetes",
+            "regress",
+            {
+                "age": 50,
+                "sex": 1,
+                "bmi": 30.1,
+                "bp": 90.0,
+                "s1": 180,
+                "s2": 100.2,
+                "s3": 40.0,
+                "s4": 4.0,
+                "s5": 4.8,
+                "s6": 90,
+            },
+        ),
+    ],
+)
+def test_a_table_is_packaged_deployed_and_served_through_tf_servings_apis(
+    cli, tmp_path, name, api, example
+):
+    for args in (["build", "--data", name], ["train", "--epochs", "30"], ["test"]):
+        assert cli(*args).code == 0
+    r = cli("package", "--version", "1", "--json")
+    assert r.code == 0, r.err
+    vdir = Path(json.loads(r.out)["path"])
+    manifest = json.loads((vdir / "assets.extra" / "tfship.json").read_text())
+    assert manifest["kind"] == "table" and manifest["golden"]["input_name"] is None
+    assert set(manifest["signature"]["inputs"]) == set(example)
+    base = tmp_path / "models" / "digits"
+    base.mkdir(parents=True)
+    served = serve_model(tmp_path, base)
+    try:
+        r = cli("deploy", "--base-path", str(base.parent), "--url", served.rest)
+        assert r.code == 0, r.err  # deploy runs stage 7's checks on the served version
+        r = cli("test-deployed", "--url", served.rest, "--json")
+        assert r.code == 0, r.err
+        checks = {c["name"]: c for c in json.loads(r.out)["checks"]}
+        quality = "served accuracy" if api == "classify" else "served r2"
+        assert checks[quality]["passed"] and checks["golden outputs max abs diff"]["passed"]
+        url = f"{served.rest}/v1/models/digits"
+        row = requests.post(f"{url}:predict", json={"instances": [example]}, timeout=10).json()
+        ex = requests.post(
+            f"{url}:{api}", json={"signature_name": api, "examples": [example]}, timeout=10
+        ).json()
+        if api == "classify":  # row format: class names and scores; Classify: the same
+            (pred,) = row["predictions"]
+            assert pred["classes"] == manifest["classes"] == ["negative", "positive"]
+            assert pred["scores"][0] > 0.5  # an awful review is negative
+            ((c0, s0), (c1, s1)) = ex["results"][0]
+            assert (c0, c1) == ("negative", "positive")
+            assert s0 == pytest.approx(pred["scores"][0], abs=1e-5)
+        else:
+            (value,) = row["predictions"]
+            assert ex["results"] == [pytest.approx(value, abs=1e-3)]
+            assert 25 < value < 346  # within the target's range
+    finally:
+        served.stop()
+
+
+def test_tfship_run_takes_a_table_through_the_whole_loop(cli, tmp_path):
+    r = cli("run", "--data", "wine", "--stop-serving", "--json", timeout=400)
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    assert doc["results"]["test-deployed"]["checks"][-2]["name"] == "served accuracy"
+    assert doc["request"]["instances"][0].keys() >= {"alcohol", "proline"}

@@ -9,6 +9,10 @@ A version folder (what TF Serving loads) looks like::
     <version>/assets.extra/model.keras                 for retraining
     <version>/assets.extra/test.npz                    the held-out test split (champion gate)
 
+A table's version holds ``test_rows.npz`` (typed columns and labels) and ``schema.pbtxt``
+instead of ``test.npz``, and a second signature, ``classify`` or ``regress``, on
+serialized ``tf.Example``.
+
 ``assets.extra/`` is ignored by the SavedModel loader.
 """
 
@@ -25,12 +29,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tfship import config
+from tfship import schema as sch
 from tfship.data import load_split
 from tfship.errors import DataError, GateFailed, VerificationFailed
 from tfship.log import event, quiet_tensorflow
 from tfship.settings import setting
+from tfship.stats import TableStats
 from tfship.store import MANIFEST, ArtifactStore, check_model_name, check_version
-from tfship.tables import refuse_table
+from tfship.tables import take, typed_rows
 from tfship.workspace import Workspace, read_json, tree_hashes, write_json
 
 if TYPE_CHECKING:
@@ -125,18 +131,19 @@ def call_signature(
     return {k: v.numpy() for k, v in out.items()}
 
 
-def write_warmup(path: Path, model_name: str, input_name: str, batch: np.ndarray) -> None:
-    """``tf_serving_warmup_requests``: PredictionLog protos TF Serving replays on load."""
+def write_warmup(path: Path, model_name: str, batch: dict[str, np.ndarray]) -> None:
+    """``tf_serving_warmup_requests``: PredictionLog protos TF Serving replays on load (one
+    row, then the whole golden batch), inputs by name."""
     tf = _tf()
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     with tf.io.TFRecordWriter(str(path)) as writer:
-        for rows in (batch[:1], batch):
+        for n in (1, None):
             request = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(
                     name=model_name, signature_name=config.SIGNATURE_NAME
                 ),
-                inputs={input_name: tf.make_tensor_proto(rows)},
+                inputs={k: tf.make_tensor_proto(v[:n]) for k, v in batch.items()},
             )
             log = prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=request)
@@ -179,7 +186,6 @@ def _inputs(ws: Workspace) -> tuple[Path, dict, dict, dict]:
     evaluation = read_json(ws.require(ws.eval / "metrics.json", "test"))
     data_manifest = read_json(ws.require(ws.data / "manifest.json", "build"))
     train_info = read_json(ws.require(ws.model / "train.json", "train"))
-    refuse_table(data_manifest, "packaging")
     if not evaluation.get("passed"):
         raise GateFailed(
             "the model in the workspace did not pass `tfship test`; it will not be packaged"
@@ -202,9 +208,11 @@ def package(
     if version is None:  # time-based, but always above what the store already holds
         version = max(default_version(), max(store.versions(model_name), default=0) + 1)
     version = check_version(version)
+    if data_manifest.get("kind") == "table":
+        return _package_table(ws, store, model_name, version, data_manifest, train_info)
     test = load_split(ws.data / "test.npz")
     golden = test.images[: config.GOLDEN_BATCH]
-    tf = _tf()
+    _tf()  # quietly, before Keras loads it
     import keras
 
     model = keras.models.load_model(model_path)
@@ -216,37 +224,136 @@ def package(
         shutil.copy2(model_path, extra / "model.keras")
         np.savez_compressed(extra / "test.npz", images=test.images, labels=test.labels)
         write_warmup(
-            extra / "tf_serving_warmup_requests", model_name, golden_doc["input_name"], golden
+            extra / "tf_serving_warmup_requests", model_name, {golden_doc["input_name"]: golden}
         )
-        manifest = {
-            "model_name": model_name,
-            "version": version,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "data_hash": data_manifest["data_hash"],
-            "data_origin": data_manifest["origin"],
-            "num_classes": data_manifest["num_classes"],
-            "code_commit": code_commit(),
-            "build_url": os.environ.get("CIRCLE_BUILD_URL"),
-            "metrics": {
+        manifest = _manifest(model_name, version, data_manifest, evaluation, train_info)
+        manifest.update(
+            num_classes=data_manifest["num_classes"],
+            metrics={
                 "accuracy": evaluation["metrics"]["accuracy"],
                 "loss": evaluation["metrics"]["loss"],
                 "per_class_recall": evaluation["metrics"]["per_class"]["recall"],
             },
-            "thresholds": evaluation["thresholds"],
-            "tf_version": tf.__version__,
-            "keras_version": keras.__version__,
-            "signature": sig,
-            "golden": golden_doc,
-            "train": {k: train_info.get(k) for k in ("epochs_run", "init_model", "settings")},
-            # Same data + these seeds + the locked versions = the same weights (--seed).
-            "seeds": {"split": data_manifest["seed"], "train": train_info["settings"]["seed"]},
-        }
-        manifest["files"] = tree_hashes(vdir)
-        write_json(vdir / MANIFEST, manifest)
-        state = store.put(model_name, version, vdir, manifest)
-        result = PackageResult(
-            model_name, version, store.uri, state, str((ws.package / str(version)).absolute())
+            signature=sig,
+            golden=golden_doc,
         )
-        write_json(out / "package.json", result.to_dict())
+        result = _store(ws, out, store, vdir, manifest)
+    return result
+
+
+def _manifest(
+    model_name: str, version: int, data_manifest: dict, evaluation: dict, train_info: dict
+) -> dict:
+    """The lineage every package carries, whatever its data."""
+    tf = _tf()
+    import keras
+
+    return {
+        "model_name": model_name,
+        "version": version,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "data_hash": data_manifest["data_hash"],
+        "data_origin": data_manifest["origin"],
+        "code_commit": code_commit(),
+        "build_url": os.environ.get("CIRCLE_BUILD_URL"),
+        "thresholds": evaluation["thresholds"],
+        "tf_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "train": {k: train_info.get(k) for k in ("epochs_run", "init_model", "settings")},
+        # Same data + these seeds + the locked versions = the same weights (--seed).
+        "seeds": {"split": data_manifest["seed"], "train": train_info["settings"]["seed"]},
+    }
+
+
+def _store(
+    ws: Workspace, out: Path, store: ArtifactStore, vdir: Path, manifest: dict
+) -> PackageResult:
+    """Hash the version's files into its manifest and put it in the store."""
+    model_name, version = manifest["model_name"], manifest["version"]
+    manifest["files"] = tree_hashes(vdir)
+    write_json(vdir / MANIFEST, manifest)
+    state = store.put(model_name, version, vdir, manifest)
+    result = PackageResult(
+        model_name, version, store.uri, state, str((ws.package / str(version)).absolute())
+    )
+    write_json(out / "package.json", result.to_dict())
     event("package", f"stored {state}", model=model_name, version=version, store=store.uri)
+    return result
+
+
+def _plain(values: np.ndarray) -> list:
+    """A column as JSON: float32 numbers with the 7 significant digits that round-trip them
+    (24.0, 25.3, not 25.299999237060547), strings as they are."""
+    if values.dtype.kind == "f":
+        return [float(f"{x:.7g}") for x in values.tolist()]
+    return values.tolist()
+
+
+def _package_table(
+    ws: Workspace,
+    store: ArtifactStore,
+    model_name: str,
+    version: int,
+    data_manifest: dict,
+    train_info: dict,
+) -> PackageResult:
+    """Stage 4 for a table: export both signatures, check the export on real test rows."""
+    tf = _tf()
+    import keras
+
+    from tfship.table_model import export_table  # imports TF
+
+    model_path = ws.model / "model.keras"
+    evaluation = read_json(ws.eval / "metrics.json")
+    label, classes = data_manifest["label"], data_manifest["classes"]
+    kinds = train_info["inputs"]
+    stats = TableStats.from_dict(read_json(ws.data / "stats.json"))
+    means = {n: float(stats.features[n].mean) for n, k in kinds.items() if k == "numeric"}
+    inputs, labels = typed_rows(ws.data / "test.csv", kinds, means, label, classes)
+    golden = take(inputs, slice(0, config.GOLDEN_BATCH))
+    model = keras.models.load_model(model_path)
+    with ws.stage_output("package") as out:
+        vdir = out / str(version)
+        schema = sch.read_schema(ws.data / sch.SCHEMA_FILE)
+        ints = {f.name for f in schema.feature if sch.feature_type(f) == "INT"}
+        export_table(model, vdir, kinds, classes, ints)
+        loaded = tf.saved_model.load(str(vdir))
+        sig = signature_of(loaded)
+        output_name = "scores" if classes is not None else "prediction"
+        served = call_signature(loaded, golden)[output_name]
+        expected = np.asarray(model({k: tf.constant(v) for k, v in golden.items()}))
+        expected = expected if classes is not None else expected[:, 0]
+        diff = float(np.max(np.abs(served - expected)))
+        if not diff <= config.EXPORT_TOLERANCE:
+            raise VerificationFailed(
+                f"the exported SavedModel does not reproduce the Keras model: max abs diff "
+                f"{diff:.3g} > {config.EXPORT_TOLERANCE}",
+                hint="nothing was stored",
+            )
+        extra = vdir / "assets.extra"
+        extra.mkdir()
+        shutil.copy2(model_path, extra / "model.keras")
+        shutil.copy2(ws.data / sch.SCHEMA_FILE, extra / sch.SCHEMA_FILE)
+        np.savez_compressed(
+            extra / "test_rows.npz", labels=labels, **{f"input.{k}": v for k, v in inputs.items()}
+        )
+        write_warmup(extra / "tf_serving_warmup_requests", model_name, golden)
+        manifest = _manifest(model_name, version, data_manifest, evaluation, train_info)
+        keep = ("accuracy", "auc", "baseline_accuracy", "rmse", "mae", "r2", "baseline_rmse")
+        manifest.update(
+            kind="table",
+            task=data_manifest["task"],
+            label=label,
+            classes=classes,
+            metrics={k: v for k, v in evaluation["metrics"].items() if k in keep},
+            signature=sig,
+            golden={
+                "input_name": None,
+                "output_name": output_name,
+                "inputs": {k: _plain(v) for k, v in golden.items()},
+                "outputs": served.tolist(),
+                "max_abs_diff_vs_keras": diff,
+            },
+        )
+        result = _store(ws, out, store, vdir, manifest)
     return result

@@ -30,11 +30,12 @@ from tfship.retrain import RetrainSettings, retrain, skipped
 from tfship.serving import ServingSettings
 from tfship.settings import setting
 from tfship.sources import DATA, DATA_SHA256
-from tfship.store import MODEL_NAME, STORE, local_store
+from tfship.store import MANIFEST, MODEL_NAME, STORE, local_store
+from tfship.tables import TableSettings
 from tfship.targets import Fleet, make_target
 from tfship.train import EPOCHS, TrainSettings, train
 from tfship.verify import VerifySettings, test_deployed
-from tfship.workspace import WORKSPACE
+from tfship.workspace import WORKSPACE, read_json
 
 
 @dataclass
@@ -69,6 +70,7 @@ class RunSettings:
         "Stop the local serving at the end (default: keep it up to query it).",
         switch=True,
     )
+    table: TableSettings = field(default_factory=TableSettings)
     checks: Checks = field(default_factory=Checks, metadata={"internal": True})
     version: int | None = None
     latency_requests: int = 50
@@ -178,6 +180,7 @@ class RunResult:
     server: dict
     url: str
     kept_serving: bool
+    request: dict | None = None  # a predict request built from the package's golden rows
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -195,8 +198,14 @@ class RunResult:
             lines += [
                 f"query:   curl -s {url}",
                 f"         curl -s {url}/metadata",
-                '         python3 -c \'import json; print(json.dumps({"instances": '
-                f"[[[[0.0]] * 8] * 8]}}))' | curl -s -d @- {url}:predict",
+                *(
+                    [f"         curl -s -d '{json.dumps(self.request)}' {url}:predict"]
+                    if self.request
+                    else [
+                        '         python3 -c \'import json; print(json.dumps({"instances": '
+                        f"[[[[0.0]] * 8] * 8]}}))' | curl -s -d @- {url}:predict"
+                    ]
+                ),
                 f"stop:    kill {self.server['pid']}",
             ]
         return "\n".join(lines)
@@ -244,7 +253,11 @@ def run_all(s: RunSettings) -> RunResult:
         first = local.serving_version(s.model_name) is None or not s.retrain
         if first:
             data = DataSettings(
-                data=s.data, data_sha256=s.data_sha256, seed=s.seed, checks=s.checks
+                data=s.data,
+                data_sha256=s.data_sha256,
+                seed=s.seed,
+                checks=s.checks,
+                table=s.table,
             )
             step("build", lambda: build(s.workspace, data))
             step("train", lambda: train(s.workspace, train_settings))
@@ -279,4 +292,23 @@ def run_all(s: RunSettings) -> RunResult:
     finally:
         if s.stop_serving:
             server.stop()
-    return RunResult(results, timings, serving_now, server.__dict__, server.url, not s.stop_serving)
+    return RunResult(
+        results,
+        timings,
+        serving_now,
+        server.__dict__,
+        server.url,
+        not s.stop_serving,
+        _example_request(results),
+    )
+
+
+def _example_request(results: dict) -> dict | None:
+    """For a table, the first golden row as TF Serving's row format (``instances``)."""
+    last = results.get("retrain:package") or results.get("package") or {}
+    if not last.get("path"):
+        return None
+    golden = read_json(Path(last["path"]) / MANIFEST).get("golden", {})
+    if golden.get("input_name") is not None or not golden.get("inputs"):
+        return None
+    return {"instances": [{k: v[0] for k, v in golden["inputs"].items()}]}

@@ -159,3 +159,67 @@ def predict(model: keras.Model, ds: tf.data.Dataset) -> tuple[np.ndarray, np.nda
         outs.append(np.asarray(model(feats, training=False)))
         ys.append(y.numpy())
     return np.concatenate(outs), np.concatenate(ys)
+
+
+# TF Serving's Classify and Regress APIs want these method names (tensorflow_serving/servables/
+# tensorflow/classifier.cc, regressor.cc); TF2 writes every signature as predict.
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+
+def export_table(
+    model: keras.Model,
+    out: Path,
+    kinds: dict[str, str],
+    classes: list[str] | None,
+    int_features: set[str] = frozenset(),
+) -> None:
+    """Export the SavedModel TF Serving loads: ``serving_default`` on the raw named features
+    (``classes`` and ``scores`` for a classifier, ``prediction`` for regression), and
+    ``classify`` or ``regress`` on serialized ``tf.Example`` (input ``inputs``), whose
+    features are parsed with the schema's types (an INT feature is an ``int64_list``, as a
+    JSON example's whole number is; a FLOAT one a ``float_list``)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    specs = {
+        n: tf.TensorSpec([None], tf.float32 if k == NUMERIC else tf.string, name=n)
+        for n, k in kinds.items()
+    }
+    parse = {}
+    for n, spec in specs.items():
+        dtype = tf.int64 if n in int_features else spec.dtype
+        default = "" if dtype == tf.string else tf.zeros([], dtype)
+        parse[n] = tf.io.FixedLenFeature([], dtype, default_value=default)
+
+    def heads(out_: tf.Tensor) -> dict[str, tf.Tensor]:
+        if classes is None:
+            return {"prediction": tf.squeeze(out_, -1)}
+        names = tf.tile(tf.constant([classes]), [tf.shape(out_)[0], 1])
+        return {"classes": names, "scores": out_}
+
+    def serve(features: dict) -> dict:
+        return heads(model(features, training=False))
+
+    def from_examples(inputs: tf.Tensor) -> dict:
+        feats = tf.io.parse_example(inputs, parse)
+        feats = {n: tf.cast(v, tf.float32) if n in int_features else v for n, v in feats.items()}
+        out_ = model(feats, training=False)
+        if classes is None:
+            return {"outputs": tf.squeeze(out_, -1)}
+        return heads(out_)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve, input_signature=[specs])
+    second = "classify" if classes is not None else "regress"
+    archive.add_endpoint(
+        second, from_examples, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")]
+    )
+    archive.write_out(str(out), verbose=False)
+    pb = out / "saved_model.pb"
+    saved = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
+    for meta in saved.meta_graphs:
+        meta.signature_def[second].method_name = (
+            CLASSIFY_METHOD if classes is not None else REGRESS_METHOD
+        )
+    pb.write_bytes(saved.SerializeToString(deterministic=True))

@@ -458,3 +458,35 @@ def build_table(
         if status == "inferred" and schema_path is not None:
             _atomic_text(schema_path, text)  # last: only a build that passed leaves one
     return TableBuild(info)
+
+
+def typed_rows(
+    path: Path,
+    kinds: dict[str, str],
+    means: dict[str, float],
+    label: str,
+    classes: list[str] | None,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A split's rows as the served model takes them: one array per input (float32 numbers,
+    a missing one filled with the training mean as in training; strings as they are), and the
+    labels (class indices, or float targets)."""
+    cols: dict[str, list[np.ndarray]] = {name: [] for name in kinds}
+    ys: list[np.ndarray] = []
+    for batch in read_csv(path):
+        for name in kinds:
+            v = np.char.strip(batch[name])
+            if name in means:
+                v = np.where(v == "", str(means[name]), v).astype(np.float32)
+            cols[name].append(v)
+        y = np.char.strip(batch[label])
+        ys.append(
+            np.array([classes.index(c) for c in y.tolist()]) if classes else y.astype(np.float32)
+        )
+    return {k: np.concatenate(v) for k, v in cols.items()}, np.concatenate(ys)
+
+
+def take(inputs: dict[str, np.ndarray] | np.ndarray, idx: object) -> object:
+    """Rows ``idx`` of a model's inputs: one array, or a dict of columns."""
+    if isinstance(inputs, dict):
+        return {k: v[idx] for k, v in inputs.items()}
+    return inputs[idx]

@@ -25,6 +25,7 @@ from tfship.report import Check, check_table, failed, summary, write_junit
 from tfship.serving import ServingClient, ServingSettings
 from tfship.settings import setting
 from tfship.store import MANIFEST
+from tfship.tables import take
 from tfship.workspace import Workspace, read_json, write_json
 
 
@@ -93,21 +94,50 @@ class VerifyResult:
         )
 
 
-def load_test_split(package_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The held-out test split that travels in the package."""
-    path = package_dir / "assets.extra" / "test.npz"
+def load_test_split(package_dir: Path) -> tuple[np.ndarray | dict[str, np.ndarray], np.ndarray]:
+    """The held-out test split that travels in the package: images, or a table's columns by
+    input name (``test_rows.npz``), and the labels."""
+    rows = package_dir / "assets.extra" / "test_rows.npz"
+    path = rows if rows.exists() else package_dir / "assets.extra" / "test.npz"
     try:
         with np.load(path, allow_pickle=False) as npz:
+            if path == rows:
+                cols = {k.removeprefix("input."): npz[k] for k in npz.files if k != "labels"}
+                return cols, npz["labels"]
             return npz["images"], npz["labels"]
     except FileNotFoundError as exc:
         raise DataError(f"{path} not found: the package has no test split") from exc
+
+
+def _golden_inputs(golden: dict) -> dict[str, np.ndarray]:
+    """The golden batch as the request sends it: one float32 image array, or a table's
+    columns (numbers as float32, strings as they are)."""
+    if golden["input_name"] is not None:
+        return {golden["input_name"]: np.asarray(golden["inputs"], np.float32)}
+    out = {}
+    for k, v in golden["inputs"].items():
+        a = np.asarray(v)
+        out[k] = a.astype(np.float32) if a.dtype.kind in "fi" else a
+    return out
+
+
+def _quality(manifest: dict, out: np.ndarray, labels: np.ndarray, s: VerifySettings) -> tuple:
+    """(name, value, gate) of the served model on held-out rows: accuracy, or R2 for a
+    regression."""
+    if manifest.get("task") == "regression":
+        ss_tot = float(np.sum((labels - labels.mean()) ** 2))
+        r2 = 1 - float(np.sum((out - labels) ** 2)) / ss_tot if ss_tot > 0 else 0.0
+        return "served r2", r2, float(manifest["thresholds"]["min_r2"])
+    accuracy = float(np.mean(out.argmax(axis=1) == labels))
+    gate = s.min_accuracy if s.min_accuracy is not None else manifest["thresholds"]["min_accuracy"]
+    return "served accuracy", accuracy, float(gate)
 
 
 def verify_version(
     client: ServingClient,
     manifest: dict,
     version: int,
-    images: np.ndarray,
+    images: np.ndarray | dict[str, np.ndarray],
     labels: np.ndarray,
     s: VerifySettings,
     stage: str = "test-deployed",
@@ -136,8 +166,8 @@ def verify_version(
         return checks, facts
 
     golden = manifest["golden"]
-    input_name, output_name = golden["input_name"], golden["output_name"]
-    out = client.predict({input_name: np.asarray(golden["inputs"], np.float32)}, version=version)
+    output_name = golden["output_name"]
+    out = client.predict(_golden_inputs(golden), version=version)
     out = np.asarray(out[output_name] if isinstance(out, dict) else out)
     exp = np.asarray(golden["outputs"])
     detail = _unusable(out, exp.shape)
@@ -148,23 +178,27 @@ def verify_version(
     n = min(s.samples, len(labels))
     rng = np.random.default_rng(0)
     idx = np.sort(rng.choice(len(labels), size=n, replace=False))
-    probs = client.predict({input_name: images[idx]}, version=version)
+    request = (
+        (lambda rows: rows)
+        if isinstance(images, dict)
+        else (lambda rows: {golden["input_name"]: rows})
+    )
+    probs = client.predict(request(take(images, idx)), version=version)
     probs = np.asarray(probs[output_name] if isinstance(probs, dict) else probs)
     broken = _unusable(probs, (n, *exp.shape[1:]))
     detail = broken or f"{n} test rows"
     # NaN or the wrong shape: the served model is broken, not merely worse.
-    ok = n and not broken
-    accuracy = float(np.mean(probs.argmax(axis=1) == labels[idx])) if ok else 0.0
-    gate = s.min_accuracy if s.min_accuracy is not None else manifest["thresholds"]["min_accuracy"]
+    name, value, gate = _quality(manifest, probs, labels[idx], s)
+    accuracy = value if n and not broken else 0.0
     facts["accuracy"] = accuracy
     facts["accuracy_rows"] = int(n)
-    checks.append(Check("served accuracy", accuracy, ">=", float(gate), detail))
+    checks.append(Check(name, accuracy, ">=", gate, detail))
 
     times = []
     for i in range(s.latency_requests):
-        row = images[idx[i % max(n, 1)]][np.newaxis] if n else images[:1]
+        row = take(images, [idx[i % max(n, 1)] if n else 0])  # a batch of one
         start = time.perf_counter()
-        client.predict({input_name: row}, version=version)
+        client.predict(request(row), version=version)
         times.append((time.perf_counter() - start) * 1000)
     p50, p95 = (float(np.percentile(times, q)) for q in (50, 95)) if times else (0.0, 0.0)
     facts["latency_ms"] = {"p50": round(p50, 3), "p95": round(p95, 3), "n": len(times)}
