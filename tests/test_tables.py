@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 from helpers import assert_build_rejected, serve_model
-from tfship.tables import write_bundled
+from tfship.tables import write_bundled, write_reviews
 
 
 def rows_of(path: Path) -> list[dict[str, str]]:
@@ -281,3 +281,50 @@ def test_tfship_run_takes_a_table_through_the_whole_loop(cli, tmp_path):
     doc = json.loads(r.out)
     assert doc["results"]["test-deployed"]["checks"][-2]["name"] == "served accuracy"
     assert doc["request"]["instances"][0].keys() >= {"alcohol", "proline"}
+
+
+def test_retrain_on_a_table_compares_on_the_same_rows_and_reports_drift(cli, tmp_path):
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    write_reviews(snaps / "2026-01.csv", seed=7)
+    base = tmp_path / "models" / "digits"
+    base.mkdir(parents=True)
+    served = serve_model(tmp_path, base)
+    target = ("--base-path", str(base.parent), "--url", served.rest)
+    try:
+        for args in (
+            ["build", "--data", "snaps", "--label", "target"],
+            ["train", "--epochs", "30"],
+            ["test"],
+            ["package", "--version", "1"],
+            ["deploy", *target],
+        ):
+            r = cli(*args)
+            assert r.code == 0, (args, r.err)
+        r = cli("retrain", *target, "--json")  # the data it serves: nothing to do
+        assert r.code == 0 and json.loads(r.out)["decision"] == "no-new-data"
+
+        rows = rows_of(write_reviews(tmp_path / "next.csv", seed=8))
+        for row in rows:  # the same task, but every review now comes from the store
+            row["channel"] = "store"
+        write_rows(snaps / "2026-02.csv", rows)
+        assert cli("build", "--data", "snaps", "--label", "target").code == 0
+        r = cli("retrain", *target, "--epochs", "30", "--json")
+        assert r.code == 0, r.err
+        assert "Warning" not in r.err  # tf.data knows the split's length: Keras stays quiet
+        decision = json.loads(r.out)
+        assert decision["decision"] == "deploy-challenger"
+        assert decision["eval_rows"] == 90 + 89  # new test split + the champion's rows
+        how, channel = decision["drift"]["channel"]
+        assert how == "L-inf" and channel > 0.7  # 'store' went from ~20% to 100%
+        assert decision["drift"]["stars"][0] == "JS"
+        report = (tmp_path / "workspace" / "retrain" / "report.md").read_text()
+        assert "### Drift: champion's training data vs the new snapshot" in report
+        assert "| channel | L-inf |" in report
+
+        r = cli("retrain", *target, "--epochs", "30", "--max-drift", "0.2")
+        assert r.code == 3, r.err
+        assert "drift[channel] (L-inf)" in r.err_lines[-1] and "<= 0.2 FAILED" in r.err_lines[-1]
+        assert not (tmp_path / "workspace" / "model").exists()  # nothing left to package
+    finally:
+        served.stop()

@@ -334,6 +334,7 @@ def _package_table(
         extra.mkdir()
         shutil.copy2(model_path, extra / "model.keras")
         shutil.copy2(ws.data / sch.SCHEMA_FILE, extra / sch.SCHEMA_FILE)
+        shutil.copy2(ws.data / "stats.json", extra / "stats.json")  # retrain's drift baseline
         np.savez_compressed(
             extra / "test_rows.npz", labels=labels, **{f"input.{k}": v for k, v in inputs.items()}
         )

@@ -29,10 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from tfship import table_retrain
 from tfship.data import DataSettings, Split, load_split
 from tfship.errors import DataError, GateFailed, ServingError, StoreError
 from tfship.evaluate import (
     MIN_ACCURACY,
+    MIN_R2,
     classification_metrics,
     cross_entropy,
     plot_confusion,
@@ -43,9 +45,9 @@ from tfship.report import Check, check_table, failed, summary, write_junit
 from tfship.settings import setting
 from tfship.sources import DATA
 from tfship.store import MANIFEST, ArtifactStore
-from tfship.tables import refuse_table
 from tfship.targets import Fleet
 from tfship.train import TrainSettings, train
+from tfship.verify import load_test_split
 from tfship.workspace import Workspace, read_json, recover_dir, replace_dir, write_json
 
 DECISION_FILE = "retrain.json"
@@ -74,6 +76,16 @@ class RetrainSettings:
     from_scratch: bool = setting(False, None, "Train anew instead of fine-tuning.", switch=True)
     allow_cold_start: bool = setting(
         False, None, "If nothing is serving, train from scratch instead of failing.", switch=True
+    )
+    min_r2: float = MIN_R2.field(help="Regression (tables): absolute R2 floor.")
+    max_drift: float | None = setting(
+        None,
+        "TFSHIP_MAX_DRIFT",
+        "Tables: reject the challenger if a feature drifted more than this since the "
+        "champion's training data (L-infinity or Jensen-Shannon, 0..1). Default: report only.",
+        value_type=float,
+        min=0,
+        max=1,
     )
     fine_tune_learning_rate: float = setting(
         1e-3,
@@ -159,7 +171,8 @@ class Champion:
     version: int
     manifest: dict
     keras: Path
-    test: Split
+    test: Split  # a table's: columns by input name (a dict) as images
+    package: Path
 
 
 def fetch_champion(store: ArtifactStore, host_fetch, model: str, version: int, dest: Path) -> Path:
@@ -197,10 +210,9 @@ def find_champion(
             )
         return None
     pkg = fetch_champion(store, host_fetch, model, version, dest)
-    with np.load(pkg / "assets.extra" / "test.npz", allow_pickle=False) as npz:
-        test = Split(npz["images"], npz["labels"])
+    test = Split(*load_test_split(pkg))
     champion = Champion(
-        version, read_json(pkg / MANIFEST), pkg / "assets.extra" / "model.keras", test
+        version, read_json(pkg / MANIFEST), pkg / "assets.extra" / "model.keras", test, pkg
     )
     event(
         "retrain",
@@ -304,6 +316,8 @@ def decide(champ: dict | None, chall: dict, s: RetrainSettings) -> list[Check]:
 
 def side_by_side(champ: dict | None, chall: dict, champion_version: int | None) -> str:
     """The table the person at the approval hold reads."""
+    if "r2" in chall:
+        return table_retrain.side_by_side(champ, chall, champion_version)
     if champ is None:
         return f"No champion (cold start): challenger accuracy {chall['accuracy']:.4f}."
     rows = [
@@ -338,6 +352,7 @@ def report(decision: dict, checks: list[Check], rows: int) -> str:
             "",
             check_table(checks),
             "",
+            table_retrain.drift_table({k: tuple(v) for k, v in decision.get("drift", {}).items()}),
         ]
     )
 
@@ -355,15 +370,21 @@ class RetrainResult:
         d = self.decision
         if d["decision"] == "no-new-data":
             return f"no new data, nothing to do (version {d['champion_version']} was trained on it)"
+        key = _headline(d["challenger"])
         versus = (
-            f" vs champion {d['champion']['accuracy']:.4f} (version {d['champion_version']})"
+            f" vs champion {d['champion'][key]:.4f} (version {d['champion_version']})"
             if d["champion"]
             else ""
         )
         return (
-            f"challenger accepted: accuracy {d['challenger']['accuracy']:.4f}{versus}; "
+            f"challenger accepted: {key} {d['challenger'][key]:.4f}{versus}; "
             f"report {Path(ws_root) / 'retrain' / 'report.md'}"
         )
+
+
+def _headline(metrics: dict) -> str:
+    """The metric a line about a model names: accuracy, or R2 for a regression."""
+    return "r2" if "r2" in metrics else "accuracy"
 
 
 def retrain(
@@ -386,7 +407,6 @@ def retrain(
 
     ws = Workspace(ws_root)
     data_manifest = read_json(ws.require(ws.data / "manifest.json", "build"))
-    refuse_table(data_manifest, "retraining")
     # A decision from an earlier run must not outlive this one (killed or not): later stages
     # read it. This run's decision is written last, after the model it speaks of.
     recover_dir(ws.retrain, ".tmp-retrain-")
@@ -421,12 +441,32 @@ def retrain(
             event("retrain", "no new data, nothing to do", version=champion.version)
             return RetrainResult(decision)
         challenger, strategy = train_challenger(ws, train_settings, s, champion, tmp / "ws")
-        examples = eval_set(ws, champion)
-        num_classes = int(data_manifest["num_classes"])
-        champ, chall = evaluate_both(
-            champion.keras if champion else None, challenger, examples, num_classes
-        )
-        checks = decide(champ, chall, s)
+        drift: dict = {}
+        if data_manifest.get("kind") == "table":
+            info = read_json(challenger.parent / "train.json")
+            old = (champion.test.images, champion.test.labels) if champion else None
+            rows, labels = table_retrain.eval_rows(
+                ws, info, old, champion.manifest if champion else None
+            )
+            examples = Split(rows, labels)
+            champ = table_retrain.metrics(champion.keras, rows, labels, info) if champion else None
+            chall = table_retrain.metrics(challenger, rows, labels, info)
+            checks = (
+                table_retrain.decide_regression(champ, chall, s.min_r2, s.tolerance)
+                if info["classes"] is None
+                else decide(champ, chall, s)
+            )
+            drift, drift_checks = table_retrain.drift_checks(
+                champion.package if champion else None, ws, s.max_drift
+            )
+            checks += drift_checks
+        else:
+            examples = eval_set(ws, champion)
+            num_classes = int(data_manifest["num_classes"])
+            champ, chall = evaluate_both(
+                champion.keras if champion else None, challenger, examples, num_classes
+            )
+            checks = decide(champ, chall, s)
         passed = not failed(checks)
         decision = {
             "decision": "deploy-challenger" if passed else "keep-champion",
@@ -438,6 +478,7 @@ def retrain(
             "eval_rows": int(examples.labels.size),
             "champion": champ,
             "challenger": chall,
+            "drift": drift,
             "checks": [c.to_dict() for c in checks],
             "settings": asdict(s),
             "seconds": round(time.monotonic() - started, 2),
@@ -445,11 +486,12 @@ def retrain(
         with ws.stage_output("retrain") as out:
             write_json(out / DECISION_FILE, decision)
             write_junit(out / "junit.xml", "tfship.retrain", checks)
-            plot_confusion(
-                chall["confusion_matrix"],
-                out / "confusion_matrix.png",
-                "challenger confusion matrix",
-            )
+            if "confusion_matrix" in chall:
+                plot_confusion(
+                    chall["confusion_matrix"],
+                    out / "confusion_matrix.png",
+                    "challenger confusion matrix",
+                )
             (out / "report.md").write_text(report(decision, checks, int(examples.labels.size)))
             if passed:
                 replace_dir(challenger.parent, ws.model)  # stage 3, 4, 5 and 7 follow unchanged
@@ -457,11 +499,12 @@ def retrain(
                 shutil.rmtree(ws.model, ignore_errors=True)  # nothing a later stage could package
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    key = _headline(chall)
     event(
         "retrain",
         "challenger " + ("accepted" if passed else "rejected"),
-        accuracy=f"{chall['accuracy']:.4f}",
-        champion=f"{champ['accuracy']:.4f}" if champ else "none",
+        **{key: f"{chall[key]:.4f}"},
+        champion=f"{champ[key]:.4f}" if champ else "none",
     )
     if not passed:
         raise GateFailed(

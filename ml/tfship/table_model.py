@@ -61,9 +61,11 @@ def dataset(
     classes: list[str] | None,
     batch_size: int,
     shuffle_seed: int | None = None,
+    rows: int | None = None,
 ) -> tf.data.Dataset:
     """(features dict, label) batches from a split's CSV. A missing number is the training
-    mean (so it normalises to 0); a class label becomes its index in ``classes``."""
+    mean (so it normalises to 0); a class label becomes its index in ``classes``. ``rows``
+    (from the data manifest) tells tf.data the split's length."""
     header = _header(path)
     defaults = []
     for name in header:
@@ -95,6 +97,8 @@ def dataset(
         return feats, y
 
     ds = ds.map(to_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if rows is not None:  # a CSV's length is unknown to tf.data; Keras warns without it
+        ds = ds.apply(tf.data.experimental.assert_cardinality(rows))
     if shuffle_seed is not None:
         ds = ds.shuffle(SHUFFLE_ROWS, seed=shuffle_seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -321,7 +321,9 @@ def _train_table(
 
     def pipe(split: str, shuffle: bool) -> object:
         seed = s.seed if shuffle else None
-        return dataset(data_dir / f"{split}.csv", kinds, stats, label, classes, s.batch_size, seed)
+        rows = data_manifest["rows"][split]
+        path = data_dir / f"{split}.csv"
+        return dataset(path, kinds, stats, label, classes, s.batch_size, seed, rows)
 
     train_ds, val_ds = pipe("train", True), pipe("val", False)
     if init_model is not None:
