@@ -36,7 +36,7 @@ from tfship.log import event, quiet_tensorflow
 from tfship.settings import setting
 from tfship.stats import TableStats
 from tfship.store import MANIFEST, ArtifactStore, check_model_name, check_version
-from tfship.tables import take, typed_rows
+from tfship.tables import numeric_means, take, typed_rows
 from tfship.workspace import Workspace, read_json, tree_hashes, write_json
 
 if TYPE_CHECKING:
@@ -308,7 +308,7 @@ def _package_table(
     label, classes = data_manifest["label"], data_manifest["classes"]
     kinds = train_info["inputs"]
     stats = TableStats.from_dict(read_json(ws.data / "stats.json"))
-    means = {n: float(stats.features[n].mean) for n, k in kinds.items() if k == "numeric"}
+    means = numeric_means(stats, kinds)
     inputs, labels = typed_rows(ws.data / "test.csv", kinds, means, label, classes)
     golden = take(inputs, slice(0, config.GOLDEN_BATCH))
     model = keras.models.load_model(model_path)

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from tfship import schema as sch
 from tfship.stats import TableStats
+from tfship.tables import numeric_means
 
 NUMERIC, CATEGORICAL, TEXT = "numeric", "categorical", "text"
 SHUFFLE_ROWS = 10_000  # shuffle buffer: bounded memory whatever the table's size
@@ -74,7 +75,7 @@ def dataset(
             tf.constant(math.nan if numeric else "", tf.float32 if numeric else tf.string)
         )
     ds = tf.data.experimental.CsvDataset(str(path), defaults, header=True)
-    means = {n: float(stats.features[n].mean) for n, k in kinds.items() if k == NUMERIC}
+    means = numeric_means(stats, kinds)
     table = None
     if classes is not None:
         table = tf.lookup.StaticHashTable(

@@ -20,7 +20,7 @@ from tfship.evaluate import classification_metrics, cross_entropy
 from tfship.report import Check
 from tfship.stats import TableStats
 from tfship.table_eval import regression_metrics
-from tfship.tables import typed_rows
+from tfship.tables import numeric_means, typed_rows
 from tfship.workspace import Workspace, read_json
 
 
@@ -34,7 +34,7 @@ def eval_rows(
     same inputs and classes (else the comparison would be meaningless: exit 2)."""
     kinds, label, classes = train_info["inputs"], train_info["label"], train_info["classes"]
     stats = TableStats.from_dict(read_json(ws.data / "stats.json"))
-    means = {n: float(stats.features[n].mean) for n, k in kinds.items() if k == "numeric"}
+    means = numeric_means(stats, kinds)
     cols, labels = typed_rows(ws.data / "test.csv", kinds, means, label, classes)
     if champion_test is None:
         return cols, labels

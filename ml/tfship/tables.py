@@ -460,6 +460,12 @@ def build_table(
     return TableBuild(info)
 
 
+def numeric_means(stats: TableStats, kinds: dict[str, str]) -> dict[str, float]:
+    """The training mean of each numeric input: what a missing number becomes, in training
+    (tf.data) and in the rows the package and retrain send to the model."""
+    return {n: float(stats.features[n].mean) for n, k in kinds.items() if k == "numeric"}
+
+
 def typed_rows(
     path: Path,
     kinds: dict[str, str],
