@@ -328,3 +328,16 @@ def test_retrain_on_a_table_compares_on_the_same_rows_and_reports_drift(cli, tmp
         assert not (tmp_path / "workspace" / "model").exists()  # nothing left to package
     finally:
         served.stop()
+
+
+def test_a_table_that_misses_its_gate_is_one_line_and_keeps_its_report(cli, tmp_path):
+    assert cli("build", "--data", "diabetes").code == 0
+    assert cli("train", "--epochs", "30").code == 0
+    r = cli("test", "--min-r2", "0.99")  # unreachable on diabetes: fails by construction
+    assert r.code == 3
+    line = r.err_lines[-1]  # after the stage's own event lines
+    assert "Traceback" not in r.err
+    assert line.startswith("tfship test: gate failed: quality gate failed: r2: ")
+    assert ">= 0.99 FAILED" in line
+    report = (tmp_path / "workspace" / "eval" / "report.md").read_text()
+    assert "**Gate FAILED**" in report

@@ -174,10 +174,6 @@ def render_report(metrics: dict, checks: list[Check], title: str, extra: str = "
     return "\n".join(lines)
 
 
-def _describe(c: dict) -> str:
-    return Check(c["name"], c["value"], c["op"], c["threshold"], c.get("detail", "")).describe()
-
-
 def evaluate(ws_root: Path, gates: Gates) -> EvalResult:
     """Stage 3: evaluate ``model/model.keras`` on ``data/test.npz``; raise GateFailed if it misses.
 
@@ -193,12 +189,10 @@ def evaluate(ws_root: Path, gates: Gates) -> EvalResult:
             hint="run `tfship train` again after `tfship build`",
         )
     if data_manifest.get("kind") == "table":
-        result = table_eval.evaluate_table(ws, gates, model_path, data_manifest)
+        result, checks = table_eval.evaluate_table(ws, gates, model_path, data_manifest)
         if not result["passed"]:
-            checks = [c for c in result["checks"] if not c["passed"]]
             raise GateFailed(
-                "quality gate failed: " + "; ".join(_describe(c) for c in checks),
-                hint=f"report: {ws.eval / 'report.md'}",
+                f"quality gate failed: {summary(checks)}", hint=f"report: {ws.eval / 'report.md'}"
             )
         return EvalResult(result)
     test = load_split(ws.data / "test.npz")

@@ -138,8 +138,11 @@ def render(metrics: dict, checks: list[Check], task: str, classes: list[str] | N
     return "\n".join(lines)
 
 
-def evaluate_table(ws: Workspace, gates: ev.Gates, model_path: Path, data_manifest: dict) -> dict:
-    """Stage 3 for a table: write ``<workspace>/eval/``; return the result (the caller gates)."""
+def evaluate_table(
+    ws: Workspace, gates: ev.Gates, model_path: Path, data_manifest: dict
+) -> tuple[dict, list[Check]]:
+    """Stage 3 for a table: write ``<workspace>/eval/``; return the result and its checks
+    (the caller gates)."""
     quiet_tensorflow()
     import keras
 
@@ -189,4 +192,4 @@ def evaluate_table(ws: Workspace, gates: ev.Gates, model_path: Path, data_manife
         **{k: f"{metrics[v]:.4f}" for k, v in shown.items()},
         passed=result["passed"],
     )
-    return result
+    return result, checks

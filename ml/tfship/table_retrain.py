@@ -59,9 +59,10 @@ def metrics(model_path: Path, rows: dict[str, np.ndarray], labels: np.ndarray, i
     import keras
     import tensorflow as tf
 
+    from tfship.table_model import predict  # imports TF
+
     model = keras.models.load_model(model_path)
-    ds = tf.data.Dataset.from_tensor_slices(rows).batch(256)
-    out = np.concatenate([np.asarray(model(batch, training=False)) for batch in ds])
+    out, _ = predict(model, tf.data.Dataset.from_tensor_slices((rows, labels)).batch(256))
     if info["classes"] is None:
         return regression_metrics(labels.astype(np.float64), out[:, 0], float(labels.mean()))
     return classification_metrics(

@@ -342,7 +342,7 @@ def _check_label(path: Path, stats: TableStats, label: str) -> None:
 
 
 def _check_classes(path: Path, f: object, min_rows: int) -> list[str]:
-    if f.many or f.distinct > 1000:
+    if f.many:  # more distinct values than stats.MAX_DISTINCT
         raise DataError(f"{path}: label {f.name!r} has too many classes to count")
     if f.distinct < 2:
         raise DataError(f"{path}: label {f.name!r} has one class only ({next(iter(f.counts))!r})")
