@@ -174,7 +174,7 @@ def test_the_csv_is_streamed_and_hashed_in_the_same_pass(tmp_path):
     ("text", "match"),
     [
         ("", "empty file"),
-        ("a,b\n1,2\n3\n", "line 3 has 1 columns, the header has 2"),
+        ("a,b\n1,2\n3\n", "a row has 1 columns, the header has 2"),
         ("a,a\n1,2\n", "distinct, non-empty column names"),
         ("a,b\n", "no data rows"),
     ],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -330,12 +330,23 @@ def build(ws_root: Path, s: DataSettings) -> BuildResult | TableBuild:
     """Stage 1: load ``s.data``, validate, split, and write ``<workspace>/data/``."""
     if is_table(s.data or DATA.default, s.table.label):
         return build_table(
-            ws_root, s.data or DATA.default, s.table, s.seed, s.checks.min_rows_per_class
+            ws_root,
+            s.data or DATA.default,
+            s.table,
+            s.seed,
+            s.checks.min_rows_per_class,
+            sha256=s.data_sha256,
+            max_bytes=s.checks.max_bytes,
         )
     ws = Workspace(ws_root)
     raw = load_source(s.data or DATA.default, s.data_sha256, max_bytes=s.checks.max_bytes)
-    prepared = prepare(raw, s.checks, s.seed)
-    info = manifest(prepared, s.seed, s.checks)
+    checks = s.checks
+    if raw.class_names is not None:  # an image folder: its sub-folders are the classes
+        checks = replace(checks, num_classes=len(raw.class_names))
+    prepared = prepare(raw, checks, s.seed)
+    info = manifest(prepared, s.seed, checks)
+    if raw.class_names is not None:
+        info["classes"] = raw.class_names
     with ws.stage_output("build") as out:
         for name in ("train", "val", "test"):
             save_split(out / f"{name}.npz", getattr(prepared, name))

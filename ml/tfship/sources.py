@@ -7,6 +7,10 @@ Sources (``--data``):
 - a local ``.npz`` (``images``/``labels``, or ``x``/``y``; optional ``x_test``/``y_test``),
   a local ``.csv`` (a ``label`` column or the first column, then one column per pixel of a
   square image), or a folder of such snapshots (the one whose name sorts last is used).
+- an image folder: one sub-folder per class (the names are the classes), as Keras'
+  ``image_dataset_from_directory`` reads them.
+
+Tables (``--label``: CSV, Parquet, TFRecord, globs of shards) are read by ``tables.py``.
 - an ``https://`` URL of an ``.npz`` or ``.csv``, with its sha256 (``#sha256=<hex>`` or
   ``--data-sha256``).
 
@@ -23,6 +27,8 @@ import io
 import stat
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit, urlunsplit
@@ -36,8 +42,10 @@ from tfship.settings import Setting
 DATA = Setting(
     "digits",
     "TFSHIP_DATA",
-    "digits (bundled, offline) | fashion_mnist | PATH.npz|.csv | FOLDER of snapshots "
-    "| https://URL#sha256=HEX",
+    "digits (bundled, offline) | fashion_mnist | breast_cancer | wine | diabetes | reviews "
+    "| PATH: images .npz/.csv, tables .csv/.parquet/.tfrecord[.gz] (with --label) "
+    "| FOLDER of snapshots (newest by name) or of class sub-folders of images "
+    "| 'GLOB' of shards | https://URL#sha256=HEX",
 )
 DATA_SHA256 = Setting(
     None,
@@ -52,7 +60,8 @@ MAX_DATA_BYTES = Setting(
     min=1,
 )
 
-SNAPSHOT_SUFFIXES = (".npz", ".csv")
+SNAPSHOT_SUFFIXES = (".npz", ".csv", ".parquet", ".tfrecord", ".tfrecord.gz")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")  # image_dataset_from_directory's
 TOO_BIG = f"split the snapshot or raise {MAX_DATA_BYTES.flag} ({MAX_DATA_BYTES.env})"
 RESAVE = "write snapshots with np.savez(path, images=..., labels=...)"
 
@@ -65,6 +74,7 @@ class RawData:
     labels: np.ndarray
     origin: str
     scale: float | None = None  # known divisor to reach [0, 1] (digits: 16)
+    class_names: list[str] | None = None  # an image folder's sub-folder names
     test_images: np.ndarray | None = None
     test_labels: np.ndarray | None = None
 
@@ -99,7 +109,7 @@ def load_source(
     path = Path(spec[7:] if spec.startswith("file://") else spec).expanduser()
     raw = load_path(path, max_bytes)
     if sha256:
-        _check_sha256(snapshot_path(path), sha256)
+        check_sha256(snapshot_path(path), sha256)
     return raw
 
 
@@ -131,20 +141,90 @@ def load_fashion_mnist() -> RawData:
     return RawData(x_train, y_train, "fashion_mnist", test_images=x_test, test_labels=y_test)
 
 
+def is_snapshot(path: Path) -> bool:
+    """Whether ``path`` is a data file tfship reads (by its name)."""
+    return path.name.endswith(SNAPSHOT_SUFFIXES) and path.is_file()
+
+
 def snapshot_path(path: Path) -> Path:
     """A file is its own snapshot; a folder's snapshot is the data file whose name sorts last."""
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in SNAPSHOT_SUFFIXES and p.is_file())
+        files = sorted(p for p in path.iterdir() if is_snapshot(p))
         if not files:
-            raise DataError(f"{path}: no .npz or .csv snapshot in this folder")
+            raise DataError(
+                f"{path}: no snapshot in this folder ({', '.join(SNAPSHOT_SUFFIXES)}) "
+                "and no class sub-folders of images"
+            )
         return files[-1]
     return path
+
+
+def image_classes(path: Path) -> list[Path] | None:
+    """The class sub-folders of an image folder (one per class, images directly inside, as
+    Keras' ``image_dataset_from_directory`` reads them), or None if ``path`` is not one."""
+    if not path.is_dir() or any(is_snapshot(p) for p in path.iterdir()):
+        return None
+    subs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subs and all(
+        any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir() if f.is_file()) for d in subs
+    ):
+        return subs
+    return None
+
+
+def load_image_folder(path: Path, classes: list[Path], max_bytes: int) -> RawData:
+    """One sub-folder per class (sorted names are the classes, as Keras orders them), images
+    decoded with Pillow. Images of another size are resized (bilinear) to the most common
+    size, as ``image_dataset_from_directory`` resizes to one ``image_size``; grey images stay
+    one channel, colour ones three (RGB). Bounded by ``max_bytes`` of decoded pixels."""
+    from PIL import Image, UnidentifiedImageError  # Pillow: only image folders pay for it
+
+    files = [
+        (i, f)
+        for i, d in enumerate(classes)
+        for f in sorted(d.iterdir())
+        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    decoded, labels, total = [], [], 0
+    for i, f in files:
+        try:
+            with Image.open(f) as im:
+                im.load()
+                decoded.append(im.convert("L" if im.mode in ("1", "L", "I", "I;16") else "RGB"))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"{f}: not an image Pillow can read ({exc})") from exc
+        labels.append(i)
+        total += decoded[-1].width * decoded[-1].height * len(decoded[-1].getbands())
+        if total > max_bytes:
+            raise DataError(f"{path}: images decode to more than {max_bytes} bytes", hint=TOO_BIG)
+    sizes = [im.size for im in decoded]
+    size = max(set(sizes), key=lambda sz: (sizes.count(sz), sz))
+    mode = "RGB" if any(im.mode == "RGB" for im in decoded) else "L"
+    images = np.stack(
+        [
+            np.asarray(
+                (im if im.size == size else im.resize(size, Image.Resampling.BILINEAR)).convert(
+                    mode
+                )
+            )
+            for im in decoded
+        ]
+    )
+    return RawData(
+        images=images,
+        labels=np.asarray(labels, dtype=np.int64),
+        origin=f"{path} (image folder)",
+        class_names=[d.name for d in classes],
+    )
 
 
 def load_path(path: Path, max_bytes: int = MAX_DATA_BYTES.default) -> RawData:
     """Load a local ``.npz`` or ``.csv`` file, or the newest snapshot in a folder."""
     if not path.exists():
         raise DataError(f"{path}: no such file or folder", hint="check --data")
+    classes = image_classes(path)
+    if classes is not None:
+        return load_image_folder(path, classes, max_bytes)
     path = snapshot_path(path)
     size = path.stat().st_size
     if size == 0:
@@ -156,7 +236,8 @@ def load_path(path: Path, max_bytes: int = MAX_DATA_BYTES.default) -> RawData:
     if path.suffix == ".csv":
         return _load_csv(path)
     raise DataError(
-        f"{path}: unknown format {path.suffix or '(no suffix)'}", hint="use .npz or .csv"
+        f"{path}: images come as .npz, .csv or an image folder, not {path.suffix or 'no suffix'}",
+        hint="a table (Parquet, TFRecord) needs --label COLUMN",
     )
 
 
@@ -274,7 +355,23 @@ def load_url(
     cache_dir: Path | None = None,
     max_bytes: int = MAX_DATA_BYTES.default,
 ) -> RawData:
-    """Download an ``.npz``/``.csv`` over HTTP(S), check its size and sha256, then load it.
+    """Download an ``.npz``/``.csv`` over HTTP(S), check its size and sha256, then load it."""
+    with downloaded(url, sha256, cache_dir, max_bytes, (".npz", ".csv")) as target:
+        raw = load_path(target, max_bytes)
+        raw.origin = shown_url(url)
+        return raw
+
+
+@contextmanager
+def downloaded(
+    url: str,
+    sha256: str | None,
+    cache_dir: Path | None,
+    max_bytes: int,
+    suffixes: tuple[str, ...],
+) -> Iterator[Path]:
+    """The file at ``url``, downloaded into a temporary folder (removed after), its size and
+    sha256 checked (``#sha256=<hex>`` in the URL, or ``sha256``).
 
     A body over ``max_bytes`` (declared or streamed) is refused; one shorter than its
     Content-Length is a truncated download. Errors and the manifest show the URL without
@@ -292,11 +389,10 @@ def load_url(
             f"{shown}: no checksum given",
             hint="append #sha256=<hex> to the URL or pass --data-sha256",
         )
-    suffix = Path(parts.path).suffix
-    if suffix not in SNAPSHOT_SUFFIXES:
-        raise DataError(
-            f"{shown}: unknown format {suffix or '(no suffix)'}", hint="use .npz or .csv"
-        )
+    suffix = next((x for x in suffixes if parts.path.endswith(x)), None)
+    if suffix is None:
+        got = Path(parts.path).suffix or "(no suffix)"
+        raise DataError(f"{shown}: unknown format {got}", hint="use " + " or ".join(suffixes))
     tmpdir = Path(tempfile.mkdtemp(prefix="tfship-dl-", dir=cache_dir))
     target = tmpdir / f"snapshot{suffix}"
     try:
@@ -329,10 +425,8 @@ def load_url(
                 raise _truncated(shown, got, declared, type(exc).__name__) from exc
             if declared is not None and resp.raw.tell() != declared:
                 raise _truncated(shown, resp.raw.tell(), declared, "short body")
-        _check_sha256(target, expected, name=shown)
-        raw = load_path(target, max_bytes)
-        raw.origin = shown
-        return raw
+        check_sha256(target, expected, name=shown)
+        yield target
     finally:
         for p in tmpdir.glob("*"):
             p.unlink()
@@ -368,7 +462,7 @@ def _truncated(shown: str, got: int, declared: int | None, why: str) -> DataErro
     )
 
 
-def _check_sha256(path: Path, expected: str, name: str | None = None) -> None:
+def check_sha256(path: Path, expected: str, name: str | None = None) -> None:
     h = hashlib.sha256(path.read_bytes()).hexdigest()
     if h != expected.lower():
         raise DataError(

@@ -17,6 +17,8 @@ import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 MAX_DISTINCT = 1000  # distinct values counted per feature; more marks it "many"
 SAMPLE = 10_000  # numbers kept per feature for percentiles
@@ -45,6 +47,7 @@ class FeatureStats:
     percentiles: list[float] = field(default_factory=list)  # set by finish()
     seed: int = 0
     _rng: np.random.Generator | None = field(default=None, repr=False)
+    _known: pa.Array | None = field(default=None, repr=False)  # counts' keys, once many
     _keys: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
     _sample: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
 
@@ -74,29 +77,40 @@ class FeatureStats:
     def avg_tokens(self) -> float:
         return self.tokens / self.present if self.present else 0.0
 
-    def update(self, values: np.ndarray) -> None:
-        """Fold one batch of this feature's values in: strings (``""`` = missing) or numbers
-        (``NaN`` = missing)."""
-        n = len(values)
+    def update(self, values: np.ndarray | pa.Array) -> None:
+        """Fold one batch of this feature's values in: strings (``""`` or null = missing,
+        surrounding spaces ignored) or numbers (null or ``NaN`` = missing), as an Arrow array
+        (what the readers give) or a NumPy one. The work is vectorised (pyarrow.compute)."""
+        arr = values if isinstance(values, pa.Array) else _to_arrow(np.asarray(values))
+        n = len(arr)
         self.count += n
-        if values.dtype.kind in "iuf":  # typed numbers (NumPy, Parquet, TFRecord)
-            nums = values.astype(np.float64)
-            present = ~np.isnan(nums)
-            self.missing += int(n - present.sum())
-            nums = nums[present]
-            if values.dtype.kind == "f" and (
+        t = arr.type
+        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+            nums = arr.cast(pa.float64()).drop_null()  # typed numbers: Parquet, TFRecord
+            nums = nums.to_numpy(zero_copy_only=False)
+            nums = nums[~np.isnan(nums)]
+            self.missing += n - len(nums)
+            if pa.types.is_floating(t) and (
                 not np.all(np.isfinite(nums)) or np.any(nums != np.round(nums))
             ):
                 self._widen(FLOAT)
-            keys = _number_keys(nums)
+            self._count_numbers(nums)
+        elif pa.types.is_string(t) or pa.types.is_large_string(t):
+            strings = arr.drop_null()
+            nums = self._parse(strings, final=False)  # most cells of a number parse as they are
+            if nums is None:  # spaces around, blanks, or strings
+                strings = pc.utf8_trim_whitespace(strings)
+                strings = strings.filter(pc.not_equal(strings, ""))
+                nums = self._parse(strings)
+            self.missing += n - len(strings)
+            if nums is None:  # text or categorical: count the strings themselves
+                self.tokens += int(pc.sum(pc.count_substring(strings, " ")).as_py() or 0)
+                self.tokens += len(strings)
+                self._count(strings)
+            else:
+                self._count_numbers(nums)
         else:
-            strings = np.char.strip(values.astype(str))
-            keys = strings[strings != ""]
-            self.missing += n - len(keys)
-            nums = self._parse(keys)
-            if self.type == BYTES:  # tokens: spaces + 1 per value
-                self.tokens += int(np.char.count(keys, " ").sum()) + len(keys)
-        self._count(keys)
+            raise ValueError(f"feature {self.name!r}: values of type {t} are not one per row")
         if nums is not None and len(nums) and self.type != BYTES:
             self.numbers += len(nums)
             self.min = min(self.min, float(nums.min()))
@@ -105,18 +119,23 @@ class FeatureStats:
             self.total_sq += float(np.square(nums).sum())
             self._reservoir(nums)
 
-    def _parse(self, strings: np.ndarray) -> np.ndarray | None:
-        if self.type == BYTES or not len(strings):
-            return None if self.type == BYTES else np.empty(0)
+    def _parse(self, strings: pa.Array, final: bool = True) -> np.ndarray | None:
+        """The strings as numbers while the feature is numeric (widening INT -> FLOAT, and
+        to BYTES on the first value that is no number if ``final``); None if they are not."""
+        if self.type == BYTES:
+            return None
+        if not len(strings):
+            return np.empty(0)
         if self.type == INT:
             try:
-                return strings.astype(np.int64).astype(np.float64)
-            except (ValueError, OverflowError):
+                return pc.cast(strings, pa.int64()).to_numpy().astype(np.float64)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 pass
         try:
-            nums = strings.astype(np.float64)
-        except ValueError:
-            self._widen(BYTES)
+            nums = pc.cast(strings, pa.float64()).to_numpy()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            if final:
+                self._widen(BYTES)
             return None
         self._widen(FLOAT)
         return nums
@@ -125,18 +144,32 @@ class FeatureStats:
         if _WIDER[to] > _WIDER[self.type]:
             self.type = to
 
-    def _count(self, keys: np.ndarray) -> None:
-        """Count values; new ones are admitted in row order until MAX_DISTINCT (so the table
-        is the same whatever the batch size), after which only known values are counted."""
-        if not len(keys):
+    def _count_numbers(self, nums: np.ndarray) -> None:
+        """Count numbers by value; keys are written as a CSV would hold them (``3``, ``2.5``)."""
+        self._count(pa.array(nums, pa.float64()), numeric=True)
+
+    def _count(self, values: pa.Array, numeric: bool = False) -> None:
+        """Count a batch's values; new ones are admitted in row order until MAX_DISTINCT (so
+        the table is the same whatever the batch size), after which only known values are
+        counted (``is_in`` on the frozen key set: a continuous number costs no Python loop)."""
+        if not len(values):
             return
-        uniq, first, cnt = np.unique(keys, return_index=True, return_counts=True)
-        order = np.argsort(first)
-        for k, c in zip(uniq[order].tolist(), cnt[order].tolist(), strict=True):
-            if k in self.counts:
-                self.counts[k] += c
-            elif len(self.counts) < MAX_DISTINCT:
-                self.counts[k] = c
+        if self.many:
+            if self._known is None:
+                keys = list(self.counts)
+                self._known = pa.array([float(k) for k in keys] if numeric else keys)
+            values = values.filter(pc.is_in(values, value_set=self._known))
+            if not len(values):
+                return
+        counts = pc.value_counts(values)  # in order of first appearance
+        uniq = counts.field(0)
+        keys = number_keys(uniq.to_numpy()).tolist() if numeric else uniq.to_pylist()
+        own = self.counts
+        for k, c in zip(keys, counts.field(1).to_pylist(), strict=True):
+            if k in own:
+                own[k] += c
+            elif len(own) < MAX_DISTINCT:
+                own[k] = c
             else:
                 self.many = True
 
@@ -194,7 +227,14 @@ class FeatureStats:
         return f
 
 
-def _number_keys(nums: np.ndarray) -> np.ndarray:
+def _to_arrow(values: np.ndarray) -> pa.Array:
+    """A NumPy column as Arrow: numbers stay numbers (NaN = null), anything else strings."""
+    if values.dtype.kind in "iufb":
+        return pa.array(values, from_pandas=True)
+    return pa.array(values.astype(str), pa.string())
+
+
+def number_keys(nums: np.ndarray) -> np.ndarray:
     """Numbers as the strings a CSV would hold them (``3`` not ``3.0`` for whole numbers)."""
     whole = np.isfinite(nums) & (nums == np.round(nums))
     as_int = np.char.mod("%d", np.where(whole, nums, 0).astype(np.int64))
@@ -219,7 +259,7 @@ class TableStats:
             if f is None:
                 f = self.features[name] = FeatureStats(name, seed=self.seed)
                 f.count = f.missing = self.rows  # a column that appears late was missing
-            f.update(np.asarray(values))
+            f.update(values)
         n = lengths.pop() if lengths else 0
         for name, f in self.features.items():
             if name not in batch:

@@ -21,23 +21,29 @@ the first build; then a stratified, seeded split into ``train.csv``/``val.csv``/
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
-import io
 import os
 import re
 import tempfile
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyarrow import csv as pacsv
 
 from tfship import config
 from tfship import schema as sch
 from tfship.errors import DataError
 from tfship.settings import setting
-from tfship.sources import shown_url, snapshot_path
-from tfship.stats import BYTES, FLOAT, TableStats
+from tfship.sources import MAX_DATA_BYTES, check_sha256, downloaded, shown_url
+from tfship.stats import BYTES, FLOAT, TableStats, number_keys
+from tfship.table_io import FORMATS, read_table, table_format
 from tfship.workspace import Workspace, write_json
 
 TABULAR_SETS = {
@@ -49,7 +55,6 @@ TABULAR_SETS = {
 REVIEW_ROWS = 600
 LABEL = "target"
 BATCH_ROWS = 4096
-CHUNK_BYTES = 1 << 20
 MAX_CLASS_INTEGERS = 20  # an integer label with at most this many values is a class
 CLASSIFICATION, REGRESSION = "classification", "regression"
 
@@ -182,82 +187,46 @@ def write_reviews(path: Path, rows: int = REVIEW_ROWS, seed: int = 7) -> Path:
     return path
 
 
-@dataclass
-class _Hashing(io.RawIOBase):
-    """A binary file that hashes what is read through it."""
-
-    raw: io.BufferedReader
-    digest: object
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # type: ignore[override]
-        n = self.raw.readinto(b)
-        if n:
-            self.digest.update(memoryview(b)[:n])
-        return n or 0
-
-
 def read_csv(
     path: Path, batch_rows: int = BATCH_ROWS, digest: object | None = None
 ) -> Iterator[dict[str, np.ndarray]]:
-    """The CSV at ``path`` as batches of columns (strings; ``""`` = missing), header first.
-    ``digest`` (a hashlib object), if given, sees every byte of the file."""
-    with path.open("rb") as raw:
-        stream = _Hashing(raw, digest) if digest is not None else raw
-        text = io.TextIOWrapper(
-            io.BufferedReader(stream, CHUNK_BYTES), encoding="utf-8", newline=""
-        )
-        reader = csv.reader(text)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DataError(f"{path}: empty file", hint="a CSV starts with a header row") from None
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from exc
-        header = [h.strip() for h in header]
-        if len(set(header)) != len(header) or "" in header:
-            raise DataError(f"{path}: the header row needs distinct, non-empty column names")
-        rows: list[list[str]] = []
-        try:
-            for row in reader:
-                if not row:
-                    continue
-                if len(row) != len(header):
-                    raise DataError(
-                        f"{path}: line {reader.line_num} has {len(row)} columns, "
-                        f"the header has {len(header)}"
-                    )
-                rows.append(row)
-                if len(rows) == batch_rows:
-                    yield _columns(header, rows)
-                    rows = []
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from exc
-        except csv.Error as exc:
-            raise DataError(f"{path}: line {reader.line_num}: {exc}") from exc
-        if rows:
-            yield _columns(header, rows)
-        # the csv reader may stop before EOF's last read: drain so the digest sees every byte
-        while text.read(CHUNK_BYTES):
-            pass
+    """The CSV at ``path`` (a split) as batches of exactly ``batch_rows`` rows (the last one
+    shorter) of string columns (``""`` = missing). ``digest`` sees every byte of the file."""
+    pending: list[pa.RecordBatch] = []
+    have = 0
+    for _, cols in read_table([path], digest):
+        pending.append(pa.RecordBatch.from_pydict(cols))
+        have += len(pending[-1])
+        while have >= batch_rows:
+            table = pa.Table.from_batches(pending)
+            yield _numpy(table.slice(0, batch_rows))
+            rest = table.slice(batch_rows)
+            pending, have = rest.to_batches(), len(rest)
+    if have:
+        yield _numpy(pa.Table.from_batches(pending))
 
 
-def _columns(header: list[str], rows: list[list[str]]) -> dict[str, np.ndarray]:
-    table = np.asarray(rows, dtype=str)
-    return {name: table[:, i] for i, name in enumerate(header)}
+def _numpy(table: pa.Table) -> dict[str, np.ndarray]:
+    return {
+        name: np.asarray(col.fill_null("").to_numpy(zero_copy_only=False), dtype=str)
+        for name, col in zip(table.column_names, table.columns, strict=True)
+    }
 
 
-def table_stats(path: Path, seed: int = 0) -> tuple[TableStats, str]:
-    """Statistics of every column and the file's sha256, in one streaming pass."""
+def table_stats(paths: Path | list[Path], seed: int = 0) -> tuple[TableStats, str]:
+    """Statistics of every column and the content's sha256 (shards in order), one pass."""
+    paths = [paths] if isinstance(paths, Path) else paths
     digest = hashlib.sha256()
     stats = TableStats(seed=seed)
-    for batch in read_csv(path, digest=digest):
+    for _, batch in read_table(paths, digest):
         stats.update(batch)
     if not stats.rows:
-        raise DataError(f"{path}: no data rows")
+        raise DataError(f"{_shown(paths)}: no data rows")
     return stats.finish(), digest.hexdigest()
+
+
+def _shown(paths: list[Path]) -> str:
+    return str(paths[0]) if len(paths) == 1 else f"{paths[0].parent}/ ({len(paths)} shards)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,25 +268,72 @@ def infer_task(label: str, stats: TableStats, override: str | None) -> str:
     return REGRESSION
 
 
-def _resolve(spec: str, work: Path) -> tuple[Path, Path | None]:
-    """The CSV to read and, for a local source, the folder its schema lives in."""
+GLOB_CHARS = "*?["
+
+
+def _resolve(
+    spec: str, work: Path, stack: ExitStack, sha256: str | None, max_bytes: int
+) -> tuple[list[Path], Path | None]:
+    """The files to read (one, or a snapshot's shards in name order) and, for a local source,
+    the folder its schema lives in. ``--data`` is a bundled set, an https URL with its sha256
+    (downloaded into ``work``), a glob of shards, a folder of snapshots (the newest by name:
+    a file, or a sub-folder of shards), or a file."""
     if spec in TABULAR_SETS:
-        return write_bundled(spec, work / f"{spec}.csv"), None
-    if "://" in spec and not spec.startswith("file://"):
+        return [write_bundled(spec, work / f"{spec}.csv")], None
+    scheme = urlsplit(spec).scheme
+    if scheme in ("http", "https"):
+        suffixes = tuple(FORMATS)
+        return [stack.enter_context(downloaded(spec, sha256, work, max_bytes, suffixes))], None
+    if len(scheme) > 1 and scheme != "file":
         raise DataError(
-            f"--data {shown_url(spec)}: tables are read from local files for now",
-            hint="download the CSV first (tfship build --data PATH.csv --label COLUMN)",
+            f"--data {shown_url(spec)}: tables are read from files, folders, globs and "
+            f"https:// URLs, not {scheme}://",
+            hint="copy the data to a local path first",
         )
-    path = Path(spec.removeprefix("file://")).expanduser()
+    raw = spec.removeprefix("file://")
+    if any(c in raw for c in GLOB_CHARS):
+        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(raw)) if Path(p).is_file())
+        if not files:
+            raise DataError(f"--data {raw}: no file matches this pattern")
+        home = Path(os.path.expanduser(raw)).parent
+        while any(c in str(home) for c in GLOB_CHARS):
+            home = home.parent
+        return _one_format(files, raw), home
+    path = Path(raw).expanduser()
     if not path.exists():
         raise DataError(f"--data {path}: not found")
-    csv_path = snapshot_path(path)
-    if csv_path.suffix != ".csv":
+    if path.is_file():
+        if sha256:
+            check_sha256(path, sha256)
+        return _one_format([path], str(path)), path.parent
+    entries = sorted(p for p in path.iterdir() if table_format(p) or p.is_dir())
+    entries = [p for p in entries if not p.name.startswith(".")]
+    if not entries:
         raise DataError(
-            f"{csv_path}: a table must be a .csv file (got {csv_path.suffix or 'no suffix'})",
-            hint="Parquet and TFRecord tables are not read yet; write the table as CSV",
+            f"--data {path}: no .csv, .parquet or .tfrecord[.gz] snapshot in this folder"
         )
-    return csv_path, (path if path.is_dir() else path.parent)
+    newest = entries[-1]
+    if newest.is_dir():  # a snapshot of shards
+        files = sorted(p for p in newest.iterdir() if p.is_file() and table_format(p))
+        if not files:
+            raise DataError(f"{newest}: the newest snapshot folder holds no table files")
+        return _one_format(files, str(newest)), path
+    return _one_format([newest], str(newest)), path
+
+
+def _one_format(files: list[Path], shown: str) -> list[Path]:
+    formats = {table_format(p) for p in files}
+    if None in formats:
+        bad = next(p for p in files if table_format(p) is None)
+        raise DataError(
+            f"{bad}: a table is a .csv, .parquet or .tfrecord[.gz] file",
+            hint="images come as .npz, .csv of pixels or an image folder (without --label)",
+        )
+    if len(formats) > 1:
+        raise DataError(
+            f"--data {shown}: shards in more than one format ({', '.join(sorted(formats))})"
+        )
+    return files
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -366,44 +382,73 @@ def _split_slots(seed: int, key: str) -> np.ndarray:
     return rng.permutation(slots)
 
 
-def _write_split(path: Path, out: Path, label: str, task: str, seed: int) -> dict[str, int]:
+def _label_keys(col: pa.Array) -> pa.Array:
+    """A label column's values as the strings the class list holds (``3``, not ``3.0``)."""
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+        nums = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        return pa.array(number_keys(nums), pa.string()).filter(pc.is_valid(col))
+    return pc.utf8_trim_whitespace(col.cast(pa.string()))
+
+
+def _write_split(
+    paths: list[Path], out: Path, header: list[str], label: str, task: str, seed: int
+) -> dict[str, int]:
+    """Stream the rows into ``train.csv``/``val.csv``/``test.csv`` (every column written as
+    text, the label as its class name), each class split in proportion, seeded."""
     names = ("train", "val", "test")
     seen: dict[str, int] = {}
     patterns: dict[str, np.ndarray] = {}
     rows = dict.fromkeys(names, 0)
-    files = [(out / f"{n}.csv").open("w", newline="") for n in names]
+    schema = pa.schema([(h, pa.string()) for h in header])
+    writers = [pacsv.CSVWriter(str(out / f"{n}.csv"), schema) for n in names]
     try:
-        writers = [csv.writer(f) for f in files]
-        header_done = False
-        for batch in read_csv(path):
-            if not header_done:
-                for w in writers:
-                    w.writerow(list(batch))
-                header_done = True
-            keys = batch[label] if task == CLASSIFICATION else np.full(len(batch[label]), "")
-            table = np.column_stack(list(batch.values()))
-            for row, key in zip(table.tolist(), keys.tolist(), strict=True):
-                n = seen.get(key, 0)
-                seen[key] = n + 1
+        for _, batch in read_table(paths):
+            n = len(next(iter(batch.values())))
+            cols = [
+                (batch[h].cast(pa.string()) if h in batch else pa.nulls(n, pa.string()))
+                for h in header
+            ]
+            if task == CLASSIFICATION:
+                cols[header.index(label)] = _label_keys(batch[label])
+            keys = cols[header.index(label)].to_numpy(zero_copy_only=False)
+            if task != CLASSIFICATION:
+                keys = np.full(n, "")
+            slots = np.empty(n, dtype=np.int64)
+            uniq, inverse = np.unique(keys, return_inverse=True)
+            for i, key in enumerate(uniq.tolist()):
+                idx = np.flatnonzero(inverse == i)
                 if key not in patterns:
                     patterns[key] = _split_slots(seed, key)
-                slot = int(patterns[key][n % 20])
-                writers[slot].writerow(row)
-                rows[names[slot]] += 1
+                start = seen.get(key, 0)
+                slots[idx] = patterns[key][(start + np.arange(len(idx))) % 20]
+                seen[key] = start + len(idx)
+            rb = pa.RecordBatch.from_arrays(cols, schema=schema)
+            for slot, w in enumerate(writers):
+                mask = slots == slot
+                if mask.any():
+                    w.write_batch(rb.filter(pa.array(mask)))
+                    rows[names[slot]] += int(mask.sum())
     finally:
-        for f in files:
-            f.close()
+        for w in writers:
+            w.close()
     return rows
 
 
 def build_table(
-    ws_root: Path, data: str, s: TableSettings, seed: int, min_rows_per_class: int
+    ws_root: Path,
+    data: str,
+    s: TableSettings,
+    seed: int,
+    min_rows_per_class: int,
+    sha256: str | None = None,
+    max_bytes: int = MAX_DATA_BYTES.default,
 ) -> TableBuild:
     """Stage 1 for a table: stats + hash, task, schema check (or inference), split, write."""
     label = s.label or LABEL
-    with tempfile.TemporaryDirectory(prefix="tfship-table-") as tmp:
-        path, home = _resolve(data, Path(tmp))
-        stats, sha = table_stats(path, seed)
+    with tempfile.TemporaryDirectory(prefix="tfship-table-") as tmp, ExitStack() as stack:
+        paths, home = _resolve(data, Path(tmp), stack, sha256, max_bytes)
+        path = Path(_shown(paths))
+        stats, sha = table_stats(paths, seed)
         _check_label(path, stats, label)
         task = infer_task(label, stats, s.task)
         classes = (
@@ -435,7 +480,7 @@ def build_table(
         text = sch.schema_text(schema)
         ws = Workspace(ws_root)
         with ws.stage_output("build") as out:
-            split_rows = _write_split(path, out, label, task, seed)
+            split_rows = _write_split(paths, out, list(stats.features), label, task, seed)
             (out / sch.SCHEMA_FILE).write_text(text)
             write_json(out / "stats.json", stats.to_dict())
             info = {

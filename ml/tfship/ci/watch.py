@@ -25,7 +25,7 @@ from tfship.ci.api import AmbiguousTrigger, CircleCI, Mark, Ref, check_parameter
 from tfship.ci.settings import WatchSettings
 from tfship.errors import ApiError, ConfigError
 from tfship.log import event
-from tfship.sources import SNAPSHOT_SUFFIXES
+from tfship.sources import SNAPSHOT_SUFFIXES, is_snapshot
 from tfship.targets import SSHAccess
 
 
@@ -66,7 +66,7 @@ def newest_snapshot(source: str, access: SSHAccess | None = None) -> Snapshot | 
     folder = Path(source)
     if not folder.is_dir():
         raise ConfigError(f"{source}: not a folder, https listing or ssh:// URL")
-    files = sorted(p for p in folder.iterdir() if p.suffix in SNAPSHOT_SUFFIXES and p.is_file())
+    files = sorted(p for p in folder.iterdir() if is_snapshot(p))
     if not files:
         return None
     newest = files[-1]
