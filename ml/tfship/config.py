@@ -22,6 +22,7 @@ PIXEL_BINS = 16
 
 # --- Packaging and verification. ------------------------------------------------------------
 GOLDEN_BATCH = 8
+HELD_OUT_ROWS = 10_000  # test rows a table's package carries for retrain to re-score
 EXPORT_TOLERANCE = 1e-5  # package: SavedModel vs Keras on the golden batch
 SERVING_TOLERANCE = 1e-4  # stage 7: served outputs vs manifest
 

@@ -9,9 +9,9 @@ A version folder (what TF Serving loads) looks like::
     <version>/assets.extra/model.keras                 for retraining
     <version>/assets.extra/test.npz                    the held-out test split (champion gate)
 
-A table's version holds ``test_rows.npz`` (typed columns and labels) and ``schema.pbtxt``
-instead of ``test.npz``, and a second signature, ``classify`` or ``regress``, on
-serialized ``tf.Example``.
+A table's version holds ``test_rows.npz`` (the first ``HELD_OUT_ROWS`` test rows, typed, and
+their labels) and ``schema.pbtxt`` instead of ``test.npz``, and a second signature,
+``classify`` or ``regress``, on serialized ``tf.Example``.
 
 ``assets.extra/`` is ignored by the SavedModel loader.
 """
@@ -309,7 +309,9 @@ def _package_table(
     kinds = train_info["inputs"]
     stats = TableStats.from_dict(read_json(ws.data / "stats.json"))
     means = numeric_means(stats, kinds)
-    inputs, labels = typed_rows(ws.data / "test.csv", kinds, means, label, classes)
+    inputs, labels = typed_rows(  # what retrain re-scores: bounded, however big the split
+        ws.data / "test.csv", kinds, means, label, classes, limit=config.HELD_OUT_ROWS
+    )
     golden = take(inputs, slice(0, config.GOLDEN_BATCH))
     model = keras.models.load_model(model_path)
     with ws.stage_output("package") as out:

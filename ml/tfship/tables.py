@@ -517,13 +517,15 @@ def typed_rows(
     means: dict[str, float],
     label: str,
     classes: list[str] | None,
+    limit: int | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """A split's rows as the served model takes them: one array per input (float32 numbers,
     a missing one filled with the training mean as in training; strings as they are), and the
-    labels (class indices, or float targets)."""
+    labels (class indices, or float targets). ``limit``: the first rows only (read no more)."""
     cols: dict[str, list[np.ndarray]] = {name: [] for name in kinds}
     ys: list[np.ndarray] = []
-    for batch in read_csv(path):
+    got = 0
+    for batch in read_csv(path, batch_rows=min(BATCH_ROWS, limit or BATCH_ROWS)):
         for name in kinds:
             v = np.char.strip(batch[name])
             if name in means:
@@ -533,7 +535,10 @@ def typed_rows(
         ys.append(
             np.array([classes.index(c) for c in y.tolist()]) if classes else y.astype(np.float32)
         )
-    return {k: np.concatenate(v) for k, v in cols.items()}, np.concatenate(ys)
+        got += len(y)
+        if limit is not None and got >= limit:
+            break
+    return {k: np.concatenate(v)[:limit] for k, v in cols.items()}, np.concatenate(ys)[:limit]
 
 
 def take(inputs: dict[str, np.ndarray] | np.ndarray, idx: object) -> object:
