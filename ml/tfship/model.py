@@ -82,7 +82,7 @@ def check_interface(model: object, origin: str) -> None:
     """The model must be compiled, single-input, with a named input and K outputs."""
     if not isinstance(model, keras.Model):
         raise ConfigError(f"{origin} returned {type(model).__name__}, expected a keras.Model")
-    if model.optimizer is None or not model.compiled:
+    if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
         raise ConfigError(f"{origin}: the model is not compiled", hint="call model.compile(...)")
     if len(model.inputs) != 1:
         raise ConfigError(f"{origin}: the model has {len(model.inputs)} inputs, expected 1")

@@ -1,21 +1,28 @@
 """Stage 2: train a Keras model on the build stage's splits.
 
 Writes ``<workspace>/model/``: ``model.keras`` (kept for retraining), ``history.json``,
-``history.png`` and ``train.json`` (what was trained on, with which settings). TensorFlow
+``history.png`` and ``train.json`` (what was trained on, with which settings, by which
+trainer and ``tf.distribute`` strategy). A table trains tfship's default model or the one a
+``--trainer`` module's ``run_fn`` returns (``tfship.trainer``, docs/trainer.md), under the
+strategy ``tfship.distribute`` chooses; with several workers only the chief writes. TensorFlow
 is imported when a model is trained, not when this module is (``tfship --help`` and the
 settings stay fast).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 import time
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tfship import distribute
 from tfship import schema as sch
+from tfship import trainer as trainers
 from tfship.data import SEED, Split, load_split
 from tfship.errors import ConfigError
 from tfship.log import event, quiet_tensorflow
@@ -25,6 +32,7 @@ from tfship.workspace import Workspace, read_json, sha256_file, write_json
 
 if TYPE_CHECKING:
     import keras
+    import tensorflow as tf
 
 EPOCHS = Setting(
     40, "TFSHIP_EPOCHS", "Upper bound; early stopping on val loss usually ends sooner.", min=1
@@ -50,6 +58,14 @@ class TrainSettings:
         "Your model: package.module:function(input_shape, num_classes) -> compiled "
         "keras.Model with a named input. Default: tfship's CNN.",
     )
+    trainer: str | None = setting(
+        None,
+        "TFSHIP_TRAINER",
+        "Tables: your model, package.module defining run_fn(ctx) -> keras.Model built in "
+        "ctx.strategy.scope(), compiled (fitted or not: tfship fits it), on the raw features "
+        "named in ctx.inputs, giving (N, len(ctx.classes)) probabilities or an (N,)/(N, 1) "
+        "regression value. See docs/trainer.md. Default: tfship's table model.",
+    )
 
     def validate(self) -> None:
         """Reject settings that cannot train."""
@@ -59,6 +75,8 @@ class TrainSettings:
             raise ConfigError(f"--batch-size {self.batch_size}: must be at least 1")
         if not 0 < self.learning_rate < 1:
             raise ConfigError(f"--learning-rate {self.learning_rate}: must be in (0, 1)")
+        if self.trainer:
+            trainers.check_name(self.trainer)
 
 
 def _epoch_log(stage: str):
@@ -97,24 +115,35 @@ def fit(
 
 
 def fit_datasets(
-    model: keras.Model, train_ds: object, val_ds: object, s: TrainSettings, stage: str = "train"
+    model: keras.Model,
+    train_ds: object,
+    val_ds: object,
+    s: TrainSettings,
+    stage: str = "train",
+    strategy: tf.distribute.Strategy | None = None,
 ) -> dict[str, list[float]]:
-    """``model.fit`` on two tf.data pipelines with early stopping on validation loss."""
+    """``model.fit`` on two tf.data pipelines with early stopping on validation loss, under
+    ``strategy`` (the one the model was built in) if there is one."""
     import keras
 
-    history = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=s.epochs,
-        shuffle=False,  # the pipeline shuffles, seeded; Keras would warn that it cannot
-        verbose=0,
-        callbacks=[
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=s.patience, restore_best_weights=True
-            ),
-            _epoch_log(stage),
-        ],
-    )
+    with (
+        distribute.keras_fit_support(model, strategy, train_ds)
+        if strategy is not None
+        else contextlib.nullcontext()
+    ):
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=s.epochs,
+            shuffle=False,  # the pipeline shuffles, seeded; Keras would warn that it cannot
+            verbose=0,
+            callbacks=[
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss", patience=s.patience, restore_best_weights=True
+                ),
+                _epoch_log(stage),
+            ],
+        )
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
@@ -171,13 +200,16 @@ def plot_history(history: dict[str, list[float]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+    # accuracy for a classifier, rmse for tfship's regression; a trainer's model may have none
+    second = next((m for m in ("accuracy", "rmse") if m in history), "accuracy")
+    for ax, metric in zip(axes, ("loss", second), strict=True):
         for key, style in ((metric, "-"), (f"val_{metric}", "--")):
             if key in history:
                 ax.plot(range(1, len(history[key]) + 1), history[key], style, label=key)
         ax.set_xlabel("epoch")
         ax.set_title(metric)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -185,18 +217,24 @@ def plot_history(history: dict[str, list[float]], path: Path) -> None:
 
 @dataclass
 class TrainResult:
-    """What stage 2 wrote: ``train.json``."""
+    """What stage 2 wrote: ``train.json`` (``written`` is False on a worker that is not the
+    chief of a multi-worker run: it trained, the chief wrote)."""
 
     info: dict
+    written: bool = True
 
     def to_dict(self) -> dict:
         return self.info
 
     def summary(self, ws_root: Path) -> str:
-        return (
+        done = (
             f"trained {self.info['epochs_run']} epochs, best val loss "
-            f"{self.info['best_val_loss']:.4f}: {Path(ws_root) / 'model' / 'model.keras'}"
+            f"{self.info['best_val_loss']:.4f}"
         )
+        if not self.written:
+            run = self.info["distribute"]
+            return f"{run['task']} of {run['workers']} workers {done}; the chief writes the model"
+        return f"{done}: {Path(ws_root) / 'model' / 'model.keras'}"
 
 
 def train(
@@ -211,19 +249,23 @@ def train(
     ``init_model`` fine-tunes an existing ``.keras`` model instead of building a new one.
     """
     s.validate()
+    ws = Workspace(ws_root)
+    data_dir = data_dir or ws.require(ws.data, "build")
+    data_manifest = read_json(ws.require(data_dir / "manifest.json", "build"))
+    table = data_manifest.get("kind") == "table"
+    cluster = distribute.current_cluster()
+    _check_kind(table, s, cluster)
     quiet_tensorflow()
     import keras
     import tensorflow as tf
 
     from tfship.model import build_model, check_interface
 
-    ws = Workspace(ws_root)
-    data_dir = data_dir or ws.require(ws.data, "build")
-    data_manifest = read_json(ws.require(data_dir / "manifest.json", "build"))
+    strategy = distribute.strategy(cluster) if table else None  # before any other TF op
     keras.utils.set_random_seed(s.seed)
     tf.config.experimental.enable_op_determinism()  # same seed, same data -> same model
-    if data_manifest.get("kind") == "table":
-        return _train_table(ws, data_dir, data_manifest, s, init_model, stage)
+    if table:
+        return _train_table(ws, data_dir, data_manifest, s, init_model, stage, strategy, cluster)
     train_split = load_split(data_dir / "train.npz")
     val_split = load_split(data_dir / "val.npz")
     shape = tuple(train_split.images.shape[1:])
@@ -253,6 +295,28 @@ def train(
     return _write(
         ws, model, history, time.monotonic() - started, data_manifest, s, init_model, facts, stage
     )
+
+
+def _check_kind(table: bool, s: TrainSettings, cluster: distribute.Cluster) -> None:
+    """What each kind of data takes: --trainer and tf.distribute are for tables, --model-fn
+    for images."""
+    if table and s.model_fn:
+        raise ConfigError(
+            "--model-fn takes (input_shape, num_classes) for images; tables take a trainer",
+            hint="use --trainer package.module, whose run_fn(ctx) returns the model "
+            "(docs/trainer.md)",
+        )
+    if not table and s.trainer:
+        raise ConfigError(
+            "--trainer is for tables; images take --model-fn",
+            hint="--model-fn package.module:function(input_shape, num_classes) returning a "
+            "compiled keras.Model",
+        )
+    if not table and cluster.workers > 1:
+        raise ConfigError(
+            f"TF_CONFIG describes {cluster.workers} workers, but images train on one process",
+            hint="unset TF_CONFIG: tf.distribute is for tables",
+        )
 
 
 def _write(
@@ -303,17 +367,19 @@ def _train_table(
     s: TrainSettings,
     init_model: Path | None,
     stage: str,
+    strategy: tf.distribute.Strategy,
+    cluster: distribute.Cluster,
 ) -> TrainResult:
-    """Stage 2 for a table: stream the split's CSVs through tf.data into the table model."""
-    import keras
+    """Stage 2 for a table: stream the split's CSVs through tf.data into the table model
+    (tfship's, the champion's when fine-tuning, or the trainer's), built in ``strategy``."""
+    from tfship.table_model import (  # imports TF
+        dataset,
+        default_table_model,
+        feature_kinds,
+        load_model,
+        recorded_trainer,
+    )
 
-    from tfship.table_model import dataset, default_table_model, feature_kinds  # imports TF
-
-    if s.model_fn:
-        raise ConfigError(
-            "--model-fn takes (input_shape, num_classes) for images; tables take a trainer",
-            hint="omit --model-fn for tables (the --trainer contract is the next step of #17)",
-        )
     schema = sch.read_schema(data_dir / sch.SCHEMA_FILE)
     stats = TableStats.from_dict(read_json(data_dir / "stats.json"))
     label, classes = data_manifest["label"], data_manifest["classes"]
@@ -323,14 +389,13 @@ def _train_table(
         seed = s.seed if shuffle else None
         rows = data_manifest["rows"][split]
         path = data_dir / f"{split}.csv"
-        return dataset(path, kinds, stats, label, classes, s.batch_size, seed, rows)
+        ds = dataset(path, kinds, stats, label, classes, s.batch_size, seed, rows)
+        return distribute.shard(ds, cluster)
 
+    if s.trainer and init_model is None:
+        trainers.load_run_fn(s.trainer)  # a module that cannot be used fails before training
     train_ds, val_ds = pipe("train", True), pipe("val", False)
-    if init_model is not None:
-        model = keras.models.load_model(init_model)
-        model.optimizer.learning_rate.assign(s.learning_rate)
-    else:
-        model = default_table_model(schema, stats, label, classes, s.learning_rate, train_ds)
+    run = distribute.describe(strategy, cluster)
     event(
         stage,
         "training",
@@ -338,11 +403,63 @@ def _train_table(
         task=data_manifest["task"],
         epochs=s.epochs,
         data=data_manifest["data_hash"][:19],
+        trainer=s.trainer,
+        strategy=run["strategy"],
+        replicas=run["replicas"],
+        worker=run["task"],
     )
     started = time.monotonic()
-    history = fit_datasets(model, train_ds, val_ds, s, stage)
+
+    def default_model() -> keras.Model:
+        return default_table_model(schema, stats, label, classes, s.learning_rate, train_ds)
+
+    def fit(model: keras.Model) -> dict[str, list[float]]:
+        return fit_datasets(model, train_ds, val_ds, s, stage, strategy)
+
+    if init_model is not None:
+        with strategy.scope():
+            model = load_model(init_model, s.trainer)
+            model.optimizer.learning_rate.assign(s.learning_rate)
+        history = fit(model)
+    elif s.trainer:
+        ctx = trainers.TrainerContext(
+            schema=schema,
+            stats=stats,
+            label=label,
+            task=data_manifest["task"],
+            classes=classes,
+            inputs=dict(kinds),
+            train_ds=train_ds,
+            val_ds=val_ds,
+            settings=s,
+            strategy=strategy,
+            _default_model=default_model,
+            _fit=fit,
+        )
+        model, history = trainers.run(s.trainer, ctx)
+    else:
+        with strategy.scope():
+            model = default_model()
+        history = fit(model)
+    seconds = time.monotonic() - started
     facts = {"kind": "table", "task": data_manifest["task"], "label": label, "classes": classes}
-    facts["inputs"] = kinds
-    return _write(
-        ws, model, history, time.monotonic() - started, data_manifest, s, init_model, facts, stage
-    )
+    # A fine-tuned champion keeps the architecture its trainer built: the lineage says whose.
+    made_by = s.trainer or (recorded_trainer(init_model) if init_model is not None else None)
+    facts.update(inputs=kinds, trainer=made_by, distribute=run)
+    if not cluster.chief:
+        return _discard(model, history, facts)
+    return _write(ws, model, history, seconds, data_manifest, s, init_model, facts, stage)
+
+
+def _discard(model: keras.Model, history: dict[str, list[float]], facts: dict) -> TrainResult:
+    """A worker that is not the chief: it saves, as every worker of a multi-worker run must
+    (TF's multi-worker Keras tutorial), to a temporary folder it then deletes; the
+    workspace is the chief's to write."""
+    with tempfile.TemporaryDirectory(prefix="tfship-worker-") as tmp:
+        model.save(Path(tmp) / "model.keras")
+    info = {
+        **facts,
+        "epochs_run": len(history.get("loss", [])),
+        "best_val_loss": min(history.get("val_loss", [float("nan")])),
+    }
+    return TrainResult(info, written=False)
