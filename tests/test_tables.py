@@ -341,3 +341,71 @@ def test_a_table_that_misses_its_gate_is_one_line_and_keeps_its_report(cli, tmp_
     assert ">= 0.99 FAILED" in line
     report = (tmp_path / "workspace" / "eval" / "report.md").read_text()
     assert "**Gate FAILED**" in report
+
+
+# ---- Stage 3's slices and plots, retrain by class name and slice (tests/test_table_eval.py
+# has the unit tests) --------------------------------------------------------------------------
+
+
+def test_a_regression_table_plots_its_residuals_and_has_nothing_to_slice_by(cli, tmp_path):
+    assert cli("build", "--data", "diabetes").code == 0
+    assert cli("train", "--epochs", "30").code == 0
+    r = cli("test", "--slice", "sex")  # a number: diabetes has no categorical feature
+    assert r.code == 2 and "Traceback" not in r.err
+    (line,) = r.err_lines
+    assert line == (
+        "tfship test: bad setting: --slice sex: is not categorical (a number or text: it has "
+        "no vocabulary) (schema.pbtxt has no categorical feature: drop --slice)"
+    )
+    assert cli("test").code == 0
+    ev = tmp_path / "workspace" / "eval"
+    report = (ev / "report.md").read_text()
+    for name in ("residuals.png", "predicted_vs_actual.png"):
+        assert f"]({name})" in report
+        assert (ev / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (ev / "roc.png").exists() and not (ev / "confusion_matrix.png").exists()
+
+
+def test_retrain_shows_a_table_per_class_by_name_and_per_slice(cli, tmp_path):
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    write_reviews(snaps / "2026-01.csv", seed=7)
+    base = tmp_path / "models" / "digits"
+    base.mkdir(parents=True)
+    served = serve_model(tmp_path, base)
+    target = ("--base-path", str(base.parent), "--url", served.rest)
+    try:
+        for args in (
+            ["build", "--data", "snaps", "--label", "target"],
+            ["train", "--epochs", "30"],
+            ["test"],
+            ["package", "--version", "1"],
+            ["deploy", *target],
+        ):
+            r = cli(*args)
+            assert r.code == 0, (args, r.err)
+        write_reviews(snaps / "2026-02.csv", seed=8)
+        assert cli("build", "--data", "snaps", "--label", "target").code == 0
+        r = cli("retrain", *target, "--slice", "stars")  # refused before anything trains
+        assert r.code == 2 and r.err_lines[-1].startswith(
+            "tfship retrain: bad setting: --slice stars: is not categorical"
+        )
+        # Loose gates: this checks what the report shows, whichever model is better.
+        loose = ("--tolerance", "1", "--max-class-drop", "1", "--min-accuracy", "0")
+        r = cli("retrain", *target, *loose, "--slice", "channel", "--epochs", "10", "--json")
+        assert r.code == 0, r.err
+        decision = json.loads(r.out)
+        champ, chall = decision["champion"]["slices"], decision["challenger"]["slices"]
+        assert set(champ["channel"]) == set(chall["channel"]) == {"app", "store", "web"}
+        assert sum(m["rows"] for m in chall["channel"].values()) == decision["eval_rows"]
+        names = [c["name"] for c in decision["checks"]]
+        assert "recall drop[negative]" in names and "recall drop[positive]" in names
+        report = (tmp_path / "workspace" / "retrain" / "report.md").read_text()
+        assert "| recall negative |" in report and "| recall positive |" in report
+        assert "recall class" not in report
+        assert "### By channel (accuracy; shown, not gated)" in report
+        app = chall["channel"]["app"]
+        old = champ["channel"]["app"]
+        assert f"| app | {app['rows']} | {old['accuracy']:.4f} | {app['accuracy']:.4f} |" in report
+    finally:
+        served.stop()

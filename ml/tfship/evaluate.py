@@ -2,7 +2,8 @@
 
 The metric and gate functions are plain NumPy (retrain and test-deployed reuse them); only
 :func:`evaluate` loads the Keras model. Writes ``<workspace>/eval/``: ``metrics.json``,
-``junit.xml``, ``report.md``, ``confusion_matrix.png``. A failed gate still writes them (people
+``junit.xml``, ``report.md``, ``confusion_matrix.png`` (a table: also its task's plots and
+its slices, :mod:`tfship.table_eval`). A failed gate still writes them (people
 need the report most then) but marks ``passed: false``; ``package`` refuses such a model.
 """
 
@@ -31,6 +32,15 @@ MIN_R2 = Setting(
     max=1,
 )
 
+SLICES = Setting(
+    (),
+    "TFSHIP_SLICE",
+    "Tables: also compute and gate the metrics per value of this categorical feature, as "
+    "TFMA slices (repeatable or comma-separated).",
+    flag="--slice",
+    multiple=True,
+)
+
 
 @dataclass
 class Gates:
@@ -41,6 +51,14 @@ class Gates:
         0.75, "TFSHIP_MIN_CLASS_RECALL", "Every class's recall must reach this.", min=0, max=1
     )
     min_r2: float = MIN_R2.field()
+    slices: tuple[str, ...] = SLICES.field()
+    min_slice_rows: int = setting(
+        20,
+        "TFSHIP_MIN_SLICE_ROWS",
+        "Tables: a --slice value with fewer test rows is reported but not gated (too few rows "
+        "to judge).",
+        min=1,
+    )
 
 
 @dataclass
@@ -188,8 +206,9 @@ def evaluate(ws_root: Path, gates: Gates) -> EvalResult:
             "the model in the workspace was trained on other data than data/ holds",
             hint="run `tfship train` again after `tfship build`",
         )
+    slices = table_eval.requested_slices(ws, data_manifest, gates.slices)
     if data_manifest.get("kind") == "table":
-        result, checks = table_eval.evaluate_table(ws, gates, model_path, data_manifest)
+        result, checks = table_eval.evaluate_table(ws, gates, model_path, data_manifest, slices)
         if not result["passed"]:
             raise GateFailed(
                 f"quality gate failed: {summary(checks)}", hint=f"report: {ws.eval / 'report.md'}"

@@ -283,7 +283,7 @@ def run_all(s: RunSettings) -> RunResult:
                     store,
                     local_fleet,
                     s.model_name,
-                    RetrainSettings(min_accuracy=s.gates.min_accuracy),
+                    RetrainSettings(min_accuracy=s.gates.min_accuracy, slices=s.gates.slices),
                     train_settings,
                 ),
             )

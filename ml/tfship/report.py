@@ -119,3 +119,10 @@ def metrics_table(per_class: dict[str, list[float]], labels: list[str] | None = 
             f"{per_class['f1'][i]:.3f} | {per_class['support'][i]} |"
         )
     return "\n".join(rows)
+
+
+def class_names(metrics: dict) -> list[str]:
+    """How a report names each class of a classifier's metrics: the table's class names
+    (``metrics["classes"]``), else ``class 0``, ``class 1``, ... (images)."""
+    n = len(metrics["per_class"]["recall"])
+    return list(metrics.get("classes") or [f"class {c}" for c in range(n)])

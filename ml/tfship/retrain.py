@@ -35,16 +35,18 @@ from tfship.errors import DataError, GateFailed, ServingError, StoreError
 from tfship.evaluate import (
     MIN_ACCURACY,
     MIN_R2,
+    SLICES,
     classification_metrics,
     cross_entropy,
     plot_confusion,
     predict_keras,
 )
 from tfship.log import event
-from tfship.report import Check, check_table, failed, summary, write_junit
+from tfship.report import Check, check_table, class_names, failed, summary, write_junit
 from tfship.settings import setting
 from tfship.sources import DATA
 from tfship.store import MANIFEST, ArtifactStore
+from tfship.table_eval import requested_slices
 from tfship.targets import Fleet
 from tfship.train import TrainSettings, train
 from tfship.verify import load_test_split
@@ -86,6 +88,10 @@ class RetrainSettings:
         value_type=float,
         min=0,
         max=1,
+    )
+    slices: tuple[str, ...] = SLICES.field(
+        help="Tables: also show champion vs challenger per value of this categorical feature "
+        "(repeatable or comma-separated; shown, not gated)."
     )
     fine_tune_learning_rate: float = setting(
         1e-3,
@@ -293,13 +299,18 @@ def decide(champ: dict | None, chall: dict, s: RetrainSettings) -> list[Check]:
             f"champion {champ['accuracy']:.4f} - tolerance {s.tolerance}",
         )
     )
-    for c, (old, new) in enumerate(
-        zip(champ["per_class"]["recall"], chall["per_class"]["recall"], strict=True)
+    for c, (name, old, new) in enumerate(
+        zip(
+            class_names(chall),
+            champ["per_class"]["recall"],
+            chall["per_class"]["recall"],
+            strict=True,
+        )
     ):
         if champ["per_class"]["support"][c]:
             checks.append(
                 Check(
-                    f"recall drop[class {c}]",
+                    f"recall drop[{name}]",
                     round(old - new, 6),
                     "<=",
                     s.max_class_drop,
@@ -328,10 +339,10 @@ def side_by_side(champ: dict | None, chall: dict, champion_version: int | None) 
         f"| loss | {champ['loss']:.4f} | {chall['loss']:.4f} | "
         f"{chall['loss'] - champ['loss']:+.4f} |",
     ]
-    for c, (old, new) in enumerate(
-        zip(champ["per_class"]["recall"], chall["per_class"]["recall"], strict=True)
+    for name, old, new in zip(
+        class_names(chall), champ["per_class"]["recall"], chall["per_class"]["recall"], strict=True
     ):
-        rows.append(f"| recall class {c} | {old:.3f} | {new:.3f} | {new - old:+.3f} |")
+        rows.append(f"| recall {name} | {old:.3f} | {new:.3f} | {new - old:+.3f} |")
     return "\n".join(rows)
 
 
@@ -350,6 +361,9 @@ def report(decision: dict, checks: list[Check], rows: int) -> str:
                 decision["champion"], decision["challenger"], decision["champion_version"]
             ),
             "",
+            table_retrain.slice_side_by_side(
+                decision["champion"], decision["challenger"], decision["champion_version"]
+            ),
             check_table(checks),
             "",
             table_retrain.drift_table({k: tuple(v) for k, v in decision.get("drift", {}).items()}),
@@ -407,6 +421,7 @@ def retrain(
 
     ws = Workspace(ws_root)
     data_manifest = read_json(ws.require(ws.data / "manifest.json", "build"))
+    sliced = requested_slices(ws, data_manifest, s.slices)  # before anything trains
     # A decision from an earlier run must not outlive this one (killed or not): later stages
     # read it. This run's decision is written last, after the model it speaks of.
     recover_dir(ws.retrain, ".tmp-retrain-")
@@ -449,8 +464,11 @@ def retrain(
                 ws, info, old, champion.manifest if champion else None
             )
             examples = Split(rows, labels)
-            champ = table_retrain.metrics(champion.keras, rows, labels, info) if champion else None
-            chall = table_retrain.metrics(challenger, rows, labels, info)
+            by = table_retrain.slice_columns(rows, sliced)
+            champ = (
+                table_retrain.metrics(champion.keras, rows, labels, info, by) if champion else None
+            )
+            chall = table_retrain.metrics(challenger, rows, labels, info, by)
             checks = (
                 table_retrain.decide_regression(champ, chall, s.min_r2, s.tolerance)
                 if info["classes"] is None

@@ -19,8 +19,8 @@ from tfship.errors import DataError
 from tfship.evaluate import classification_metrics, cross_entropy
 from tfship.report import Check
 from tfship.stats import TableStats
-from tfship.table_eval import regression_metrics
-from tfship.tables import numeric_means, typed_rows
+from tfship.table_eval import MISSING, regression_metrics, slice_metrics
+from tfship.tables import CLASSIFICATION, REGRESSION, numeric_means, typed_rows
 from tfship.workspace import Workspace, read_json
 
 
@@ -54,8 +54,24 @@ def eval_rows(
     return merged, np.concatenate([labels, old_labels.astype(labels.dtype)])
 
 
-def metrics(model_path: Path, rows: dict[str, np.ndarray], labels: np.ndarray, info: dict) -> dict:
-    """The task's metrics of the ``.keras`` model at ``model_path`` on ``rows``."""
+def slice_columns(rows: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    """Each slice feature's value on the evaluation rows (a missing one is ``MISSING``)."""
+    out = {}
+    for name in names:
+        v = np.char.strip(rows[name].astype(str))
+        out[name] = np.where(v == "", MISSING, v)
+    return out
+
+
+def metrics(
+    model_path: Path,
+    rows: dict[str, np.ndarray],
+    labels: np.ndarray,
+    info: dict,
+    slices: dict[str, np.ndarray] | None = None,
+) -> dict:
+    """The task's metrics of the ``.keras`` model at ``model_path`` on ``rows`` (a classifier's
+    with its class names), and per value of each of ``slices`` (shown, not gated)."""
     import keras
     import tensorflow as tf
 
@@ -63,11 +79,27 @@ def metrics(model_path: Path, rows: dict[str, np.ndarray], labels: np.ndarray, i
 
     model = keras.models.load_model(model_path)
     out, _ = predict(model, tf.data.Dataset.from_tensor_slices((rows, labels)).batch(256))
-    if info["classes"] is None:
-        return regression_metrics(labels.astype(np.float64), out[:, 0], float(labels.mean()))
-    return classification_metrics(
-        labels, out.argmax(axis=1), len(info["classes"]), cross_entropy(out, labels)
-    )
+    classes = info["classes"]
+    if classes is None:
+        task, baseline = REGRESSION, float(labels.mean())
+        result = regression_metrics(labels.astype(np.float64), out[:, 0], baseline)
+    else:
+        task, baseline = CLASSIFICATION, int(np.bincount(labels).argmax())
+        result = classification_metrics(
+            labels, out.argmax(axis=1), len(classes), cross_entropy(out, labels)
+        )
+        result["classes"] = classes
+    if slices:
+        result["slices"] = {
+            name: {
+                value: {k: v for k, v in m.items() if k != "gated"}
+                for value, m in slice_metrics(
+                    task, out, labels, values, baseline, classes, 0
+                ).items()
+            }
+            for name, values in slices.items()
+        }
+    return result
 
 
 def decide_regression(champ: dict | None, chall: dict, min_r2: float, tolerance: float) -> list:
@@ -128,3 +160,27 @@ def side_by_side(champ: dict | None, chall: dict, champion_version: int | None) 
     for k in ("rmse", "mae", "r2"):
         rows.append(f"| {k} | {champ[k]:.4f} | {chall[k]:.4f} | {chall[k] - champ[k]:+.4f} |")
     return "\n".join(rows)
+
+
+def slice_side_by_side(champ: dict | None, chall: dict, champion_version: int | None) -> str:
+    """Markdown: per value of each ``--slice`` feature, the champion's and the challenger's
+    accuracy (RMSE for a regression) on the same rows. Empty without a champion or slices."""
+    if champ is None or not chall.get("slices"):
+        return ""
+    key = "rmse" if "r2" in chall else "accuracy"
+    out = []
+    for feature, by_value in chall["slices"].items():
+        out += [
+            f"### By {feature} ({key}; shown, not gated)",
+            "",
+            f"| {feature} | rows | champion (v{champion_version}) | challenger | delta |",
+            "|---|---|---|---|---|",
+        ]
+        for value, new in by_value.items():
+            old = champ["slices"][feature][value]
+            out.append(
+                f"| {value} | {new['rows']} | {old[key]:.4f} | {new[key]:.4f} | "
+                f"{new[key] - old[key]:+.4f} |"
+            )
+        out.append("")
+    return "\n".join(out)

@@ -2,9 +2,11 @@
 
 Layout (default ``./workspace``; CircleCI persists it between jobs)::
 
-    data/       build    train.npz val.npz test.npz manifest.json
+    data/       build    train.npz val.npz test.npz manifest.json (a table: train.csv val.csv
+                         test.csv schema.pbtxt stats.json)
     model/      train    model.keras history.json history.png train.json
-    eval/       test     metrics.json junit.xml report.md confusion_matrix.png
+    eval/       test     metrics.json junit.xml report.md confusion_matrix.png (a table:
+                         roc.png calibration.png, or residuals.png predicted_vs_actual.png)
     package/    package  package.json (+ the exported version folder, before it is stored)
     retrain/    retrain  retrain.json (champion, challenger, decision)
     deployed/   test-deployed  verify.json junit.xml report.md

@@ -48,8 +48,10 @@ def train(ws: WorkspaceSettings, s: TrainSettings, as_json: bool) -> None:
 def test_cmd(ws: WorkspaceSettings, gates: Gates, as_json: bool) -> None:
     """Stage 3: evaluate on the test split and apply the gates (exit 3 if one misses).
 
-    Writes workspace/eval/: metrics.json, junit.xml (store_test_results), report.md and
-    confusion_matrix.png (store_artifacts), also when the gate fails.
+    Writes workspace/eval/: metrics.json, junit.xml (store_test_results), report.md and the
+    plots (store_artifacts), also when the gate fails: confusion_matrix.png for a classifier,
+    with roc.png and calibration.png for a table; residuals.png and predicted_vs_actual.png
+    for a regression. A table may be gated per slice of a categorical feature (--slice).
     """
     if skip := skipped(ws.workspace, "test"):
         emit(skip, as_json, skip.summary())
