@@ -4,12 +4,21 @@
 #   tools/install_server.sh --model-name digits --deploy-user deploy [--base-path /models]
 #                           [--image tensorflow/serving:2.21.0] [--rest-port 8501]
 #                           [--grpc-port 8500] [--poll-seconds 1] [--dry-run]
+#   tools/install_server.sh --model-name digits --base-path s3://bucket/models --image IMAGE
+#                           [--s3-endpoint http://host:9000] [--aws-region R]
+#                           [--s3-verify-ssl 0|1] [ports, --poll-seconds, --dry-run as above]
 #
 # It creates <base-path>/<model> owned by the deploy user (tfship uploads there over SSH and
 # renames finished versions into place), and starts the official TF Serving image with that
 # folder bind-mounted at /models/<model>. Server flags go AFTER the image name: the image's
 # entrypoint passes them on to tensorflow_model_server. TF Serving is never restarted by
 # deploys; it polls the folder every --poll-seconds and swaps versions without downtime.
+# Bucket mode (--base-path s3://...): nothing is created on the host; the server polls
+# s3://.../<model> with TF Serving's S3 variables (S3_ENDPOINT with its scheme, AWS_REGION,
+# S3_VERIFY_SSL). Stock TF Serving >= 2.7 cannot read s3:// (tensorflow/serving#1963): --image
+# must be a build that includes tensorflow-io's S3 file system. AWS_ACCESS_KEY_ID,
+# AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN are handed to the container by name from this
+# shell's environment when set (never on a command line); unset: the instance role applies.
 set -euo pipefail
 
 model="${MODEL_NAME:-digits}"
@@ -22,8 +31,11 @@ poll=1
 deploy_user=""
 container=""
 dry_run=false
+s3_endpoint=""
+aws_region=""
+s3_verify_ssl=""
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "install_server.sh: $*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
@@ -36,6 +48,9 @@ while [ $# -gt 0 ]; do
     --poll-seconds) poll="${2:?}"; shift 2 ;;
     --deploy-user) deploy_user="${2:?}"; shift 2 ;;
     --container-name) container="${2:?}"; shift 2 ;;
+    --s3-endpoint) s3_endpoint="${2:?}"; shift 2 ;;
+    --aws-region) aws_region="${2:?}"; shift 2 ;;
+    --s3-verify-ssl) s3_verify_ssl="${2:?}"; shift 2 ;;
     --dry-run) dry_run=true; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
@@ -43,7 +58,26 @@ while [ $# -gt 0 ]; do
 done
 
 [[ "$model" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$ ]] || die "model name '$model' is not allowed"
-[[ "$base" == /* ]] || die "--base-path must be absolute, got '$base'"
+bucket_mode=false
+if [[ "$base" == s3://* ]]; then
+  bucket_mode=true
+  base="${base%/}"
+  [[ "$base" =~ ^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^[:space:]]*)?$ ]] \
+    || die "--base-path '$base' is not s3://bucket[/prefix]"
+  [[ ! "$image" =~ ^(docker\.io/)?tensorflow/serving(:|@|$) ]] \
+    || die "stock TF Serving images cannot read s3:// (tensorflow/serving#1963): pass --image" \
+      "with a build that includes tensorflow-io's S3 file system"
+  [ -z "$deploy_user" ] || die "--deploy-user is for a folder on this host; a bucket's writers" \
+    "are set by its policy"
+  [ -z "$s3_endpoint" ] || [[ "$s3_endpoint" =~ ^https?://[^/[:space:]]+/?$ ]] \
+    || die "--s3-endpoint must be http://host:port or https://host:port (TF Serving's S3 file" \
+      "system reads no S3_USE_HTTPS: the scheme is part of S3_ENDPOINT)"
+  [[ "$s3_verify_ssl" =~ ^[01]?$ ]] || die "--s3-verify-ssl must be 0 or 1"
+else
+  [ -z "$s3_endpoint$aws_region$s3_verify_ssl" ] \
+    || die "--s3-endpoint, --aws-region and --s3-verify-ssl need an s3:// --base-path"
+  [[ "$base" == /* ]] || die "--base-path must be absolute or s3://, got '$base'"
+fi
 [[ "$rest_port" =~ ^[0-9]+$ && "$grpc_port" =~ ^[0-9]+$ ]] || die "ports must be numbers"
 [[ "$poll" =~ ^[0-9]+$ ]] || die "--poll-seconds must be a whole number"
 container="${container:-tfserving-$model}"
@@ -54,12 +88,15 @@ run() {
 
 if ! $dry_run; then
   command -v docker >/dev/null || die "docker not found: install Docker Engine first"
-  [ "$(id -u)" -eq 0 ] || die "run as root (it creates $base and starts a container)"
+  $bucket_mode || [ "$(id -u)" -eq 0 ] \
+    || die "run as root (it creates $base and starts a container)"
 fi
 
-run mkdir -p "$base/$model"
-if [ -n "$deploy_user" ]; then
-  run chown "$deploy_user" "$base/$model"
+if ! $bucket_mode; then
+  run mkdir -p "$base/$model"
+  if [ -n "$deploy_user" ]; then
+    run chown "$deploy_user" "$base/$model"
+  fi
 fi
 
 if ! $dry_run && docker container inspect "$container" >/dev/null 2>&1; then
@@ -68,12 +105,44 @@ if ! $dry_run && docker container inspect "$container" >/dev/null 2>&1; then
   exit 0
 fi
 
+if $bucket_mode; then
+  # The image's entrypoint serves $MODEL_BASE_PATH/$MODEL_NAME. Credentials go by name
+  # (docker copies the value from this environment): never on a command line or in a log.
+  storage=(-e "MODEL_BASE_PATH=$base")
+  [ -z "$s3_endpoint" ] || storage+=(-e "S3_ENDPOINT=${s3_endpoint%/}")
+  [ -z "$aws_region" ] || storage+=(-e "AWS_REGION=$aws_region")
+  [ -z "$s3_verify_ssl" ] || storage+=(-e "S3_VERIFY_SSL=$s3_verify_ssl")
+  for name in AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN; do
+    [ -z "${!name:-}" ] || storage+=(-e "$name")
+  done
+else
+  storage=(--mount "type=bind,source=$base/$model,target=/models/$model")
+fi
+
 run docker run -d --name "$container" --restart unless-stopped \
   -p "$rest_port:8501" -p "$grpc_port:8500" \
-  --mount "type=bind,source=$base/$model,target=/models/$model" \
+  "${storage[@]}" \
   -e "MODEL_NAME=$model" \
   "$image" \
   "--file_system_poll_wait_seconds=$poll"
+
+if $bucket_mode; then
+  region_text="${aws_region:-the AWS SDK default (AWS_DEFAULT_REGION, AWS_REGION, ~/.aws/config)}"
+  cat <<MSG
+TF Serving for '$model' is set up, reading a bucket.
+  versions        : $base/$model/<number>/   (saved_model.pb written last)
+  S3_ENDPOINT     : ${s3_endpoint:-(AWS S3)}
+  AWS_REGION      : $region_text
+  credentials     : AWS_* variables of this shell if set, else the instance role
+  REST            : http://$(hostname -f 2>/dev/null || hostname):$rest_port/v1/models/$model
+  gRPC            : port $grpc_port
+The image must include tensorflow-io's S3 file system; without it the log says
+"File system scheme 's3' not implemented". The same settings run the local stand-in:
+  S3_ENDPOINT=... tfship serve --model_name $model --model_base_path $base/$model
+Until the first version is in the bucket its ports stay closed (connection refused).
+MSG
+  exit 0
+fi
 
 cat <<MSG
 TF Serving for '$model' is set up.

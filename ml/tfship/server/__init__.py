@@ -7,7 +7,9 @@ server. It starts as ``tensorflow_model_server`` does (``model_servers/main.cc``
 model has a version AVAILABLE** and only then opens gRPC and REST. A model whose first
 version fails to load (after its retries) makes it print
 ``Failed to start server. Error: ...`` on stdout and exit 255; a model with no version on
-disk keeps it waiting, ports closed, until one appears.
+disk keeps it waiting, ports closed, until one appears. A base path may be ``s3://``: it is
+polled as TF Serving built with tensorflow-io's S3 file system polls it
+(:mod:`tfship.server.filesystem`).
 
 This module declares the server's flags (``ServeOptions``), which every ``tfship`` command
 imports to build its options; the server's parts (TensorFlow, protos, gRPC) are imported
@@ -43,7 +45,9 @@ class ServeOptions:
     model_base_path: str | None = setting(
         None,
         "MODEL_BASE_PATH",
-        "Absolute path of the folder whose integer-named children are the model's versions.",
+        "Absolute path (or s3://bucket/prefix) of the folder whose integer-named children are "
+        "the model's versions. s3:// reads S3_ENDPOINT (http://host:port for plain http), "
+        "S3_VERIFY_SSL, AWS_REGION and the AWS credential chain, as TF Serving does.",
         flag="--model_base_path",
     )
     # Upstream's default is 0 (REST off); its Docker image passes 8501.

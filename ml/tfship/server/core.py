@@ -10,7 +10,10 @@ Each behaviour cites where ``tensorflow_model_server`` does it (tensorflow/servi
   ``load_servables_fast.cc``). Until then the server opens no port (``server.cc``).
 - ``FileSystemStoragePathSource`` (``sources/storage_path/file_system_storage_path_source.cc``):
   a child of the base path is a version if its name parses as an int64 (``absl::SimpleAtoi``);
-  a missing or unreadable base path logs an error and changes nothing for any model.
+  a missing or unreadable base path logs an error and changes nothing for any model. Paths
+  are read through TF's file systems (:mod:`tfship.server.filesystem`): local, or ``s3://``
+  as tensorflow-io's S3 file system reads a bucket; a bucket's version is loaded from a
+  local copy that is deleted when the version unloads.
 - ``AvailabilityPreservingPolicy`` (``core/availability_preserving_policy.cc``): the highest
   new aspired version loads first; an old version is unloaded only once an aspired one is
   AVAILABLE (or nothing is aspired any more).
@@ -24,7 +27,6 @@ Each behaviour cites where ``tensorflow_model_server`` does it (tensorflow/servi
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import threading
 import time
@@ -36,6 +38,7 @@ from tfship.log import event, quiet_tensorflow
 quiet_tensorflow()
 
 from tfship.server.config import ModelConfig, check_platform, validate  # noqa: E402
+from tfship.server.filesystem import FileSystemError, FileSystems  # noqa: E402
 from tfship.server.monitoring import REGISTRY  # noqa: E402
 from tfship.server.servable import Servable, ServableOptions  # noqa: E402
 from tfship.server.status import RpcError, from_tf_error, not_found_servable  # noqa: E402
@@ -85,25 +88,30 @@ def parse_version(name: str) -> int | None:
     return value if _INT64[0] <= value <= _INT64[1] else None
 
 
-def list_versions(cfg: ModelConfig) -> dict[int, str]:
-    """``PollFileSystemForServable``: versions on disk, or RpcError for an unusable base path."""
+def list_versions(cfg: ModelConfig, fs: FileSystems) -> dict[int, str]:
+    """``PollFileSystemForServable``: versions on disk, or RpcError for an unusable base path.
+
+    Raises :class:`FileSystemError` (its ``detail`` says why, for the log) when the file
+    system gave one.
+    """
     base = cfg.base_path
-    if not os.path.exists(base):
-        raise RpcError(
-            "INVALID_ARGUMENT",
-            f"Could not find base path {base} for servable {cfg.name} with error "
-            f"NOT_FOUND: {base} not found",
-        )
     try:
-        names = os.listdir(base)
-    except OSError as exc:
-        code = "PERMISSION_DENIED" if isinstance(exc, PermissionError) else "FAILED_PRECONDITION"
-        raise RpcError(code, f"{base}; {exc.strerror}") from exc
+        fs.file_exists(base)
+    except RpcError as exc:
+        error = FileSystemError(
+            "INVALID_ARGUMENT",
+            f"Could not find base path {base} for servable {cfg.name} with error {exc}",
+            getattr(exc, "detail", ""),
+        )
+        raise error from exc
+    names = fs.get_children(base)
     found: dict[int, str] = {}
-    for child in sorted(names):  # a duplicate version: the name sorting last wins (upstream)
+    # GetChildren returns every descendant on some cloud file systems: keep the first part.
+    children = sorted({name.split("/", 1)[0] for name in names})
+    for child in children:  # a duplicate version: the name sorting last wins (upstream)
         version = parse_version(child)
         if version is not None:
-            found[version] = os.path.join(base, child)
+            found[version] = f"{base.rstrip('/')}/{child}"
     return found
 
 
@@ -131,6 +139,7 @@ class ServerCore:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._said: dict[str, str] = {}
+        self.fs = FileSystems()
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -149,6 +158,7 @@ class ServerCore:
         for model in models:
             for v in list(model.loaded):
                 self._unload(model, v)
+        self.fs.close()  # the local copies of bucket versions
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -245,13 +255,14 @@ class ServerCore:
         listings = {}
         for model in models:
             try:
-                listings[model.cfg.name] = list_versions(model.cfg)
+                listings[model.cfg.name] = list_versions(model.cfg, self.fs)
             except RpcError as exc:
                 # Upstream's source stops at the first error: no model changes this poll.
+                detail = getattr(exc, "detail", "")
                 self._say(
                     "poll",
                     f"FileSystemStoragePathSource encountered a filesystem access "
-                    f"error: {exc.message}",
+                    f"error: {exc.message}" + (f" [tfship: {detail}]" if detail else ""),
                 )
                 return
         self._said.pop("poll", None)
@@ -292,7 +303,7 @@ class ServerCore:
 
     def _current_aspired(self, model: Model) -> list[int]:
         try:
-            return aspired(model.cfg, list(list_versions(model.cfg)))
+            return aspired(model.cfg, list(list_versions(model.cfg, self.fs)))
         except RpcError:
             return []
 
@@ -322,8 +333,11 @@ class ServerCore:
             event("serve", "loading", model=name, version=version)
             started = time.monotonic()
             servable = None
+            local = None
             try:
-                servable = Servable(name, version, path, self.options.servable)
+                # A bucket's version: a fresh local copy per attempt (what is there now).
+                local = self.fs.local_copy(path, model=name, version=version)
+                servable = Servable(name, version, local, self.options.servable, source=path)
                 REGISTRY.load_attempts.increment(path, "success")
                 REGISTRY.load_latency.increment(path, by=int((time.monotonic() - started) * 1e6))
                 warm = servable.warmup()
@@ -333,6 +347,10 @@ class ServerCore:
                 else:
                     REGISTRY.load_attempts.increment(path, "fail")
                 last = from_tf_error(exc)
+                if local is not None:
+                    self.fs.release(local)
+                    if local != path:  # name the bucket's version, not this server's copy
+                        last = RpcError(last.code, last.message.replace(local, path))
                 first_line = (last.message.splitlines() or [""])[0][:200]
                 event(
                     "serve",
@@ -377,6 +395,7 @@ class ServerCore:
             servable = model.loaded.pop(version, None)
         if servable is not None:
             servable.close()
+            self.fs.release(servable.path)  # a bucket version's local copy
         self._set(model.cfg.name, version, "END")
         event("serve", "unloaded", model=model.cfg.name, version=version)
 

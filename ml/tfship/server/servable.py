@@ -49,6 +49,7 @@ PREDICT = "tensorflow/serving/predict"
 CLASSIFY = "tensorflow/serving/classify"
 REGRESS = "tensorflow/serving/regress"
 WARMUP_FILE = "tf_serving_warmup_requests"
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")  # tensorflow/cc/saved_model/constants.h
 MAX_WARMUP_RECORDS = 1000  # saved_model_warmup_util.h WarmupConsts::kMaxNumRecords
 
 Row = list[tuple[str, float | None]]  # one example's (label, score) pairs
@@ -61,6 +62,23 @@ class ServableOptions:
     method_name_check: bool = False  # --enable_signature_method_name_check
     warmup: bool = True  # --enable_model_warmup
     warmup_iterations: int = 1  # --num_request_iterations_for_warmup (0 = 1)
+
+
+def check_bundle(path: str, shown: str) -> None:
+    """``session_bundle/oss/session_bundle_util.cc`` ``LoadSessionBundleOrSavedModelBundle``:
+    a folder without ``saved_model.pb`` (or ``.pbtxt``: ``MaybeSavedModelDirectory``) is
+    NOT_FOUND before anything loads; a TF1 Session Bundle is refused.
+
+    This is what a version listed before its ``saved_model.pb`` was written meets.
+    """
+    if os.path.exists(os.path.join(path, "export.meta")):
+        raise RpcError("UNIMPLEMENTED", "Session Bundle is deprecated and removed.")
+    if not any(os.path.exists(os.path.join(path, f)) for f in SAVED_MODEL_FILES):
+        raise RpcError(
+            "NOT_FOUND",
+            "Specified file path does not appear to contain a SavedModel bundle (should have "
+            f"a file called `saved_model.pb`)\nSpecified file path: {shown}",
+        )
 
 
 def signature_text(sig: meta_graph_pb2.SignatureDef) -> str:
@@ -102,11 +120,14 @@ class Servable:
         version: int,
         path: str,
         options: ServableOptions | None = None,
+        source: str | None = None,
     ) -> None:
         self.name = name
         self.version = version
-        self.path = path
+        self.path = path  # a local folder (a bucket's version is copied first)
+        self.source = source or path  # the path as configured: what messages and metrics name
         self.options = options or ServableOptions()
+        check_bundle(path, self.source)
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph)
         try:
@@ -321,12 +342,13 @@ class Servable:
     # --- warmup -------------------------------------------------------------------------------
     def warmup(self) -> int:
         """Replay ``assets.extra/tf_serving_warmup_requests``; any failure fails the load."""
-        path = os.path.join(self.path, "assets.extra", WARMUP_FILE)
-        if not self.options.warmup or not os.path.exists(path):
+        local = os.path.join(self.path, "assets.extra", WARMUP_FILE)
+        if not self.options.warmup or not os.path.exists(local):
             return 0
+        path = f"{self.source.rstrip('/')}/assets.extra/{WARMUP_FILE}"
         started, count, status = time.monotonic(), 0, "OK"
         try:
-            for record in _records(path):
+            for record in _records(local, path):
                 log = prediction_log_pb2.PredictionLog()
                 try:
                     log.ParseFromString(record)
@@ -350,8 +372,8 @@ class Servable:
             raise
         finally:
             micros = (time.monotonic() - started) * 1e6
-            REGISTRY.warmup_latency.add(micros, self.path, status)
-            REGISTRY.warmup_records.increment(self.path, status, by=count)
+            REGISTRY.warmup_latency.add(micros, self.source, status)
+            REGISTRY.warmup_records.increment(self.source, status, by=count)
         return count
 
     def _warmup_request(self, log: prediction_log_pb2.PredictionLog) -> None:
@@ -373,17 +395,21 @@ class Servable:
             raise RpcError("UNIMPLEMENTED", f"Unsupported log_type for warmup: {number}")
 
 
-def _records(path: str) -> Iterable[bytes]:
-    """TFRecord records, with TF's reader messages (DATA_LOSS gets upstream's hint)."""
+def _records(local: str, shown: str) -> Iterable[bytes]:
+    """TFRecord records, with TF's reader messages (DATA_LOSS gets upstream's hint).
+
+    ``shown`` replaces ``local`` in messages: a bucket's version is read from a copy.
+    """
     try:
-        yield from tf.compat.v1.io.tf_record_iterator(path)
+        yield from tf.compat.v1.io.tf_record_iterator(local)
     except tf.errors.DataLossError as exc:
+        message = exc.message.replace(local, shown)
         raise RpcError(
-            "DATA_LOSS",
-            f"{exc.message}. Please verify your warmup data is in TFRecord format.",
+            "DATA_LOSS", f"{message}. Please verify your warmup data is in TFRecord format."
         ) from exc
     except tf.errors.OpError as exc:
-        raise from_tf_error(exc) from exc
+        error = from_tf_error(exc)
+        raise RpcError(error.code, error.message.replace(local, shown)) from exc
 
 
 def _verify_inputs_size(sig: meta_graph_pb2.SignatureDef, inputs: dict) -> None:
