@@ -402,8 +402,9 @@ class Weed:
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for tfship to reach this service the way TF Serving would."""
         settings = {
-            "S3_ENDPOINT": self.endpoint,
-            "S3_USE_HTTPS": "0",
+            # with its scheme: tensorflow-io's S3 file system (TF Serving's) takes a bare
+            # host:port as https and no longer reads S3_USE_HTTPS (tensorflow/io#1343)
+            "S3_ENDPOINT": f"http://{self.endpoint}",
             "AWS_REGION": "us-east-1",
             "AWS_ACCESS_KEY_ID": S3_KEY_ID,
             "AWS_SECRET_ACCESS_KEY": S3_SECRET,
@@ -474,7 +475,7 @@ def start_weed(tmp: Path, timeout: float = 90) -> Weed:
         "-ip.bind=127.0.0.1",
         "-s3",
         f"-s3.config={tmp / 's3.json'}",
-        "-volume.max=20",
+        "-volume.max=0",  # auto: free disk / volume size (each bucket grows its own volumes)
         "-master.volumeSizeLimitMB=64",
         *(f"-{k}={v}" for k, v in ports.items()),
     ]

@@ -25,8 +25,9 @@ def test_put_is_atomic_and_idempotent(tmp_path):
     assert store.put("m", 7, pkg, manifest) == "uploaded"
     assert store.put("m", 7, pkg, manifest) == "present"
     assert store.versions("m") == [7]
-    assert [p.name for p in (tmp_path / "store" / "m").iterdir()] == ["7"]
+    assert sorted(p.name for p in (tmp_path / "store" / "m").iterdir()) == [".history", "7"]
     assert store.manifest("m", 7) == manifest
+    assert [(e["event"], e["version"]) for e in store.history("m")] == [("packaged", 7)]
 
 
 def test_a_version_with_other_content_is_never_rewritten(tmp_path):

@@ -401,7 +401,7 @@ def commit(st: Staged, s: DeploySettings) -> DeployResult:
     if st.done:
         raise DeployError(f"{st.target.host.name}: this staged upload was already used")
     target, model, version, manifest = st.target, st.model, st.version, st.manifest
-    host, client, times = target.host.name, target.client(model), st.times
+    host, times = target.host.name, st.times
     try:
         images, labels = load_test_split(st.package_dir)
         if st.incoming is not None:
@@ -416,18 +416,20 @@ def commit(st: Staged, s: DeploySettings) -> DeployResult:
         )
         try:
             t = time.monotonic()
-            checks, facts = verify_version(
-                client, manifest, version, images, labels, s.verify, stage="deploy"
-            )
+            for client in target.clients(model):  # every server reading the base path
+                checks, facts = verify_version(
+                    client, manifest, version, images, labels, s.verify, stage="deploy"
+                )
+                where = f" on {client.url}" if target.replicas else ""
+                if failed(checks):
+                    raise DeployError(f"verification failed{where}: {summary(checks)}")
+                if client.serving_version() != version:
+                    raise DeployError(
+                        f"version {version} is AVAILABLE{where} but version "
+                        f"{client.serving_version()} still answers by default"
+                    )
             times["verify"] = round(time.monotonic() - t, 3)
             times["to_available"] = facts.get("seconds_to_available", 0.0)
-            if failed(checks):
-                raise DeployError(f"verification failed: {summary(checks)}")
-            if client.serving_version() != version:
-                raise DeployError(
-                    f"version {version} is AVAILABLE but version "
-                    f"{client.serving_version()} still answers by default"
-                )
         except (TfshipError, OSError, ValueError) as exc:
             raise _rolled_back(target, model, version, st.previous, exc, s) from exc
         except BaseException as exc:  # Ctrl-C / SIGTERM mid-verification: leave no half state
@@ -477,9 +479,9 @@ def _rolled_back(
         )
     try:
         reject(target, model, version)
-        client = target.client(model)
         if previous is not None:
-            wait_serving(client, previous, s.verify.wait_seconds)
+            for client in target.clients(model):
+                wait_serving(client, previous, s.verify.wait_seconds)
         now = target.serving_version(model)
     except TfshipError as exc:
         return DeployError(
@@ -501,7 +503,6 @@ def _rolled_back(
 def rollback(target: Target, model: str, to: int | None, s: DeploySettings) -> RollbackResult:
     """Serve an older kept version again: move the newer ones aside, wait, verify."""
     check_model_name(model)
-    client = target.client(model)
     with model_lock(target, model, s.lock_stale_seconds, s.lock_wait_seconds, "rollback"):
         clean_incoming(target, model)
         serving = target.serving_version(model)
@@ -530,7 +531,9 @@ def rollback(target: Target, model: str, to: int | None, s: DeploySettings) -> R
             version=to,
             host=target.host.name,
         )
-        wait_serving(client, to, s.verify.wait_seconds)
+        clients = target.clients(model)
+        for client in clients:
+            wait_serving(client, to, s.verify.wait_seconds)
         manifest = json.loads(target.host.read_text(f"{target.model_dir(model)}/{to}/{MANIFEST}"))
         with np.load(
             io.BytesIO(
@@ -538,10 +541,14 @@ def rollback(target: Target, model: str, to: int | None, s: DeploySettings) -> R
             )
         ) as npz:
             images, labels = npz["images"], npz["labels"]
-        checks, facts = verify_version(
-            client, manifest, to, images, labels, s.verify, stage="rollback"
-        )
-        if failed(checks):
-            raise DeployError(f"rolled back to {to}, but it fails verification: {summary(checks)}")
+        for client in clients:
+            checks, facts = verify_version(
+                client, manifest, to, images, labels, s.verify, stage="rollback"
+            )
+            if failed(checks):
+                raise DeployError(
+                    f"rolled back to {to}, but it fails verification on {client.url}: "
+                    f"{summary(checks)}"
+                )
     event("rollback", "done", model=model, version=to, previous=serving, host=target.host.name)
     return RollbackResult(model, to, serving, moved, facts)

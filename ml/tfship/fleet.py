@@ -39,6 +39,7 @@ from tfship.log import event
 from tfship.report import failed, summary
 from tfship.retrain import approved_champion, skipped
 from tfship.settings import setting
+from tfship.store import DEPLOYED, REJECTED, ROLLED_BACK, ArtifactStore
 from tfship.targets import Fleet, Target, one_version
 from tfship.verify import load_test_split, verify_version
 from tfship.workspace import Workspace, read_json
@@ -307,6 +308,7 @@ def deploy_workspace(
     s: DeploySettings,
     fs: FleetSettings,
     package_dir: Path | None = None,
+    store: ArtifactStore | None = None,
 ):
     """Stage 5 as the commands run it, honouring what retrain decided.
 
@@ -314,7 +316,8 @@ def deploy_workspace(
     - retrain accepted a challenger: it compared it with the version serving then; if
       another one serves by now the approval was for another champion (StaleChampion,
       unless ``--force``).
-    Without ``package_dir`` the workspace's package is deployed.
+    Without ``package_dir`` the workspace's package is deployed. With a ``store``, the
+    outcome goes into its history: deployed, or rejected (rolled back) with the reason.
     """
     ws = Workspace(ws_root)
     if package_dir is None:
@@ -323,7 +326,21 @@ def deploy_workspace(
         info = read_json(ws.require(ws.package / "package.json", "package"))
         package_dir = ws.package / str(info["version"])
     s = replace(s, expect_serving=approved_champion(ws_root))
-    return ship(fleet, package_dir, s, fs)
+    if store is None:
+        return ship(fleet, package_dir, s, fs)
+    manifest = load_package(package_dir)
+    model, version = manifest["model_name"], manifest["version"]
+    hosts = [t.host.name for t in fleet.targets]
+    try:
+        result = ship(fleet, package_dir, s, fs)
+    except DeployError as exc:  # refused, or failed and rolled back: the reason is kept
+        store.record(model, REJECTED, version, hosts=hosts, reason=str(exc).splitlines()[0])
+        raise
+    previous = getattr(result, "previous", None)
+    if previous is None and isinstance(result, FleetResult):
+        previous = next((h.old for h in result.hosts), None)
+    store.record(model, DEPLOYED, version, hosts=hosts, previous=previous)
+    return result
 
 
 @dataclass
@@ -347,7 +364,27 @@ class FleetRollback:
         )
 
 
-def rollback_fleet(fleet: Fleet, model: str, to: int | None, s: DeploySettings):
+def rollback_fleet(
+    fleet: Fleet,
+    model: str,
+    to: int | None,
+    s: DeploySettings,
+    store: ArtifactStore | None = None,
+):
+    """:func:`rollback_hosts`, and with a ``store`` the rollback goes into its history."""
+    result = rollback_hosts(fleet, model, to, s)
+    if store is not None:
+        if isinstance(result, RollbackResult):
+            version, previous = result.version, result.previous
+        else:
+            done = [r for r in result.hosts.values() if isinstance(r, RollbackResult)]
+            version, previous = done[0].version, done[0].previous
+        hosts = [t.host.name for t in fleet.targets]
+        store.record(model, ROLLED_BACK, version, hosts=hosts, previous=previous)
+    return result
+
+
+def rollback_hosts(fleet: Fleet, model: str, to: int | None, s: DeploySettings):
     """Serve an older kept version again: on one host, or on every host of the fleet.
 
     On a fleet the version is the same everywhere: ``to``, else the newest kept version

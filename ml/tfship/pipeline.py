@@ -30,7 +30,7 @@ from tfship.retrain import RetrainSettings, retrain, skipped
 from tfship.serving import ServingSettings
 from tfship.settings import setting
 from tfship.sources import DATA, DATA_SHA256
-from tfship.store import MANIFEST, MODEL_NAME, STORE, local_store
+from tfship.store import MANIFEST, MODEL_NAME, STORE, open_store
 from tfship.tables import TableSettings
 from tfship.targets import Fleet, make_target
 from tfship.train import EPOCHS, TrainSettings, train
@@ -215,7 +215,7 @@ def run_all(s: RunSettings) -> RunResult:
     """The whole loop; returns each stage's result, timings and where things are."""
     timings: dict[str, float] = {}
     results: dict[str, dict] = {}
-    store = local_store(s.store)
+    store = open_store(s.store)
     verify = VerifySettings(min_accuracy=None, latency_requests=s.latency_requests)
     train_settings = TrainSettings(epochs=s.epochs, seed=s.seed)
 

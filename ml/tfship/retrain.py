@@ -45,7 +45,7 @@ from tfship.log import event
 from tfship.report import Check, check_table, class_names, failed, summary, write_junit
 from tfship.settings import setting
 from tfship.sources import DATA
-from tfship.store import MANIFEST, ArtifactStore
+from tfship.store import MANIFEST, REJECTED, ArtifactStore
 from tfship.table_eval import requested_slices
 from tfship.targets import Fleet
 from tfship.train import TrainSettings, train
@@ -525,6 +525,14 @@ def retrain(
         champion=f"{champ[key]:.4f}" if champ else "none",
     )
     if not passed:
+        store.record(
+            model,
+            REJECTED,
+            None,  # a rejected challenger is never packaged: it has no version
+            champion=decision["champion_version"],
+            data_hash=decision["data_hash"],
+            reason=f"challenger rejected: {summary(checks)}",
+        )
         raise GateFailed(
             f"challenger rejected: {summary(checks)}",
             hint=f"report: {ws.retrain / 'report.md'}; the champion keeps serving",

@@ -6,8 +6,12 @@ environment variables serves both:
 
 - ``S3_ENDPOINT``: the service's ``host[:port]`` (a scheme is accepted too); unset: AWS, or
   boto3's own ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``.
-- ``S3_USE_HTTPS`` (default 1) and ``S3_VERIFY_SSL`` (default 1): ``0`` turns them off.
-- ``AWS_REGION`` (or ``AWS_DEFAULT_REGION``; default ``us-east-1``).
+- ``S3_VERIFY_SSL`` (default 1): ``0`` turns TLS verification off. ``S3_USE_HTTPS=0`` makes
+  a bare ``host:port`` plain http here, as TensorFlow's own S3 file system did before 2.7;
+  tensorflow-io's, which TF Serving links now, no longer reads it (tensorflow/io#1343) and
+  takes a bare ``host:port`` as https: write the scheme (``http://host:port``) and both
+  agree.
+- ``AWS_DEFAULT_REGION``, else ``AWS_REGION`` (the AWS SDK's order; default ``us-east-1``).
 - Credentials: boto3's standard chain only (``AWS_ACCESS_KEY_ID`` /
   ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE``, the instance role...).
   tfship never reads, prints or writes them.
@@ -126,7 +130,8 @@ def endpoint(env: Mapping[str, str] | None = None) -> Endpoint:
     env = os.environ if env is None else env
     https = _flag(env, "S3_USE_HTTPS", True)
     verify = _flag(env, "S3_VERIFY_SSL", True)
-    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+    # the AWS SDK's order (TF Serving's S3 plugin leaves the region to it)
+    region = env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or DEFAULT_REGION
     raw = env.get("S3_ENDPOINT", "").strip()
     if not raw:
         return Endpoint(None, verify, region)
@@ -249,6 +254,8 @@ def _hash_body(body: Any) -> tuple[str, int]:
 class S3Host:
     """:class:`tfship.store.Host` on one bucket: paths are key prefixes (``a/b/c``)."""
 
+    atomic_rename = False  # rename() copies then deletes: see tfship.store.complete()
+
     def __init__(self, bucket: str, s3: Any | None = None) -> None:
         self.bucket = bucket
         self.name = f"{SCHEME}{bucket}"
@@ -338,10 +345,17 @@ class S3Host:
         keys = [o["Key"] for o in self.keys(path)]
         if self.is_file(path):
             keys.append(join(path))
+        # saved_model.pb first, in its own request: a version being removed stops being
+        # loadable before anything else of it goes
+        first = [k for k in keys if PurePosixPath(k).name == SAVED_MODEL_PB]
+        rest = [k for k in keys if PurePosixPath(k).name != SAVED_MODEL_PB]
         with errors(self._where(path)):
-            for start in range(0, len(keys), 1000):
-                batch = [{"Key": k} for k in keys[start : start + 1000]]
-                self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            for group in (first, rest):
+                for start in range(0, len(group), 1000):
+                    batch = [{"Key": k} for k in group[start : start + 1000]]
+                    self.s3.delete_objects(
+                        Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                    )
 
     def put_tree(
         self, local: Path, remote: str, progress: Callable[[int], None] | None = None
@@ -372,7 +386,10 @@ class S3Host:
         local.mkdir(parents=True, exist_ok=False)
         with errors(self._where(remote)):
             for o in objects:
-                target = local / o["Key"][len(join(remote)) + 1 :]
+                rel = o["Key"][len(join(remote)) + 1 :]
+                if any(part in ("", ".", "..") for part in rel.split("/")):
+                    raise StoreError(f"{self.name}/{o['Key']}: a key that leaves its folder")
+                target = local / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self.s3.download_file(self.bucket, o["Key"], str(target))
 

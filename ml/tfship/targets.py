@@ -10,7 +10,11 @@ block ends.
   base path; serving URL ``http://<host>:8501``), or ``--hosts-file`` with one
   ``user@host:port base_path serving_url`` per line (``#`` comments allowed). Without either,
   the target is a local folder served by ``tfship serve``.
-- A fleet serves one version: :meth:`Fleet.serving_version` refuses a mixed fleet.
+- A bucket: ``DEPLOY_SERVER_PATH=s3://bucket/prefix`` (no hostname) is a model base path TF
+  Serving replicas read (``--model_base_path=s3://bucket/prefix/<model>``); ``TF_SERVING_URL``
+  lists every replica, comma-separated, and each one is waited for and verified.
+- A fleet serves one version: :meth:`Fleet.serving_version` refuses a mixed fleet, and a
+  target refuses replicas that answer with different versions.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from tfship import config
+from tfship import config, s3
 from tfship.errors import ConfigError, DeployError, HostError, TfshipError
 from tfship.log import event
 from tfship.serving import HOSTNAME, ServingClient, ServingSettings, ServingUnreachable
@@ -106,12 +110,22 @@ class Target:
     base: str  # the models root; TF Serving's --model_base_path is <base>/<model>
     serving_url: str
     transport: str = "rest"
+    replicas: tuple[str, ...] = ()  # more servers reading the same base path (a bucket)
 
     def model_dir(self, model: str) -> str:
         return str(PurePosixPath(self.base) / check_model_name(model))
 
+    @property
+    def urls(self) -> list[str]:
+        """Every server that reads this base path."""
+        return [self.serving_url, *self.replicas]
+
     def client(self, model: str) -> ServingClient:
         return ServingClient(self.serving_url, model, transport=self.transport)
+
+    def clients(self, model: str) -> list[ServingClient]:
+        """One client per server reading this base path: each is waited for and verified."""
+        return [ServingClient(u, model, transport=self.transport) for u in self.urls]
 
     def versions(self, model: str) -> list[int]:
         """The version folders on the host."""
@@ -125,7 +139,17 @@ class Target:
         path holds no version is a fresh host waiting for its first deploy, not a failure.
         With versions on disk, silence means the server is down or still loading.
         """
-        client = self.client(model)
+        answers = {c.url: self._serving_version(c, model) for c in self.clients(model)}
+        if len(set(answers.values())) > 1:
+            listing = ", ".join(f"{url}={v}" for url, v in answers.items())
+            raise DeployError(
+                f"the servers reading {self.host.name}:{self.model_dir(model)} serve "
+                f"different versions ({listing})",
+                hint="wait for their next poll of the base path, or check the one behind",
+            )
+        return next(iter(answers.values()))
+
+    def _serving_version(self, client: ServingClient, model: str) -> int | None:
         try:
             return client.serving_version()
         except ServingUnreachable as exc:
@@ -149,7 +173,21 @@ class Target:
 def make_target(
     hostname: str | None, base: str, serving_url: str | None, transport: str, ssh: dict
 ) -> Target:
-    """A local folder (no hostname: the embedded default) or an SSH host."""
+    """A local folder (no hostname: the embedded default), a bucket, or an SSH host."""
+    if s3.is_s3(base):
+        if hostname:
+            raise ConfigError(
+                f"DEPLOY_SERVER_PATH {base} is a bucket, but DEPLOY_SERVER_HOSTNAME is set",
+                hint="unset DEPLOY_SERVER_HOSTNAME: TF Serving reads the bucket itself",
+            )
+        if not serving_url:
+            raise ConfigError(
+                f"{base}: a bucket has no TF Serving of its own",
+                hint="set TF_SERVING_URL to the servers reading it (comma-separated)",
+            )
+        uri = s3.S3Uri.parse(base)
+        urls = [u.strip() for u in serving_url.split(",") if u.strip()]
+        return Target(s3.S3Host(uri.bucket), uri.key, urls[0], transport, tuple(urls[1:]))
     if not hostname:
         url = serving_url or ServingSettings().resolved_url(base)
         return Target(LocalHost(), str(Path(base).expanduser().absolute()), url, transport)
@@ -277,7 +315,7 @@ def open_fleet(s: TargetSettings, require_all: bool = True) -> Fleet:
     it, unreachable hosts are skipped with a warning.
     """
     if not s.several:
-        url = s.serving.resolved_url(s.base_path)
+        url = s.serving.url if s3.is_s3(s.base_path) else s.serving.resolved_url(s.base_path)
         ssh = {**s.ssh(), "username": s.username, "port": s.ssh_port}
         return Fleet([make_target(s.hostname, s.base_path, url, s.serving.transport, ssh)], False)
     specs = parse_hosts(s)

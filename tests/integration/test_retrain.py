@@ -45,7 +45,9 @@ class Site:
         )
 
     def stored(self) -> list[int]:
-        return sorted(int(p.name) for p in (self.root / "store" / "digits").iterdir())
+        return sorted(
+            int(p.name) for p in (self.root / "store" / "digits").iterdir() if p.name.isdigit()
+        )
 
 
 @pytest.fixture

@@ -78,6 +78,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "test-deployed": ("stages", "Stage 7: verify what TF Serving serves."),
     "rollback": ("ship", "Serve an older kept version again."),
     "status": ("ship", "What the deploy target(s) hold and serve."),
+    "history": ("ship", "What the store of record says happened, oldest first."),
     "run": ("run", "The main job, locally, end to end."),
     "snapshot": ("run", "Write a new data snapshot (for retrain demos)."),
     "config": ("run", "Every setting: environment variable, default, meaning."),

@@ -9,7 +9,7 @@ from tfship.deploy import DeploySettings, RollbackSettings
 from tfship.fleet import FleetFailed, FleetSettings, PackageChoice, deploy_workspace, rollback_fleet
 from tfship.retrain import RetrainDataSettings, RetrainSettings
 from tfship.retrain import retrain as run_retrain
-from tfship.store import StoreSettings, local_store
+from tfship.store import StoreSettings, history_table, store_of
 from tfship.targets import TargetSettings, one_version, open_fleet, status_table
 from tfship.train import TrainSettings
 from tfship.workspace import WorkspaceSettings
@@ -19,14 +19,17 @@ from tfship.workspace import WorkspaceSettings
 @options(
     ws=WorkspaceSettings,
     where=TargetSettings,
+    store=StoreSettings,
     s=DeploySettings,
     fs=FleetSettings,
     pkg=PackageChoice,
+    exclude=("model_name", "store_keep"),
 )
 @json_option
 def deploy(
     ws: WorkspaceSettings,
     where: TargetSettings,
+    store: StoreSettings,
     s: DeploySettings,
     fs: FleetSettings,
     pkg: PackageChoice,
@@ -53,7 +56,7 @@ def deploy(
     """
     with open_fleet(where, fs.require_all) as fleet:
         try:
-            result = deploy_workspace(ws.workspace, fleet, s, fs, pkg.package)
+            result = deploy_workspace(ws.workspace, fleet, s, fs, pkg.package, store_of(store))
         except FleetFailed as exc:
             emit(exc.result, as_json, exc.result.table())
             raise
@@ -66,7 +69,7 @@ def deploy(
     store=StoreSettings,
     s=DeploySettings,
     to=RollbackSettings,
-    exclude=("force", "store"),
+    exclude=("force", "store_keep"),
 )
 @json_option
 def rollback(
@@ -83,12 +86,12 @@ def rollback(
     same older version again.
     """
     with open_fleet(where) as fleet:
-        result = rollback_fleet(fleet, store.model_name, to.to, s)
+        result = rollback_fleet(fleet, store.model_name, to.to, s, store_of(store))
     emit(result, as_json, result.summary())
 
 
 @cli.command(context_settings=CONTEXT)
-@options(where=TargetSettings, store=StoreSettings, exclude=("store",))
+@options(where=TargetSettings, store=StoreSettings, exclude=("store", "store_keep"))
 @json_option
 def status(where: TargetSettings, store: StoreSettings, as_json: bool) -> None:
     """What the deploy target(s) hold and serve: host, versions on disk, serving, state.
@@ -100,6 +103,24 @@ def status(where: TargetSettings, store: StoreSettings, as_json: bool) -> None:
         rows = fleet.state(store.model_name)
     emit({"hosts": rows}, as_json, status_table(rows))
     one_version(rows)
+
+
+@cli.command(context_settings=CONTEXT)
+@options(store=StoreSettings, exclude=("store_keep",))
+@json_option
+def history(store: StoreSettings, as_json: bool) -> None:
+    """What the store of record says happened to the model, oldest first.
+
+    \b
+    One line per event, each an object in <store>/<model>/.history/ written once and never
+    rewritten: packaged (a new version stored), deployed (with the hosts and the version
+    it replaced), rolled-back, rejected (a deploy rolled back, or a retrain's challenger
+    refused by its gates, with the reason), when, and by which build (CIRCLE_BUILD_URL).
+    The last deployed or rolled-back version is the one serving; --store-keep never
+    deletes it.
+    """
+    entries = store_of(store).history(store.model_name)
+    emit({"model": store.model_name, "history": entries}, as_json, history_table(entries))
 
 
 @cli.command(context_settings=CONTEXT)
@@ -134,7 +155,5 @@ def retrain(
     if data.data:
         build_data(ws.workspace, data)
     with open_fleet(where) as fleet:
-        result = run_retrain(
-            ws.workspace, local_store(store.store), fleet, store.model_name, s, train
-        )
+        result = run_retrain(ws.workspace, store_of(store), fleet, store.model_name, s, train)
     emit(result, as_json, result.summary(ws.workspace))

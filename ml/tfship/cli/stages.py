@@ -11,7 +11,7 @@ from tfship.package import PackageSettings
 from tfship.package import package as package_model
 from tfship.retrain import skipped
 from tfship.serving import ServingSettings
-from tfship.store import StoreSettings, local_store
+from tfship.store import StoreSettings, store_of
 from tfship.train import TrainSettings
 from tfship.train import train as train_model
 from tfship.verify import VerifySettings, VersionSettings
@@ -72,7 +72,7 @@ def package(ws: WorkspaceSettings, where: StoreSettings, s: PackageSettings, as_
     if skip := skipped(ws.workspace, "package"):
         emit(skip, as_json, skip.summary())
         return
-    result = package_model(ws.workspace, local_store(where.store), where.model_name, s.version)
+    result = package_model(ws.workspace, store_of(where), where.model_name, s.version)
     emit(result, as_json, result.summary())
 
 
@@ -83,7 +83,7 @@ def package(ws: WorkspaceSettings, where: StoreSettings, s: PackageSettings, as_
     serving=ServingSettings,
     which=VersionSettings,
     s=VerifySettings,
-    exclude=("store",),
+    exclude=("store", "store_keep"),
 )
 @json_option
 def test_deployed(
