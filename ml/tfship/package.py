@@ -254,6 +254,7 @@ def _manifest(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "data_hash": data_manifest["data_hash"],
         "data_origin": data_manifest["origin"],
+        "data_source": data_manifest.get("source", data_manifest["origin"]),
         "code_commit": code_commit(),
         "build_url": os.environ.get("CIRCLE_BUILD_URL"),
         "thresholds": evaluation["thresholds"],

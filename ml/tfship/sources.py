@@ -13,6 +13,9 @@ Sources (``--data``):
 Tables (``--label``: CSV, Parquet, TFRecord, globs of shards) are read by ``tables.py``.
 - an ``https://`` URL of an ``.npz`` or ``.csv``, with its sha256 (``#sha256=<hex>`` or
   ``--data-sha256``).
+- ``s3://bucket/key``: an object, a prefix of snapshots (the newest by name, as a folder) or
+  a glob of shards, downloaded into a temporary folder and hashed as it streams (see
+  :func:`in_bucket`); ``#sha256=<hex>`` or ``--data-sha256`` is checked when given.
 
 Files, downloads and what an ``.npz`` unpacks to are bounded by ``--max-data-bytes``.
 Nothing here imports TensorFlow (but for ``fashion_mnist``).
@@ -21,20 +24,24 @@ Nothing here imports TensorFlow (but for ``fashion_mnist``).
 from __future__ import annotations
 
 import csv
+import fnmatch
 import hashlib
 import importlib.util
 import io
+import re
+import shutil
 import stat
 import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from tfship import s3
 from tfship.errors import DataError
 from tfship.log import quiet_tensorflow
 from tfship.settings import Setting
@@ -45,7 +52,8 @@ DATA = Setting(
     "digits (bundled, offline) | fashion_mnist | breast_cancer | wine | diabetes | reviews "
     "| PATH: images .npz/.csv, tables .csv/.parquet/.tfrecord[.gz] (with --label) "
     "| FOLDER of snapshots (newest by name) or of class sub-folders of images "
-    "| 'GLOB' of shards | https://URL#sha256=HEX",
+    "| 'GLOB' of shards | https://URL#sha256=HEX "
+    "| s3://BUCKET/KEY: a file, a PREFIX/ of snapshots (newest by name) or a 'GLOB'",
 )
 DATA_SHA256 = Setting(
     None,
@@ -101,10 +109,12 @@ def load_source(
     scheme = urlsplit(spec).scheme
     if scheme in ("http", "https"):
         return load_url(spec, sha256, cache_dir, max_bytes)
+    if s3.is_s3(spec):
+        return load_bucket(spec, sha256, cache_dir, max_bytes)
     if scheme and len(scheme) > 1 and scheme != "file":
         raise DataError(
             f"--data {shown_url(spec)}: unsupported scheme {scheme}://",
-            hint="use digits, fashion_mnist, a local path, or an https:// URL",
+            hint="use digits, fashion_mnist, a local path, an https:// or an s3:// URL",
         )
     path = Path(spec[7:] if spec.startswith("file://") else spec).expanduser()
     raw = load_path(path, max_bytes)
@@ -469,3 +479,272 @@ def check_sha256(path: Path, expected: str, name: str | None = None) -> None:
             f"{name or path}: sha256 mismatch: expected {expected}, got {h}",
             hint="the file changed or the checksum is wrong",
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Buckets: s3://bucket/key
+# --------------------------------------------------------------------------------------------
+
+TABLE_SUFFIXES = tuple(x for x in SNAPSHOT_SUFFIXES if x != ".npz")
+GLOB_CHARS = "*?["
+_SHA256_FRAGMENT = re.compile(r"#sha256=([0-9a-fA-F]{64})$")
+_CHANGED = ("PreconditionFailed", "412", "NoSuchKey", "404", "NotFound")
+
+
+def split_sha256(spec: str) -> tuple[str, str | None]:
+    """``spec`` without a trailing ``#sha256=<hex>``, and that hex (None when absent).
+
+    Only that exact form is a fragment: ``#`` is a legal character in an object key."""
+    m = _SHA256_FRAGMENT.search(spec)
+    return (spec[: m.start()], m.group(1).lower()) if m else (spec, None)
+
+
+@dataclass(frozen=True)
+class BucketSnapshot:
+    """One snapshot in a bucket, found by listing alone: one object, or the shards of a
+    sub-folder or of a glob, in name order."""
+
+    host: s3.S3Host = field(compare=False, repr=False)  # its bucket (one client for all)
+    objects: tuple[dict, ...]  # Key, Size, ETag: as the listing (or a HEAD) gave them
+    uri: str  # what `tfship build --data` takes to read exactly these objects again
+    home: str  # the key prefix the snapshot sits in: its schema.pbtxt lives there
+
+    @property
+    def bucket(self) -> str:
+        return self.host.bucket
+
+    @property
+    def size(self) -> int:
+        return sum(int(o["Size"]) for o in self.objects)
+
+    @property
+    def identity(self) -> str:
+        """The snapshot's URI and a digest of each object's key, size and ETag: it changes
+        whenever an object is replaced, and costs a listing, not a download. (Not a content
+        hash: a multipart upload's ETag is not the MD5 of the bytes.)"""
+        lines = "\n".join(f"{o['Key']} {o['Size']} {o['ETag']}" for o in self.objects)
+        return f"{self.uri} {hashlib.sha256(lines.encode()).hexdigest()}"
+
+
+def find_in_bucket(
+    spec: str, suffixes: tuple[str, ...] = SNAPSHOT_SUFFIXES, shards: bool = True
+) -> BucketSnapshot | None:
+    """Resolve ``s3://bucket/key`` by listing, as a local path resolves: an object (a key
+    ending in a data file's suffix), a glob of shards (``*?[`` in the key, one key level per
+    pattern level, as ``glob`` matches paths), or a prefix of snapshots whose newest entry by
+    name is taken: a file ending in one of ``suffixes``, or (``shards``) a sub-folder whose
+    table files are the shards (its URI is then the glob of them, ``prefix/*.parquet``).
+    None when the prefix holds no snapshot; a missing object is a :class:`DataError`, a
+    missing bucket or refused credentials the errors of :func:`tfship.s3.errors`."""
+    uri = s3.S3Uri.parse(spec)
+    host = s3.S3Host(uri.bucket)
+    if any(c in uri.key for c in GLOB_CHARS):
+        return _glob_in_bucket(host, uri, spec)
+    parent = uri.key.rpartition("/")[0]
+    if uri.key.endswith(SNAPSHOT_SUFFIXES):
+        obj = _head(host, uri.key)
+        if obj is None:
+            raise DataError(f"{uri}: no such object", hint="check the key, or name its prefix/")
+        return BucketSnapshot(host, (obj,), str(uri), parent)
+    base = f"{uri.key}/" if uri.key else ""
+    files: dict[str, dict] = {}
+    folders: dict[str, list[dict]] = {}
+    for o in host.keys(uri.key):
+        name, sep, rest = o["Key"][len(base) :].partition("/")
+        if not name or name.startswith("."):
+            continue  # hidden (tfship's own .dir markers), or an empty key part
+        if not sep:
+            files[name] = o
+        elif shards:
+            inside = folders.setdefault(name, [])
+            if rest.endswith(TABLE_SUFFIXES) and "/" not in rest and not rest.startswith("."):
+                inside.append(o)
+    entries = sorted([n for n in files if n.endswith(suffixes)] + list(folders))
+    if not entries:
+        obj = _head(host, uri.key) if uri.key else None
+        if obj is not None:  # an object without a data suffix: its reader says what it is
+            return BucketSnapshot(host, (obj,), str(uri), parent)
+        return None
+    newest = entries[-1]
+    where = str(uri.join(newest))
+    if newest in files:
+        return BucketSnapshot(host, (files[newest],), where, uri.key)
+    objects = tuple(sorted(folders[newest], key=lambda o: o["Key"]))
+    if not objects:
+        raise DataError(f"{where}/: the newest snapshot folder holds no table files")
+    kinds = {next(x for x in TABLE_SUFFIXES if o["Key"].endswith(x)) for o in objects}
+    pattern = f"{where}/*{kinds.pop() if len(kinds) == 1 else ''}"  # its shards, as a glob
+    return BucketSnapshot(host, objects, pattern, uri.key)
+
+
+def _head(host: s3.S3Host, key: str) -> dict | None:
+    """The object at ``key`` as a listing shows it, or None if there is none (in a bucket
+    that exists: a HEAD's 404 does not say which is missing, a listing does)."""
+    with s3.errors(f"{host.name}/{key}"):
+        try:
+            head = host.s3.head_object(Bucket=host.bucket, Key=key)
+        except Exception as exc:
+            if s3.error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
+                raise
+            host.s3.list_objects_v2(Bucket=host.bucket, Prefix=key, MaxKeys=1)
+            return None
+    return {"Key": key, "Size": head["ContentLength"], "ETag": head["ETag"]}
+
+
+def _glob_in_bucket(host: s3.S3Host, uri: s3.S3Uri, spec: str) -> BucketSnapshot:
+    parts = uri.key.split("/")
+    first = next(i for i, p in enumerate(parts) if any(c in p for c in GLOB_CHARS))
+    home = "/".join(parts[:first])
+
+    def matches(key: str) -> bool:
+        names = key.split("/")
+        return len(names) == len(parts) and all(
+            fnmatch.fnmatchcase(n, p) and (p.startswith(".") or not n.startswith("."))
+            for n, p in zip(names[first:], parts[first:], strict=True)
+        )
+
+    objects = tuple(o for o in host.keys(home) if matches(o["Key"]))
+    if not objects:
+        raise DataError(f"--data {spec}: no object matches this pattern")
+    return BucketSnapshot(host, objects, str(uri), home)
+
+
+def bucket_chunks(snap: BucketSnapshot, obj: dict) -> Iterator[bytes]:
+    """The bytes of one listed object, streamed in chunks: exactly the version listed (a GET
+    conditional on its ETag), and exactly its listed size (else a truncated download)."""
+    host = snap.host
+    where = f"s3://{snap.bucket}/{obj['Key']}"
+    changed = DataError(
+        f"{where}: changed or deleted while being read", hint="retry once the upload is done"
+    )
+    got = 0
+    with s3.errors(where):
+        try:
+            body = host.s3.get_object(Bucket=snap.bucket, Key=obj["Key"], IfMatch=obj["ETag"])
+        except Exception as exc:
+            if s3.error_code(exc) in _CHANGED:
+                raise changed from exc
+            raise
+        with body["Body"] as stream:
+            while chunk := stream.read(s3.CHUNK):
+                got += len(chunk)
+                yield chunk
+    if got != int(obj["Size"]):
+        raise _truncated(where, got, int(obj["Size"]), "short body")
+
+
+def hash_in_bucket(snap: BucketSnapshot) -> str:
+    """sha256 of a snapshot's objects in name order, streamed (nothing kept): what
+    ``tfship build`` computes of the same files read locally."""
+    digest = hashlib.sha256()
+    for obj in snap.objects:
+        for chunk in bucket_chunks(snap, obj):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Fetched:
+    """A bucket snapshot copied into ``root`` (key ``a/b.csv`` at ``root/a/b.csv``)."""
+
+    snapshot: BucketSnapshot
+    root: Path
+    paths: list[Path]
+    sha256: str  # of the bytes as they streamed in, objects in name order
+
+    def shown(self, text: str) -> str:
+        """``text`` with the local copies named as what they are: s3://bucket/key."""
+        return text.replace(f"{self.root}/", f"s3://{self.snapshot.bucket}/")
+
+
+@contextmanager
+def in_bucket(
+    snap: BucketSnapshot,
+    cache_dir: Path | None,
+    max_bytes: int,
+    expected: str | None = None,
+    extra: tuple[str, ...] = (),
+) -> Iterator[Fetched]:
+    """The snapshot's objects downloaded into a temporary folder (in ``cache_dir``; removed
+    after, whatever happens), hashed as they stream: the sha256 sees each chunk as it is
+    written, no file is ever held in memory whole. ``expected`` (``#sha256=`` or
+    ``--data-sha256``) is checked; over ``max_bytes`` in all is refused before a byte is
+    read. ``extra``: other keys wanted beside it if they exist (a schema.pbtxt), not hashed.
+
+    A :class:`DataError` raised inside names the objects by their s3:// URIs, not by their
+    temporary copies."""
+    if snap.size > max_bytes:
+        raise DataError(
+            f"{snap.uri}: {snap.size} bytes is over the {max_bytes} byte limit", hint=TOO_BIG
+        )
+    root = Path(tempfile.mkdtemp(prefix="tfship-s3-", dir=cache_dir))
+    fetched = Fetched(snap, root, [], "")
+    try:
+        try:
+            digest, total = hashlib.sha256(), 0
+            for obj in snap.objects:
+                target = _local_copy(root, snap, obj["Key"])
+                with target.open("wb") as fh:
+                    for chunk in bucket_chunks(snap, obj):
+                        total += len(chunk)
+                        if total > max_bytes:  # it grew since the listing
+                            raise DataError(
+                                f"{snap.uri}: more than the {max_bytes} byte limit", hint=TOO_BIG
+                            )
+                        digest.update(chunk)
+                        fh.write(chunk)
+                fetched.paths.append(target)
+            fetched.sha256 = digest.hexdigest()
+            if expected and fetched.sha256 != expected.lower():
+                raise DataError(
+                    f"{snap.uri}: sha256 mismatch: expected {expected}, got {fetched.sha256}",
+                    hint="the data changed or the checksum is wrong",
+                )
+            for key in extra:
+                obj = _head(snap.host, key)
+                if obj is not None:
+                    with _local_copy(root, snap, key).open("wb") as fh:
+                        for chunk in bucket_chunks(snap, obj):
+                            fh.write(chunk)
+            yield fetched
+        except DataError as exc:
+            exc.message = fetched.shown(exc.message)
+            exc.args = (exc.message,)
+            raise
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _local_copy(root: Path, snap: BucketSnapshot, key: str) -> Path:
+    """Where object ``key`` is copied: ``root/key``, refused if the key would leave it."""
+    parts = key.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise DataError(f"s3://{snap.bucket}/{key}: a key with empty, '.' or '..' parts")
+    target = root.joinpath(*parts)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def bucket_snapshot(spec: str, suffixes: tuple[str, ...], shards: bool) -> BucketSnapshot:
+    """:func:`find_in_bucket`, with an empty prefix a :class:`DataError`."""
+    snap = find_in_bucket(spec, suffixes, shards)
+    if snap is None:
+        uri = s3.S3Uri.parse(spec)
+        raise DataError(
+            f"no snapshot ({', '.join(suffixes)}) in {uri}/", hint="upload one, or fix the prefix"
+        )
+    return snap
+
+
+def load_bucket(spec: str, sha256: str | None, cache_dir: Path | None, max_bytes: int) -> RawData:
+    """An ``.npz``/``.csv`` of images in a bucket (an object, or a prefix's newest one),
+    downloaded and hashed as it streams, then read as a local file. ``origin`` is the
+    s3:// URI of the object read."""
+    spec, fragment = split_sha256(spec)
+    snap = bucket_snapshot(spec, SNAPSHOT_SUFFIXES, shards=False)
+    if len(snap.objects) != 1:
+        raise DataError(f"--data {spec}: images come as one .npz or .csv, not shards")
+    with in_bucket(snap, cache_dir, max_bytes, fragment or sha256) as got:
+        raw = load_path(got.paths[0], max_bytes)
+    raw.origin = snap.uri
+    return raw

@@ -11,6 +11,10 @@ A CSV is read in batches of rows (``read_csv``): the file is never held in memor
 its sha256 is computed from the same bytes in the same pass (``table_stats``), so statistics
 and the content hash cost one read. A second pass writes the split.
 
+``--data`` (``_resolve``) is a bundled set, a file, a folder of snapshots, a glob of shards, an
+https URL with its sha256, or the same in a bucket (``s3://bucket/key``: downloaded into a
+temporary folder, hashed as it streams, then read as local files; see ``sources.in_bucket``).
+
 ``build_table`` (what ``tfship build --label COLUMN`` does): statistics and hash; the task
 from the label (``--task`` to override); the schema (``schema.pbtxt``, TFDV's format) read
 from beside the data and every anomaly refused (exit 2), or inferred and written there on
@@ -26,7 +30,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +41,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import csv as pacsv
 
-from tfship import config
+from tfship import config, s3
 from tfship import schema as sch
 from tfship.errors import DataError
 from tfship.settings import setting
-from tfship.sources import MAX_DATA_BYTES, check_sha256, downloaded, shown_url
+from tfship.sources import (
+    GLOB_CHARS,
+    MAX_DATA_BYTES,
+    TABLE_SUFFIXES,
+    bucket_snapshot,
+    check_sha256,
+    downloaded,
+    in_bucket,
+    shown_url,
+    split_sha256,
+)
 from tfship.stats import BYTES, FLOAT, TableStats, number_keys
 from tfship.table_io import FORMATS, read_table, table_format
 from tfship.workspace import Workspace, write_json
@@ -247,7 +261,8 @@ class TableBuild:
         m, rows = self.manifest, self.manifest["rows"]
         what = m["task"] + (f", {len(m['classes'])} classes" if m.get("classes") else "")
         return (
-            f"data {m['data_hash'][:23]} from {m['origin']} ({what}, label {m['label']!r}): "
+            f"data {m['data_hash'][:23]} from {m.get('source') or m['origin']} "
+            f"({what}, label {m['label']!r}): "
             f"{rows['train']} train / {rows['val']} val / {rows['test']} test rows; "
             f"schema {m['schema']['status']} ({m['schema']['path']})"
         )
@@ -268,26 +283,36 @@ def infer_task(label: str, stats: TableStats, override: str | None) -> str:
     return REGRESSION
 
 
-GLOB_CHARS = "*?["
+@dataclass
+class Source:
+    """What ``--data`` resolved to: the files to read (one, or a snapshot's shards in name
+    order), the folder its schema lives in (None: no schema beside it), what was read (for
+    lineage: a path, a URL, s3://bucket/key) and how to name a local path to a person."""
+
+    files: list[Path]
+    home: Path | None
+    source: str
+    shown: Callable[[str], str] = str
 
 
-def _resolve(
-    spec: str, work: Path, stack: ExitStack, sha256: str | None, max_bytes: int
-) -> tuple[list[Path], Path | None]:
-    """The files to read (one, or a snapshot's shards in name order) and, for a local source,
-    the folder its schema lives in. ``--data`` is a bundled set, an https URL with its sha256
-    (downloaded into ``work``), a glob of shards, a folder of snapshots (the newest by name:
-    a file, or a sub-folder of shards), or a file."""
+def _resolve(spec: str, work: Path, stack: ExitStack, sha256: str | None, max_bytes: int) -> Source:
+    """``--data`` is a bundled set, an https URL with its sha256 (downloaded into ``work``),
+    an s3:// object, prefix of snapshots or glob (downloaded into ``work``), a glob of
+    shards, a folder of snapshots (the newest by name: a file, or a sub-folder of shards), or
+    a file."""
     if spec in TABULAR_SETS:
-        return [write_bundled(spec, work / f"{spec}.csv")], None
+        return Source([write_bundled(spec, work / f"{spec}.csv")], None, spec)
     scheme = urlsplit(spec).scheme
     if scheme in ("http", "https"):
         suffixes = tuple(FORMATS)
-        return [stack.enter_context(downloaded(spec, sha256, work, max_bytes, suffixes))], None
+        got = stack.enter_context(downloaded(spec, sha256, work, max_bytes, suffixes))
+        return Source([got], None, shown_url(spec))
+    if s3.is_s3(spec):
+        return _from_bucket(spec, work, stack, sha256, max_bytes)
     if len(scheme) > 1 and scheme != "file":
         raise DataError(
-            f"--data {shown_url(spec)}: tables are read from files, folders, globs and "
-            f"https:// URLs, not {scheme}://",
+            f"--data {shown_url(spec)}: tables are read from files, folders, globs, "
+            f"https:// and s3:// URLs, not {scheme}://",
             hint="copy the data to a local path first",
         )
     raw = spec.removeprefix("file://")
@@ -298,14 +323,14 @@ def _resolve(
         home = Path(os.path.expanduser(raw)).parent
         while any(c in str(home) for c in GLOB_CHARS):
             home = home.parent
-        return _one_format(files, raw), home
+        return Source(_one_format(files, raw), home, raw)
     path = Path(raw).expanduser()
     if not path.exists():
         raise DataError(f"--data {path}: not found")
     if path.is_file():
         if sha256:
             check_sha256(path, sha256)
-        return _one_format([path], str(path)), path.parent
+        return Source(_one_format([path], str(path)), path.parent, str(path))
     entries = sorted(p for p in path.iterdir() if table_format(p) or p.is_dir())
     entries = [p for p in entries if not p.name.startswith(".")]
     if not entries:
@@ -317,8 +342,27 @@ def _resolve(
         files = sorted(p for p in newest.iterdir() if p.is_file() and table_format(p))
         if not files:
             raise DataError(f"{newest}: the newest snapshot folder holds no table files")
-        return _one_format(files, str(newest)), path
-    return _one_format([newest], str(newest)), path
+        return Source(_one_format(files, str(newest)), path, str(newest))
+    return Source(_one_format([newest], str(newest)), path, str(newest))
+
+
+def _from_bucket(
+    spec: str, work: Path, stack: ExitStack, sha256: str | None, max_bytes: int
+) -> Source:
+    """An s3:// source, resolved as a local one (object, newest of a prefix, glob), its
+    objects downloaded into ``work`` and hashed as they stream. A ``schema.pbtxt`` beside
+    the snapshot in the bucket is read and checked; one inferred is never written to the
+    bucket (data buckets are read-only to a build): upload workspace/data/schema.pbtxt there
+    to check later snapshots against it."""
+    spec, fragment = split_sha256(spec)
+    snap = bucket_snapshot(spec, TABLE_SUFFIXES, shards=True)
+    schema_key = s3.join(snap.home, sch.SCHEMA_FILE)
+    got = stack.enter_context(
+        in_bucket(snap, work, max_bytes, fragment or sha256, extra=(schema_key,))
+    )
+    local_schema = got.root.joinpath(*schema_key.split("/"))
+    home = local_schema.parent if local_schema.exists() else None
+    return Source(_one_format(got.paths, snap.uri), home, snap.uri, got.shown)
 
 
 def _one_format(files: list[Path], shown: str) -> list[Path]:
@@ -446,7 +490,8 @@ def build_table(
     """Stage 1 for a table: stats + hash, task, schema check (or inference), split, write."""
     label = s.label or LABEL
     with tempfile.TemporaryDirectory(prefix="tfship-table-") as tmp, ExitStack() as stack:
-        paths, home = _resolve(data, Path(tmp), stack, sha256, max_bytes)
+        src = _resolve(data, Path(tmp), stack, sha256, max_bytes)
+        paths, home = src.files, src.home
         path = Path(_shown(paths))
         stats, sha = table_stats(paths, seed)
         _check_label(path, stats, label)
@@ -486,6 +531,7 @@ def build_table(
             info = {
                 "kind": "table",
                 "origin": data,
+                "source": src.source,
                 "data_hash": "sha256:" + sha,
                 "label": label,
                 "task": task,
@@ -494,7 +540,7 @@ def build_table(
                 "rows": split_rows,
                 "schema": {
                     "status": status,
-                    "path": str(schema_path or ws.data / sch.SCHEMA_FILE),
+                    "path": src.shown(str(schema_path or ws.data / sch.SCHEMA_FILE)),
                     "sha256": hashlib.sha256(text.encode()).hexdigest(),
                 },
                 "created_by": os.environ.get("CIRCLE_BUILD_URL") or "local",

@@ -1,10 +1,12 @@
 """``tfship ci watch-data``: trigger the retrain once per new data snapshot.
 
 A source is a folder (its newest snapshot by name), an https listing (``<url> <sha256>`` per
-line) or ``ssh://user@host/path``. The state file is the record of what was triggered (the
-CircleCI API cannot say which parameters a pipeline got): a trigger is written there as
-pending before it is sent, so after a crash the next poll finds that pipeline instead of
-triggering again; one poll holds an exclusive lock on ``<state>.lock``.
+line), ``ssh://user@host/path`` or ``s3://bucket/prefix`` (its newest snapshot by name, as
+``tfship build --data`` takes it: see :func:`_newest_in_bucket`). The state file is the
+record of what was triggered (the CircleCI API cannot say which parameters a pipeline got):
+a trigger is written there as pending before it is sent, so after a crash the next poll
+finds that pipeline instead of triggering again; one poll holds an exclusive lock on
+``<state>.lock``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import os
 import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -25,7 +27,8 @@ from tfship.ci.api import AmbiguousTrigger, CircleCI, Mark, Ref, check_parameter
 from tfship.ci.settings import WatchSettings
 from tfship.errors import ApiError, ConfigError
 from tfship.log import event
-from tfship.sources import SNAPSHOT_SUFFIXES, is_snapshot
+from tfship.s3 import is_s3
+from tfship.sources import SNAPSHOT_SUFFIXES, find_in_bucket, hash_in_bucket, is_snapshot
 from tfship.targets import SSHAccess
 
 
@@ -33,15 +36,21 @@ from tfship.targets import SSHAccess
 class Snapshot:
     uri: str
     sha256: str
+    identity: str | None = None  # a bucket snapshot's key, size and ETag (see below)
 
     @property
     def data_uri(self) -> str:
         return f"{self.uri}#sha256={self.sha256}"
 
 
-def newest_snapshot(source: str, access: SSHAccess | None = None) -> Snapshot | None:
-    """The newest snapshot at ``source``: a folder, an https listing, or ssh://user@host/path
-    (reached with ``access``, the deploy hosts' SSH settings)."""
+def newest_snapshot(
+    source: str, access: SSHAccess | None = None, hashed: Mapping[str, str] | None = None
+) -> Snapshot | None:
+    """The newest snapshot at ``source``: a folder, an https listing, ssh://user@host/path
+    (reached with ``access``, the deploy hosts' SSH settings) or s3://bucket/prefix (a
+    snapshot whose identity is in ``hashed`` is not downloaded again)."""
+    if is_s3(source):
+        return _newest_in_bucket(source, hashed or {})
     if source.startswith(("https://", "http://")):
         import requests  # only https listings pay for it
 
@@ -71,6 +80,26 @@ def newest_snapshot(source: str, access: SSHAccess | None = None) -> Snapshot | 
         return None
     newest = files[-1]
     return Snapshot(str(newest.absolute()), hashlib.sha256(newest.read_bytes()).hexdigest())
+
+
+def _newest_in_bucket(source: str, hashed: Mapping[str, str]) -> Snapshot | None:
+    """The newest snapshot below an s3:// prefix, resolved as ``tfship build --data`` resolves
+    it (a file, or a sub-folder of shards: then its URI is the glob of those shards), with
+    the sha256 of its content.
+
+    Whether a snapshot is new is decided by its identity: the key, size and ETag of each
+    object, which the listing gives for free. Its sha256 needs the bytes, so it is computed
+    only for an identity not seen before (``hashed``, kept in the state file), by streaming
+    the objects through the hash once (nothing written to disk); a poll of an unchanged
+    bucket costs one listing, not a download of the snapshot. The trigger still carries the
+    sha256, not the ETag: an ETag is no content hash (multipart uploads), and the build checks
+    the bytes it reads against the sha256 it was sent. Content re-uploaded under a new key
+    hashes the same and is not triggered again."""
+    snap = find_in_bucket(source)
+    if snap is None:
+        return None
+    sha = hashed.get(snap.identity) or hash_in_bucket(snap)
+    return Snapshot(snap.uri, sha, snap.identity)
 
 
 def _newest_over_ssh(source: str, access: SSHAccess) -> Snapshot | None:
@@ -108,7 +137,8 @@ def watch_once(
     """One poll: trigger retrain-deploy for a snapshot not triggered before; return what happened.
 
     The state file is the record (the API cannot say which data a pipeline was given):
-    ``triggered`` maps a snapshot's sha256 to its pipeline; ``pending`` holds a trigger being
+    ``triggered`` maps a snapshot's sha256 to its pipeline; ``hashed`` maps a bucket
+    snapshot's identity (keys, sizes, ETags) to its sha256; ``pending`` holds a trigger being
     sent, written before the POST with the :class:`Mark` taken just before it. A poll that
     finds a pending entry (a crash between sending and recording) looks its pipeline up
     (:meth:`CircleCI.find_triggered`) and records it instead of triggering again. An
@@ -121,9 +151,12 @@ def watch_once(
             return {"action": "none", "reason": f"another poll holds {_lock_path(state_file)}"}
         state = _load_state(state_file)
         found = _resolve_pending(api, slug, state, state_file)
-        snap = newest_snapshot(source, access)
+        snap = newest_snapshot(source, access, state["hashed"])
         if snap is None:
             return {"action": "none", "reason": "no snapshot yet"}
+        if snap.identity and state["hashed"].get(snap.identity) != snap.sha256:
+            state["hashed"][snap.identity] = snap.sha256
+            _save_state(state_file, state)
         done = state["triggered"].get(snap.sha256)
         if done is not None and snap.sha256 not in found:
             return {
@@ -208,6 +241,7 @@ def _load_state(state_file: Path) -> dict:
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     state.setdefault("triggered", {})
     state.setdefault("pending", {})
+    state.setdefault("hashed", {})
     return state
 
 

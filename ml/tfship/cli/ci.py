@@ -150,8 +150,9 @@ def ci_schedule_delete(api: ApiSettings, schedule_id: str) -> None:
 def ci_watch_data(api: ApiSettings, s: WatchSettings, source: str, as_json: bool) -> None:
     """Trigger retrain-deploy once per new data snapshot at SOURCE.
 
-    SOURCE is a folder, an https:// listing ('<url> <sha256>' per line) or
-    ssh://user@host/path. The pipeline gets retrain=true and data_uri=<uri>#sha256=<hex>.
+    SOURCE is a folder, an https:// listing ('<url> <sha256>' per line), ssh://user@host/path
+    or s3://bucket/prefix/ (its newest snapshot: a new one is found by key, size and ETag,
+    then hashed once). The pipeline gets retrain=true and data_uri=<uri>#sha256=<hex>.
 
     The state file records what was triggered, and a trigger is recorded as pending before
     it is sent: after a crash, the next poll finds that pipeline instead of triggering again
