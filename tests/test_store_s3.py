@@ -48,7 +48,9 @@ def test_a_bucket_store_keeps_versions_immutable(bucket, tmp_path):
     assert staged == []  # the upload area is emptied once the version is placed
 
 
-def test_a_placement_cut_off_before_saved_model_pb_is_not_a_version_and_is_redone(bucket, tmp_path):
+def test_a_placement_cut_off_before_saved_model_pb_is_not_a_version_and_is_completed(
+    bucket, tmp_path
+):
     store = open_store(f"s3://{bucket}/registry")
     pkg, manifest = _package(tmp_path)
     host = s3.S3Host(bucket)

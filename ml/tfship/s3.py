@@ -199,6 +199,7 @@ def errors(where: str) -> Iterator[None]:
     except (FileExistsError, FileNotFoundError, StoreError, ConfigError):
         raise
     except Exception as exc:
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
@@ -206,6 +207,12 @@ def errors(where: str) -> Iterator[None]:
             NoCredentialsError,
         )
 
+        if isinstance(exc, Boto3Error):  # s3transfer's wrapper: judge by what it wraps
+            inner = exc.__cause__ or exc.__context__
+            if isinstance(inner, (ClientError, BotoCoreError)):
+                exc = inner
+            else:
+                raise StoreError(f"{where}: {one_line(exc)}") from exc
         code = error_code(exc)
         if isinstance(exc, NoCredentialsError):
             raise ConfigError(
@@ -231,8 +238,18 @@ def errors(where: str) -> Iterator[None]:
         if isinstance(exc, ClientError):
             raise StoreError(f"{where}: the S3 service answered {code}") from exc
         if isinstance(exc, BotoCoreError):
-            raise StoreError(f"{where}: {type(exc).__name__}: {exc}") from exc
+            raise StoreError(
+                f"{where}: {type(exc).__name__}: {one_line(exc)}",
+                hint="the link to the S3 service failed; nothing half-placed is loadable: "
+                "run it again",
+            ) from exc
         raise
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line, without the local paths s3transfer adds."""
+    text = " ".join(str(exc).split())
+    return re.sub(r"^Failed to upload \S+ to \S+: ", "", text)
 
 
 def endpoint_text() -> str:
@@ -325,12 +342,21 @@ class S3Host:
 
     def rename(self, src: str, dst: str) -> None:
         """Copy every object under ``src`` to ``dst`` (``saved_model.pb`` last), then delete
-        ``src``. Refused if ``dst`` exists. Not atomic: callers place versions so that a
-        reader never takes a partial copy for a whole one (see the module docstring)."""
-        if self.exists(dst):
+        ``src``. Not atomic: callers place versions so that a reader never takes a partial
+        copy for a whole one (see the module docstring).
+
+        Refused if ``dst`` exists, unless it is a copy cut off before its ``saved_model.pb``:
+        that one is completed in place (objects it has that ``src`` lacks go first).
+        """
+        if self.is_file(join(dst, SAVED_MODEL_PB)) or self.is_file(dst):
             raise FileExistsError(self._where(dst))
         objects = list(self.keys(src))
         rels = [o["Key"][len(join(src)) + 1 :] for o in objects]
+        stale = [o["Key"] for o in self.keys(dst) if o["Key"][len(join(dst)) + 1 :] not in rels]
+        with errors(self._where(dst)):
+            for start in range(0, len(stale), 1000):
+                batch = [{"Key": k} for k in stale[start : start + 1000]]
+                self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
         rels.sort(key=lambda rel: (PurePosixPath(rel).name == SAVED_MODEL_PB, rel))
         with errors(self._where(dst)):
             for rel in rels:

@@ -9,8 +9,8 @@ Store layout: ``<root>/<model>/<version>/`` (a TF Serving version folder) ; vers
 via ``<root>/<model>/.incoming-<version>-<random>`` and one rename, so a reader (or TF
 Serving polling the folder) never sees a half-written version. A bucket has no rename: the
 "rename" copies ``saved_model.pb`` last, so a version folder without it is a placement that
-was cut off (never loadable: TF Serving needs that file), which the next placement removes
-and redoes, and which :meth:`ArtifactStore.versions` does not count.
+was cut off (never loadable: TF Serving needs that file), which the next placement completes
+in place, and which :meth:`ArtifactStore.versions` does not count.
 
 The store of record also keeps ``<root>/<model>/.history/``: one immutable JSON object per
 event (packaged, deployed, rolled back, rejected), written with an exclusive create, never
@@ -256,11 +256,9 @@ def stage_version(
     check_version(version)
     model_dir = str(PurePosixPath(base) / model)
     final = f"{model_dir}/{version}"
-    if host.exists(final) and not complete(host, final):
-        # a bucket's copy cut off before saved_model.pb: never loadable, placed again
-        host.remove_tree(final)
-        event("store", "removed an interrupted placement", host=host.name, path=final)
-    if host.exists(final):
+    if interrupted(host, final):
+        event("store", "completing an interrupted placement", host=host.name, path=final)
+    elif host.exists(final):
         try:
             verify_tree(host.hash_tree(final), manifest, f"{host.name}:{final}")
         except StoreError as exc:
@@ -278,6 +276,14 @@ def stage_version(
         discard_staged(host, incoming)
         raise
     return incoming, sent
+
+
+def interrupted(host: Host, version_dir: str) -> bool:
+    """A bucket's copy into ``version_dir`` cut off before ``saved_model.pb`` (never loadable):
+    the next placement completes it in place, so a TF Serving that listed it keeps retrying
+    the same version and loads it once whole (removing it would end that version's retries
+    with an error the server keeps reporting)."""
+    return host.exists(version_dir) and not complete(host, version_dir)
 
 
 def complete(host: Host, version_dir: str) -> bool:

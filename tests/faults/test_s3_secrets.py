@@ -42,8 +42,8 @@ def test_a_bucket_store_and_deploy_leave_no_credential_anywhere(weed, bucket, pa
     try:
         for args in (
             ["package", "--version", "2000"],
-            ["deploy", "--latency-requests", "3", "--wait-seconds", "40"],
-            ["test-deployed", "--latency-requests", "3"],
+            ["deploy", "--latency-requests", "3", "--max-p95-ms", "5000", "--wait-seconds", "40"],
+            ["test-deployed", "--latency-requests", "3", "--max-p95-ms", "5000"],
             ["history"],
             ["status"],
             ["--debug", "history", "--json"],
