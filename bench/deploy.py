@@ -1,4 +1,4 @@
-"""Benchmark: deploys under load, deploy-to-verified time, and upload throughput.
+"""Benchmark: deploys under load, deploy-to-verified time, upload throughput, and fleets.
 
 1. No downtime: a paced load generator (>= 50 requests/s) against the served model through
    three consecutive `tfship deploy`s and one `tfship rollback` over loopback SSH, against
@@ -8,9 +8,15 @@
 2. Time from deploy start to verified for the demo model (target < 5 s with a 1 s poll).
 3. Upload throughput of a 200 MB package vs OpenSSH `scp` in the same run (target >= 0.9x);
    an unchanged re-deploy sends 0 bytes.
+4. `--fleet-only`: one host vs fleets of 4 and 16 (`--max-parallel 8`), each host an sshd and
+   a `tfship serve` behind its own link (bench/linkproxy.py: 100 Mbit/s each way, 20 ms round
+   trip), for the demo package and a 100 MB one, with where the time and the CPU go
+   (issue 18's goals on 100 MB: 4 hosts <= 1.3x one host, 16 hosts <= 2x).
 
-Run by hand: `python bench/deploy.py [--upload-mb 200]`. Needs sshd (tools/setup.sh --test).
-Writes bench/results/deploy.json and the deploy section of BENCHMARKS.md.
+Run by hand: `python bench/deploy.py [--upload-mb 200]` (1-3) or `python bench/deploy.py
+--fleet-only [--rounds 3] [--wait-quiet 40]` (4). Needs sshd (tools/setup.sh --test).
+Writes bench/results/deploy.json and the deploy section of BENCHMARKS.md (1-3), or
+bench/results/deploy_fleet.json and the deploy_fleet section (4).
 """
 
 from __future__ import annotations
@@ -19,11 +25,16 @@ import argparse
 import dataclasses
 import json
 import os
+import re
+import resource
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -33,7 +44,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _common import demo_package, save  # noqa: E402
+from _common import RESULTS, demo_package, save  # noqa: E402
 
 
 class Load:
@@ -94,9 +105,6 @@ def stats(rows) -> dict:
     }
 
 
-ROUNDS = 5
-
-
 def new_version(src: Path, dest: Path, version: int, filler: int = 0) -> Path:
     from tfship.store import MANIFEST
     from tfship.workspace import tree_hashes
@@ -119,12 +127,49 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--upload-mb", type=int, default=200)
     parser.add_argument("--rate", type=float, default=60.0, help="requests/s of the load")
-    parser.add_argument(
-        "--hosts", type=int, default=1, help="with N > 1: the fleet benchmark (N hosts vs one)"
+    fleet = parser.add_argument_group("fleets behind links (4)")
+    fleet.add_argument("--fleet-only", action="store_true", help="run the fleet benchmark only")
+    fleet.add_argument(
+        "--fleet-hosts",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[4, 16],
+        help="fleet sizes compared with one host (default 4,16)",
+    )
+    fleet.add_argument("--fleet-mb", type=int, default=100, help="large package size (0: none)")
+    fleet.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported")
+    fleet.add_argument("--max-parallel", type=int, default=8)
+    fleet.add_argument("--mbit", type=float, default=100.0, help="each link, each way")
+    fleet.add_argument("--rtt-ms", type=float, default=20.0, help="each link's round trip")
+    fleet.add_argument("--fleet-rate", type=float, default=1.0, help="load, req/s per host")
+    fleet.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        help="minutes to wait for other bench/table_* runs to end first (0: do not wait)",
+    )
+    fleet.add_argument(
+        "--max-p95-ms", type=float, default=None, help="the checks' p95 gate (default tfship's)"
+    )
+    fleet.add_argument(
+        "--no-proposal",
+        dest="proposal",
+        action="store_false",
+        help="skip the fleets deployed with the canary staged together with the rest",
+    )
+    fleet.add_argument(
+        "--no-save", dest="save", action="store_false", help="print only (trial runs)"
+    )
+    fleet.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite the fleet section from bench/results/deploy_fleet.json, measure nothing",
     )
     args = parser.parse_args()
-    if args.hosts > 1:
-        fleet_bench(args.hosts, args.rate, args.upload_mb)
+    if args.render_only:
+        render_fleet()
+        return
+    if args.fleet_only:
+        fleet_bench(args)
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from helpers import serve_model, start_serve, start_sshd
@@ -291,171 +336,941 @@ def main() -> None:
     print(md)
 
 
-def fleet_bench(n: int, rate: float, upload_mb: int) -> None:
-    """N sshd + N tfship serve: one-host deploy time vs N-host fleet time, under load."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# --------------------------------------------------------------------------------------------
+# 4. Fleets behind real links
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LinkedHost:
+    """One fleet host: sshd and `tfship serve`, both reached through the host's own link."""
+
+    sshd: object
+    served: object
+    base: Path
+    proxy: subprocess.Popen
+    ssh_port: int  # the link's port in front of sshd
+    rest: str  # the serving URL through the link
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and of the children it has reaped (/proc/<pid>/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # after the command name: state is field 3, so utime, stime, cutime, cstime (14-17)
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds the machine has spent busy (every core, every process) since boot."""
+    values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _pss_mb(pid: int) -> float:
+    """A process's proportional set size: its own pages, and its share of shared ones."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _mem_available_gb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / (1 << 20)
+    return 0.0
+
+
+class MemoryWatch:
+    """Samples every second: the machine's lowest MemAvailable, our processes' highest PSS."""
+
+    def __init__(self, pids) -> None:
+        self.pids = pids  # a callable: the pids of the processes the bench started
+        self.min_available_gb = _mem_available_gb()
+        self.max_pss_gb = 0.0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(1.0):
+            self.min_available_gb = min(self.min_available_gb, _mem_available_gb())
+            pss = sum(_pss_mb(p) for p in self.pids()) / 1024
+            self.max_pss_gb = max(self.max_pss_gb, pss)
+
+    def close(self) -> dict:
+        self.stop.set()
+        self.thread.join()
+        return {
+            "min_available_gb": round(self.min_available_gb, 1),
+            "max_pss_of_bench_servers_gb": round(self.max_pss_gb, 1),
+        }
+
+
+def other_benches() -> list[str]:
+    """Other heavy benchmarks running on this machine (bench/table_*)."""
+    out = subprocess.run(["pgrep", "-af", "bench/table_"], capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines() if str(os.getpid()) != line.split()[0]]
+
+
+def wait_quiet(minutes: float) -> list[str]:
+    """Wait (bounded) until no other bench/table_* runs; return those still running."""
+    deadline = time.monotonic() + minutes * 60
+    while (busy := other_benches()) and time.monotonic() < deadline:
+        print(f"waiting for other benchmarks: {busy}", flush=True)
+        time.sleep(30)
+    return busy
+
+
+def lean_shell(sshd) -> None:
+    """Let the host's shell skip the user's ~/.bashrc for SSH commands, as a server's would.
+
+    bash reads ~/.bashrc for any command sshd starts; on this machine root's runs `pyenv init`,
+    about 0.5 s per command under load, a cost of this box and not of tfship or the link.
+    With SHLVL=1 in the session's environment bash takes itself for a nested shell and skips
+    it. sshd rereads its configuration on SIGHUP (it executes itself again, same pid).
+    """
+    with open(sshd.root / "sshd_config", "a") as fh:
+        fh.write("SetEnv SHLVL=1\n")
+    sshd.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.3)
+    deadline = time.monotonic() + 15
+    while True:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", sshd.port)) == 0:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"sshd on port {sshd.port} did not come back after SIGHUP")
+        time.sleep(0.05)
+
+
+def exec_ms(sshd, port: int, known: Path, n: int = 5) -> float:
+    """Median ms of one SSH command (`true`) on an open connection to ``port``."""
+    from tfship.ssh import SSHHost, SSHSettings
+
+    host = SSHHost(
+        SSHSettings(
+            "127.0.0.1", sshd.user, port, key_file=str(sshd.client_key), known_hosts=str(known)
+        )
+    ).connect()
+    try:
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            host.check("true", "probe")
+            times.append((time.perf_counter() - t) * 1000)
+        return round(statistics.median(times), 1)
+    finally:
+        host.close()
+
+
+def drop_page_cache(roots: list[Path]) -> None:
+    """Write out and drop the cached pages of every file under ``roots``.
+
+    Each deploy writes the package on every host (1.7 GB at 16 hosts x 100 MB), and those
+    pages stay cached, charged to the bench; on a shared 24 GiB machine the bench then looks
+    several GB bigger than it is. Between deploys, outside the timed part.
+    """
+    os.sync()
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_file():
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except OSError:
+                    continue
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+
+
+def wait_sessions_reaped(hosts: list[LinkedHost], timeout: float = 5.0) -> None:
+    """Wait until no sshd has a session child left (its CPU is then in the parent's total)."""
+    deadline = time.monotonic() + timeout
+    pids = ",".join(str(h.sshd.proc.pid) for h in hosts)
+    while time.monotonic() < deadline:
+        out = subprocess.run(["pgrep", "-P", pids], capture_output=True, text=True).stdout
+        if not out.strip():
+            return
+        time.sleep(0.1)
+
+
+def start_linked_hosts(work: Path, src: Path, n: int, mbit: float, delay_ms: float):
+    """``n`` hosts, each an sshd and a `tfship serve` (poll 1 s) behind its own link.
+
+    Returns (hosts, the client key every host accepts, a known_hosts for the links' ports, and
+    the ms of one SSH command: loopback with the user's ~/.bashrc, without, through the link).
+    """
     from concurrent.futures import ThreadPoolExecutor
 
+    import linkproxy
     from helpers import serve_model, start_sshd
-    from tfship.deploy import DeploySettings, deploy
-    from tfship.fleet import FleetSettings, fleet_deploy
-    from tfship.targets import make_target
-    from tfship.verify import VerifySettings
 
-    work = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+    hosts: list[LinkedHost] = []
     sshds, served = [], []
-    measured: dict[str, dict] = {}
     try:
-        src = demo_package(work)
-        pkgs = work / "pkgs"
-        pkgs.mkdir()
-        # (one-host package, fleet package) for the demo model as it is, then with a filler
-        # that gives it the size of a mid-size production model.
-        # Each measured ROUNDS times (the poll phase makes single runs noisy); medians reported.
-        cases: dict[str, list[tuple[Path, Path]]] = {"demo": [], f"{upload_mb} MB": []}
-        v = 1000
-        for _ in range(ROUNDS):
-            for name, filler in (("demo", 0), (f"{upload_mb} MB", upload_mb << 20)):
-                v += 2
-                cases[name].append(
-                    (new_version(src, pkgs, v - 1, filler), new_version(src, pkgs, v, filler))
-                )
-        with ThreadPoolExecutor(n) as pool:
+        with ThreadPoolExecutor(4) as pool:
             sshds = list(pool.map(lambda i: start_sshd(work / f"sshd{i}"), range(n)))
+        shell_ms = {"with_bashrc": exec_ms(sshds[0], sshds[0].port, sshds[0].known_hosts)}
+        for sshd in sshds:
+            lean_shell(sshd)
+        shell_ms["without"] = exec_ms(sshds[0], sshds[0].port, sshds[0].known_hosts)
+        key = sshds[0].client_key
+        for s in sshds[1:]:  # one deploy key for the whole fleet, as in production
+            with open(s.root / "authorized_keys", "a") as fh:
+                fh.write(Path(f"{key}.pub").read_text())
         bases = []
         for i in range(n):
             base = work / f"host{i}"
             shutil.copytree(src, base / "digits" / "1000")
             bases.append(base)
-        with ThreadPoolExecutor(n) as pool:
-            served = list(
-                pool.map(
-                    lambda b: serve_model(work, b / "digits", poll="1"),
-                    bases,
+        # TensorFlow's import is the bulk of a server's start: four at a time on 2 cores
+        for i in range(0, n, 4):
+            group = [
+                serve_model(work, b / "digits", poll="1", wait=False) for b in bases[i : i + 4]
+            ]
+            served += group
+            for srv in group:
+                srv.wait_listening(timeout=300)
+        known = work / "known_hosts"
+        lines = []
+        for i in range(n):
+            rest_port = int(served[i].rest.rsplit(":", 1)[1])
+            proxy, (ssh_port, link_rest) = linkproxy.start(
+                [("127.0.0.1", sshds[i].port), ("127.0.0.1", rest_port)], mbit, delay_ms
+            )
+            hosts.append(
+                LinkedHost(
+                    sshds[i], served[i], bases[i], proxy, ssh_port, f"http://127.0.0.1:{link_rest}"
                 )
             )
-        settings = DeploySettings(verify=VerifySettings(latency_requests=20))
+            kind, pub = sshds[i].known_hosts.read_text().split()[1:3]
+            lines.append(f"[127.0.0.1]:{ssh_port} {kind} {pub}")
+        known.write_text("\n".join(lines) + "\n")
+        shell_ms["through_the_link"] = exec_ms(sshds[0], hosts[0].ssh_port, known)
+    except BaseException:
+        stop_linked_hosts(hosts, served, sshds)
+        raise
+    return hosts, key, known, shell_ms
 
-        def target(i: int):
-            s = sshds[i]
-            return make_target(
-                "127.0.0.1",
-                str(bases[i]),
-                served[i].rest,
-                "rest",
-                {
-                    "username": s.user,
-                    "port": s.port,
-                    "key_file": str(s.client_key),
-                    "known_hosts": str(s.known_hosts),
-                },
-            )
 
+def stop_linked_hosts(hosts: list[LinkedHost], served=(), sshds=()) -> None:
+    """Stop every proxy, server and sshd (each once), whatever state they are in."""
+    import linkproxy
+
+    for h in hosts:
+        linkproxy.stop(h.proxy)
+    for x in {id(x): x for x in [*served, *sshds, *(h.served for h in hosts)]}.values():
+        x.stop()
+    for x in {id(x): x for x in [*sshds, *(h.sshd for h in hosts)]}.values():
+        x.stop()
+
+
+def tfship_deploy(args: list[str], cwd: Path, staged_together: bool = False) -> dict:
+    """Run `tfship deploy --json ARGS`: its result, exit code, wall time and CPU time.
+
+    ``staged_together``: with the proposal :func:`fleet_deploy_staged_together`.
+    """
+    from helpers import clean_env
+
+    tfship = (
+        [str(Path(__file__).resolve()), STAGED_TOGETHER] if staged_together else ["-m", "tfship"]
+    )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, *tfship, "deploy", "--json", *args],
+        cwd=cwd,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    wall = time.monotonic() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the only child reaped meanwhile
+    try:
+        result = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        result = None
+    return {
+        "code": proc.returncode,
+        "wall_s": round(wall, 3),
+        "client_cpu_s": round(
+            after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 2
+        ),
+        "result": result,
+        "stderr_tail": proc.stderr.strip().splitlines()[-3:] if proc.returncode else [],
+    }
+
+
+def deploy_args(
+    hosts: list[LinkedHost], key: Path, known: Path, hosts_file: Path, mp: int, extra: list[str]
+) -> list[str]:
+    """`tfship deploy` options for ``hosts``: one host as DEPLOY_SERVER_*, several as a file."""
+    common = ["--ssh-key-file", str(key), "--known-hosts", str(known), "--force", *extra]
+    if len(hosts) == 1:
+        h = hosts[0]
+        return [
+            *common,
+            "--hostname",
+            "127.0.0.1",
+            "--username",
+            h.sshd.user,
+            "--ssh-port",
+            str(h.ssh_port),
+            "--base-path",
+            str(h.base),
+            "--url",
+            h.rest,
+        ]
+    hosts_file.write_text(
+        "".join(f"{h.sshd.user}@127.0.0.1:{h.ssh_port} {h.base} {h.rest}\n" for h in hosts)
+    )
+    return [
+        *common,
+        "--hosts-file",
+        str(hosts_file),
+        "--canary-seconds",
+        "0",
+        "--max-parallel",
+        str(mp),
+    ]
+
+
+def fleet_deploy_staged_together(targets, package_dir, s, fs):
+    """A proposal for ``tfship.fleet.fleet_deploy``, measured here: the canary uploads with
+    the rest instead of before them.
+
+    The same steps and rules otherwise (copied from fleet.py, as of this bench): every host
+    stages (lock, upload, sha256 check; nothing visible) at once; the canary is committed and
+    checked as soon as its own upload is done; the rest are committed in batches once it
+    passes and their uploads are done. A failing canary leaves the others' staged uploads to
+    be discarded, as a failed upload does today.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tfship.deploy import abandon, commit, load_package, stage
+    from tfship.errors import DeployError, TfshipError
+    from tfship.fleet import FleetFailed, FleetResult, HostResult, _first_error, _revert, _soak
+    from tfship.targets import Fleet, one_version
+
+    started = time.monotonic()
+    manifest = load_package(package_dir)
+    model, version = manifest["model_name"], int(manifest["version"])
+    rows = Fleet(targets, True).state(model)
+    broken = [r for r in rows if r["state"].startswith("error")]
+    if broken:
+        raise DeployError("cannot read the fleet's state: " + "; ".join(r["state"] for r in broken))
+    if not s.force:
+        one_version(rows)
+    old = {r["host"]: r["serving"] for r in rows}
+    result = FleetResult(
+        model, version, [HostResult(t.host.name, old[t.host.name], version) for t in targets]
+    )
+    by_host = {h.host: h for h in result.hosts}
+    staged, moved = {}, []
+
+    def stage_one(t) -> None:
+        h = by_host[t.host.name]
+        try:
+            st = stage(t, package_dir, s)
+        except TfshipError as exc:
+            h.result, h.checks, h.error = "failed before any change", "not run", str(exc)
+            raise
+        staged[t.host.name] = st
+        h.upload_s = st.times.get("upload")
+
+    def commit_one(t, soak: float = 0.0) -> None:
+        h = by_host[t.host.name]
+        try:
+            r = commit(staged.pop(t.host.name), s)
+            h.to_available_s = r.seconds.get("to_available")
+            moved.append(t)
+            if soak > 0:
+                _soak(t, package_dir, manifest, version, soak, s)
+            h.result, h.checks = r.state, "passed"
+        except TfshipError as exc:
+            undone = t not in moved and "did not complete" not in str(exc)
+            h.result = "failed, rolled back" if undone else "failed"
+            h.checks, h.error = "failed", str(exc)
+            raise
+
+    canary, rest = targets[0], targets[1:]
+    pool = ThreadPoolExecutor(len(targets))
+    uploads = []
+    try:
+        uploads = [pool.submit(stage_one, t) for t in targets]  # the change: canary included
+        _first_error(uploads[:1])
+        commit_one(canary, fs.canary_seconds)
+        result.canary_s = round(time.monotonic() - started, 3)
+        _first_error(uploads)
+        for i in range(0, len(rest), max(1, fs.max_parallel)):
+            batch = rest[i : i + max(1, fs.max_parallel)]
+            _first_error([pool.submit(commit_one, t) for t in batch])
+    except TfshipError as exc:
+        result.ok = False
+        for f in uploads:
+            f.exception()
+        _revert(moved, model, version, old, s, by_host)
+        result.total_s = round(time.monotonic() - started, 3)
+        message = f"fleet rollout of {model} version {version} stopped: {exc}"
+        raise FleetFailed(message, result) from exc
+    finally:
+        for f in uploads:
+            f.cancel()
+        pool.shutdown(wait=True)
+        for st in list(staged.values()):
+            abandon(st)
+    result.total_s = round(time.monotonic() - started, 3)
+    return result
+
+
+STAGED_TOGETHER = "--tfship-staged-together"  # argv[1]: run `tfship` with the proposal
+
+
+def tfship_staged_together(argv: list[str]) -> None:
+    """`tfship ARGV` with :func:`fleet_deploy_staged_together` in place of the fleet's."""
+    import tfship.fleet
+    from tfship.cli import main as tfship_main
+
+    tfship.fleet.fleet_deploy = fleet_deploy_staged_together
+    tfship_main(argv)
+
+
+def upload_cpu(sshd, package: Path, work: Path) -> dict:
+    """Client CPU seconds to upload ``package`` over loopback (no link): tfship's paramiko
+    upload (`SSHHost.put_tree`), and OpenSSH's `ssh` piping the same tar stream."""
+    from tfship.ssh import SSHHost, SSHSettings
+
+    size = sum(f.stat().st_size for f in package.rglob("*") if f.is_file())
+    host = SSHHost(
+        SSHSettings(
+            "127.0.0.1",
+            sshd.user,
+            sshd.port,
+            key_file=str(sshd.client_key),
+            known_hosts=str(sshd.known_hosts),
+        )
+    ).connect()
+    try:
+        cpu, t = time.process_time(), time.monotonic()
+        host.put_tree(package, str(work / "probe-paramiko"))
+        paramiko_cpu, paramiko_s = time.process_time() - cpu, time.monotonic() - t
+    finally:
+        host.close()
+    tarball = work / "probe.tar"
+    subprocess.run(["tar", "-c", "-f", str(tarball), "-C", str(package), "."], check=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.monotonic()
+    with open(tarball, "rb") as stdin:
+        subprocess.run(
+            [
+                "ssh",
+                "-p",
+                str(sshd.port),
+                "-i",
+                str(sshd.client_key),
+                "-o",
+                f"UserKnownHostsFile={sshd.known_hosts}",
+                "-o",
+                "BatchMode=yes",
+                "-c",
+                "aes128-gcm@openssh.com",
+                f"{sshd.user}@127.0.0.1",
+                f"mkdir {work / 'probe-ssh'} && tar -x -f - -C {work / 'probe-ssh'}",
+            ],
+            stdin=stdin,
+            check=True,
+        )
+    ssh_s = time.monotonic() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ssh_cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    for leftover in ("probe-paramiko", "probe-ssh", "probe.tar"):
+        shutil.rmtree(work / leftover, ignore_errors=True)
+        (work / leftover).unlink(missing_ok=True)
+    return {
+        "mb": round(size / 1e6, 1),
+        "paramiko_cpu_s": round(paramiko_cpu, 2),
+        "paramiko_s": round(paramiko_s, 2),
+        "openssh_cpu_s": round(ssh_cpu, 2),
+        "openssh_s": round(ssh_s, 2),
+    }
+
+
+def steps(run: dict) -> dict:
+    """Where one deploy's time went, from its JSON result."""
+    r = run["result"] or {}
+    if "hosts" not in r:  # one host: DeployResult
+        sec = r.get("seconds", {})
+        return {
+            "deploy_s": sec.get("total"),
+            "canary_s": None,
+            "upload_s": [sec.get("upload")],
+            "to_available_s": [sec.get("to_available")],
+            "results": [r.get("state")],
+        }
+    return {
+        "deploy_s": r.get("total_s"),
+        "canary_s": r.get("canary_s"),
+        "upload_s": [h["upload_s"] for h in r["hosts"]],
+        "to_available_s": [h["to_available_s"] for h in r["hosts"]],
+        "results": [h["result"] for h in r["hosts"]],
+    }
+
+
+def fleet_bench(args) -> None:
+    """One host vs fleets, each host behind its own link; see the module docstring (4)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import linkproxy
+
+    sizes = sorted({1, *args.fleet_hosts})
+    delay_ms = args.rtt_ms / 2
+    busy = wait_quiet(args.wait_quiet) if args.wait_quiet else other_benches()
+    load_at_start = os.getloadavg()
+    print("link check ...", flush=True)
+    link = linkproxy.measure(args.mbit, delay_ms, max(sizes))
+    print(json.dumps(link), flush=True)
+    cases = [("demo", 0)]
+    if args.fleet_mb:
+        cases.append((f"{args.fleet_mb} MB", args.fleet_mb << 20))
+
+    work = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+    hosts: list[LinkedHost] = []
+    loads: list[Load] = []
+    runs: list[dict] = []
+    watch = None
+    previous_term = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # finally runs
+    try:
+        src = demo_package(work)
+        pkgs = work / "pkgs"
+        pkgs.mkdir()
+        (work / "cli").mkdir()
+        t = time.monotonic()
+        hosts, key, known, shell_ms = start_linked_hosts(work, src, max(sizes), args.mbit, delay_ms)
+        started_s = round(time.monotonic() - t, 1)
+        print(f"{len(hosts)} hosts up in {started_s} s", flush=True)
+        probe_pkg = new_version(src, work / "probe", 999, max(args.fleet_mb, 1) << 20)
+        client_cpu = upload_cpu(hosts[0].sshd, probe_pkg, work)
+        shutil.rmtree(work / "probe")
+        print(f"client CPU per upload: {client_cpu}", flush=True)
+        watch = MemoryWatch(
+            lambda: [p for h in hosts for p in (h.served.proc.pid, h.sshd.proc.pid, h.proxy.pid)]
+        )
         body = {"instances": [np.zeros((8, 8, 1)).tolist()]}
         loads = [
-            Load(f"{srv.rest}/v1/models/digits:predict", rate / n, body, threads=2)
-            for srv in served
+            Load(f"{h.rest}/v1/models/digits:predict", args.fleet_rate, body, threads=1)
+            for h in hosts
         ]
         for load in loads:
             load.__enter__()
-        try:
-            time.sleep(3)
-            runs: dict[str, list[tuple]] = {name: [] for name in cases}
-            for i in range(ROUNDS):
-                for name in cases:
-                    single, many = cases[name][i]
-                    one = target(0)
-                    t = time.monotonic()
-                    single_r = deploy(one, single, settings)
-                    single_s = time.monotonic() - t
-                    one.host.close()
-                    targets = [target(i) for i in range(n)]
-                    t = time.monotonic()
-                    fleet_r = fleet_deploy(
-                        targets,
-                        many,
-                        dataclasses.replace(settings, force=True),
-                        FleetSettings(canary_seconds=0, max_parallel=n - 1),
+        time.sleep(2)
+        # --keep 1: the hosts hold the serving version only, so the bench's disk and page
+        # cache stay small (16 hosts x 100 MB x 3 kept would be 5 GB)
+        extra = ["--keep", "1"]
+        if args.max_p95_ms is not None:
+            extra += ["--max-p95-ms", str(args.max_p95_ms)]
+        partial = Path(tempfile.gettempdir()) / "deploy_fleet_partial.json"
+        version = 1000
+        for rnd in range(args.rounds):
+            for case, filler in cases:
+                configs = [(n, False) for n in sizes]
+                if filler and args.proposal:
+                    configs += [(n, True) for n in sizes if n > 1]
+                shift = rnd % len(configs)  # each round in another order: drift is spread
+                for n, together in configs[shift:] + configs[:shift]:
+                    version += 1
+                    pkg = new_version(src, pkgs, version, filler)
+                    size = sum(f.stat().st_size for f in pkg.rglob("*") if f.is_file())
+                    dargs = deploy_args(
+                        hosts[:n], key, known, work / f"hosts{n}.txt", args.max_parallel, extra
                     )
-                    fleet_s = time.monotonic() - t
-                    for x in targets:
-                        x.host.close()
-                    runs[name].append((single_s, fleet_s, single_r, fleet_r))
-                    print(name, round(fleet_s / single_s, 2), fleet_r.table(), sep="\n")
-            for name, rs in runs.items():
-                single_med = statistics.median(r[0] for r in rs)
-                fleet_med = statistics.median(r[1] for r in rs)
-                measured[name] = {
-                    "package_mb": round(
-                        sum(f.stat().st_size for f in cases[name][0][1].rglob("*") if f.is_file())
-                        / 1e6,
-                        1,
-                    ),
-                    "rounds": ROUNDS,
-                    "one_host_s": [round(r[0], 2) for r in rs],
-                    "fleet_s": [round(r[1], 2) for r in rs],
-                    "one_host_median_s": round(single_med, 2),
-                    "fleet_median_s": round(fleet_med, 2),
-                    "ratio": round(fleet_med / single_med, 2),
-                    "canary_s": [r[3].canary_s for r in rs],
-                    "after_canary_median_s": round(
-                        statistics.median(r[3].total_s - r[3].canary_s for r in rs), 2
-                    ),
-                    "one_host_steps_s": [r[2].seconds for r in rs],
-                    "fleet_hosts": [[h.__dict__ for h in r[3].hosts] for r in rs],
-                }
-            time.sleep(1)
-        finally:
-            for load in loads:
-                load.__exit__()
-        per_host = [stats(load.records) for load in loads]
+                    cpu0, t0 = _cpu_snapshot(hosts), time.monotonic()
+                    run = tfship_deploy([*dargs, "--package", str(pkg)], work / "cli", together)
+                    wait_sessions_reaped(hosts)  # their CPU then counts in each sshd's
+                    cpu1 = _cpu_snapshot(hosts)
+                    shutil.rmtree(pkg)
+                    drop_page_cache([h.base for h in hosts])
+                    run.update(
+                        case=case,
+                        hosts=n,
+                        config=config_name(n, together),
+                        round=rnd,
+                        version=version,
+                        package_mb=round(size / 1e6, 1),
+                        **{k: round(cpu1[k] - cpu0[k], 2) for k in cpu0 if k != "machine"},
+                        machine_busy_cores=round(
+                            (cpu1["machine"] - cpu0["machine"]) / (time.monotonic() - t0), 2
+                        ),
+                        **steps(run),
+                    )
+                    del run["result"]
+                    runs.append(run)
+                    partial.write_text(json.dumps(runs))  # what a killed run still leaves
+                    print(
+                        f"round {rnd} {case} {run['config']}: exit {run['code']}, "
+                        f"{run['deploy_s']} s (wall {run['wall_s']} s), client CPU "
+                        f"{run['client_cpu_s']} s, uploads {run['upload_s']}",
+                        flush=True,
+                    )
+                    if run["code"]:
+                        print("\n".join(run["stderr_tail"]), flush=True)
+        time.sleep(1)
     finally:
-        for x in served + sshds:
-            x.stop()
+        for load in loads:
+            load.__exit__()
+        memory = watch.close() if watch else {}
+        stop_linked_hosts(hosts)
+        signal.signal(signal.SIGTERM, previous_term)
         shutil.rmtree(work, ignore_errors=True)
-    figures = {"hosts": n, "cases": measured, "load_per_host": per_host}
-    rows = "\n".join(
-        f"| host {i + 1} | {h['requests']} | **{h['failed']}** | {h['p99_ms']} |"
-        for i, h in enumerate(per_host)
+    per_host = [stats(load.records) for load in loads]
+    figures = {
+        "link": link,
+        "settings": {
+            "mbit_each_way": args.mbit,
+            "rtt_ms": args.rtt_ms,
+            "max_parallel": args.max_parallel,
+            "canary_seconds": 0,
+            "poll_s": 1,
+            "rounds": args.rounds,
+            "load_rps_per_host": args.fleet_rate,
+            "max_p95_ms": args.max_p95_ms,
+            "keep": 1,
+        },
+        "summary": summarize(runs),
+        "runs": runs,
+        "memory": memory,
+        "hosts_started_s": started_s,
+        "ssh_command_ms": shell_ms,
+        "client_cpu_per_upload": client_cpu,
+        "load": {
+            "requests": sum(h["requests"] for h in per_host),
+            "failed": sum(h["failed"] for h in per_host),
+            "p99_ms_worst_host": max((h["p99_ms"] or 0) for h in per_host),
+        },
+        "other_benchmarks_running": {
+            "at_start": busy,
+            "at_end": other_benches(),
+            "loadavg_at_start": [round(x, 2) for x in load_at_start],
+        },
+    }
+    if args.save:
+        (RESULTS / "deploy_fleet.json").write_text(json.dumps(figures))  # rendered from it
+        render_fleet()
+    else:
+        trial = Path(tempfile.gettempdir()) / "deploy_fleet_trial.json"
+        trial.write_text(json.dumps(figures, indent=1))
+        print(fleet_markdown(figures), f"\n(figures in {trial})")
+
+
+def _cpu_snapshot(hosts: list[LinkedHost]) -> dict:
+    return {
+        "sshd_cpu_s": sum(_proc_cpu_s(h.sshd.proc.pid) for h in hosts),
+        "proxy_cpu_s": sum(_proc_cpu_s(h.proxy.pid) for h in hosts),
+        "serve_cpu_s": sum(_proc_cpu_s(h.served.proc.pid) for h in hosts),
+        "machine": _machine_busy_s(),
+    }
+
+
+def config_name(n: int, together: bool) -> str:
+    return f"{n} staged together" if together else str(n)
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Medians per package and configuration, and each fleet's ratio to one host."""
+
+    def med(values) -> float | None:
+        values = [v for v in values if v is not None]
+        return round(statistics.median(values), 2) if values else None
+
+    out: dict[str, dict] = {}
+    for case in dict.fromkeys(r["case"] for r in runs):
+        by_config = {}
+        for config in dict.fromkeys(r["config"] for r in runs if r["case"] == case):
+            rows = [r for r in runs if r["case"] == case and r["config"] == config]
+            ok = [r for r in rows if r["code"] == 0]
+            n = rows[0]["hosts"]
+            m = {
+                "hosts": n,
+                "rounds": len(rows),
+                "failed": len(rows) - len(ok),
+                "package_mb": rows[0]["package_mb"],
+                "deploy_s": med(r["deploy_s"] for r in ok),
+                "wall_s": med(r["wall_s"] for r in ok),
+                "canary_s": med(r["canary_s"] for r in ok),
+                "after_canary_s": med(
+                    r["deploy_s"] - r["canary_s"] for r in ok if r["canary_s"] is not None
+                ),
+                "canary_upload_s": med(r["upload_s"][0] for r in ok),
+                "rest_upload_max_s": med(max(r["upload_s"][1:]) for r in ok if n > 1),
+                "to_available_max_s": med(
+                    max((x for x in r["to_available_s"] if x is not None), default=None) for r in ok
+                ),
+            }
+            for k in ("client_cpu_s", "sshd_cpu_s", "proxy_cpu_s", "serve_cpu_s"):
+                m[k] = med(r[k] for r in ok)
+            m["machine_busy_cores"] = med(r["machine_busy_cores"] for r in ok)
+            by_config[config] = m
+        one = by_config.get("1", {})
+        for config, m in by_config.items():
+            if config == "1" or not one.get("deploy_s") or m["deploy_s"] is None:
+                continue
+            m["ratio"] = round(m["deploy_s"] / one["deploy_s"], 2)
+            m["wall_ratio"] = round(m["wall_s"] / one["wall_s"], 2)
+            per_round: dict[int, dict] = {}
+            for r in runs:
+                if r["case"] == case and r["code"] == 0 and r["config"] in ("1", config):
+                    per_round.setdefault(r["round"], {})[r["config"]] = r["deploy_s"]
+            m["ratio_per_round"] = [
+                round(v[config] / v["1"], 2) for v in per_round.values() if len(v) == 2
+            ]
+        out[case] = by_config
+    return out
+
+
+GOALS = {4: 1.3, 16: 2.0}  # issue 18, on the large package
+FLEET_COLUMNS = (
+    "package, hosts, deploy s, vs one host, canary s, after canary s, canary upload s, "
+    "other uploads s (max), to AVAILABLE s (max), client CPU s, sshd CPU s, links CPU s, "
+    "servers CPU s, busy cores"
+)
+
+
+def _x(v, fmt: str = "{:.2f}") -> str:
+    return "" if v is None else fmt.format(v)
+
+
+def _row(case: str, config: str, m: dict) -> str:
+    ratio = ""
+    if m.get("ratio") is not None:
+        ratio = f"**{m['ratio']:.2f}x**"
+        goal = GOALS.get(m["hosts"]) if case != "demo" else None
+        if goal:
+            ratio += f" ({'met' if m['ratio'] <= goal else 'NOT met'}: <= {goal}x)"
+    hosts = config.replace(" staged together", ", canary staged with the rest (proposal)")
+    failed = f" {m['failed']} of {m['rounds']} failed |" if m["failed"] else ""
+    cells = [
+        case,
+        hosts,
+        _x(m["deploy_s"]),
+        ratio,
+        _x(m["canary_s"]),
+        _x(m["after_canary_s"]),
+        _x(m["canary_upload_s"]),
+        _x(m["rest_upload_max_s"]),
+        _x(m["to_available_max_s"]),
+        _x(m["client_cpu_s"]),
+        _x(m["sshd_cpu_s"]),
+        _x(m["proxy_cpu_s"]),
+        _x(m["serve_cpu_s"]),
+        _x(m["machine_busy_cores"]),
+    ]
+    return f"| {' | '.join(cells)} |{failed}"
+
+
+def _n(v, digits: int = 1) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def failure_reason(run: dict) -> str:
+    """The cause in a failed deploy's last stderr line, shortened."""
+    text = " ".join(run.get("stderr_tail", []))
+    found = re.search(r"(verification failed: [^.]*|deploy failed: [^.]*)", text)
+    return (found.group(1) if found else text)[:200]
+
+
+def _verdict(m: dict | None, goal: float) -> str:
+    if not m or m.get("ratio") is None:
+        return "not measured"
+    return f"{m['ratio']:.2f}x, {'met' if m['ratio'] <= goal else 'NOT met'}"
+
+
+def fleet_analysis(f: dict) -> str:
+    """The goals, and where the time and the CPU go, in words, from the figures."""
+    big = [c for c in f["summary"] if c != "demo"]
+    if not big:
+        return ""
+    case = big[0]
+    by = f["summary"][case]
+    one = by["1"]
+    mbit = f["settings"]["mbit_each_way"]
+    wire_s = one["package_mb"] * 8 / mbit
+    cpu = f["client_cpu_per_upload"]
+    goals = "; ".join(
+        f"{n} hosts <= {goal}x: {_verdict(by.get(str(n)), goal)} "
+        f"(canary staged with the rest: {_verdict(by.get(config_name(n, True)), goal)})"
+        for n, goal in GOALS.items()
     )
-    cases_md = "\n".join(
-        f"| {name} ({m['package_mb']} MB) | {m['one_host_median_s']:.2f} | "
-        f"{m['fleet_median_s']:.2f} | {m['after_canary_median_s']:.2f} | "
-        f"**{m['ratio']:.2f}x** | {'met' if m['ratio'] <= 1.5 else 'NOT met'} |"
-        for name, m in measured.items()
+    lines = [
+        f"**Goals on {case}**: {goals}.",
+        f"Where the time goes, one host: {_n(one['canary_upload_s'])} s of its "
+        f"{_n(one['deploy_s'])} s is the upload ({wire_s:.1f} s is the link's own time for "
+        f"{one['package_mb']:.0f} MB at {mbit:.0f} Mbit/s; the rest is the host's sha256 check "
+        f"and the round trips of the SSH commands), {_n(one['to_available_max_s'])} s waiting "
+        "for the server's next poll, the rest the lock, the preflight and the checks, whose "
+        "requests all cross the link (50 timed requests one after another: 50 round trips).",
+    ]
+    for n in sorted({m["hosts"] for m in by.values() if m["hosts"] > 1}):
+        m, t = by.get(str(n)), by.get(config_name(n, True))
+        if m:
+            lines.append(
+                f"{n} hosts as tfship rolls out today: the canary's deploy takes "
+                f"{_n(m['canary_s'])} s ({_n(m['canary_upload_s'])} s uploading); the other "
+                f"{n - 1} start their uploads only when the canary's is done (they overlap its "
+                f"checks) and the slowest takes {_n(m['rest_upload_max_s'])} s; after the canary "
+                f"passed, {_n(m['after_canary_s'])} s more (uploads still running, then rename, "
+                f"poll, checks in batches of {f['settings']['max_parallel']}): "
+                f"{_n(m['deploy_s'])} s in all, {_n(m.get('ratio'), 2)}x."
+            )
+        if t:
+            lines.append(
+                f"{n} hosts with the canary staged together with the rest (the proposal, "
+                f"measured in the same rounds): every upload starts at once and the slowest "
+                f"takes {_n(t['rest_upload_max_s'])} s; the canary passes at {_n(t['canary_s'])} "
+                f"s and the rest {_n(t['after_canary_s'])} s later: {_n(t['deploy_s'])} s, "
+                f"{_n(t.get('ratio'), 2)}x."
+            )
+    last = max((m for c, m in by.items() if c.isdigit()), key=lambda m: m["hosts"])
+    n = last["hosts"]
+    keys = ("client_cpu_s", "sshd_cpu_s", "proxy_cpu_s", "serve_cpu_s")
+    if all(last[k] is not None for k in keys) and last["deploy_s"]:
+        total = sum(last[k] for k in keys)
+        lines.append(
+            f"CPU at {n} hosts: one deploy costs {total:.0f} s of CPU: the `tfship deploy` "
+            f"client {last['client_cpu_s']:.0f} s, the {n} sshds {last['sshd_cpu_s']:.0f} s "
+            f"(decrypt, untar, sha256), the links {last['proxy_cpu_s']:.0f} s, the servers "
+            f"{last['serve_cpu_s']:.0f} s; on 2 cores that alone is {total / 2:.0f} s of the "
+            f"{last['deploy_s']:.0f} s (the machine was {_n(last['machine_busy_cores'], 2)} "
+            "cores busy)"
+            + (
+                ", so here the rollout is bound by this machine's CPU, not by the links (the "
+                f"{n - 1} links could carry {(n - 1) * one['package_mb']:.0f} MB in "
+                f"{wire_s:.1f} s)"
+                if total / 2 > 0.5 * last["deploy_s"]
+                else ""
+            )
+            + ". On a real fleet the sshds' share runs on each host and the links cost nothing; "
+            "the client's share does not move."
+        )
+    need = (n - 1) * cpu["paramiko_cpu_s"] / wire_s
+    lines.append(
+        f"The client's share: one {cpu['mb']:.0f} MB upload costs {cpu['paramiko_cpu_s']:.2f} "
+        f"s of CPU in tfship's paramiko upload, {cpu['openssh_cpu_s']:.2f} s in OpenSSH's "
+        "`ssh` piping the same tar stream (loopback, no link). paramiko's threads share one "
+        f"interpreter: {n - 1} uploads at {mbit:.0f} Mbit/s each ask for {need:.1f} cores of "
+        f"it for {wire_s:.1f} s"
+        + (
+            ", more than one, so even on a big client this upload is CPU-bound in Python"
+            if need > 1
+            else ""
+        )
+        + f"; {n - 1} `ssh` processes would need "
+        f"{(n - 1) * cpu['openssh_cpu_s'] / wire_s:.1f} cores, spread over the client's cores."
     )
-    md = f"""## Fleet deploy ({n} hosts over loopback SSH, `tfship serve` polling every 1 s)
+    failures = [r for r in f["runs"] if r["code"]]
+    if failures:
+        lines.append(
+            "Failed deploys (rolled back; left out of the medians): "
+            + "; ".join(
+                f"{r['case']}, {r['config']} hosts, round {r['round']}: {failure_reason(r)}"
+                for r in failures
+            )
+            + "."
+        )
+    shell = f["ssh_command_ms"]
+    lines.append(
+        f"One SSH command (`true`) takes {shell['through_the_link']:.0f} ms through a link "
+        f"({shell['without']:.0f} ms on loopback); with this machine's root ~/.bashrc "
+        f"(`pyenv init`) it took {shell['with_bashrc']:.0f} ms, so the bench's sshds skip it "
+        "(SetEnv SHLVL=1), as a deploy user's plain shell would."
+    )
+    return "\n\n".join(textwrap.fill(line, 100) for line in lines)
 
-Deploy start to verified: one host, then {n} hosts (canary with full checks and no soak, the
-other {n - 1} uploading while the canary is checked, then renamed and checked in parallel).
-Goal: {n} hosts <= 1.5x one host. All {n} servers, sshds, the client and the load share 2 cores.
 
-| package | one host s (median) | {n} hosts s (median) | of which after the canary | ratio | goal |
-|---|---|---|---|---|---|
-{cases_md}
+def fleet_markdown(f: dict) -> str:
+    link, s = f["link"], f["settings"]
+    a, t = link["alone"], link["together"]
+    rows = [_row(case, config, m) for case, by in f["summary"].items() for config, m in by.items()]
+    columns = FLEET_COLUMNS.split(", ")
+    header = f"| {' | '.join(columns)} |\n|{'---|' * len(columns)}"
+    others = f["other_benchmarks_running"]
+    busy = (
+        "No other benchmark ran meanwhile."
+        if not others["at_start"] and not others["at_end"]
+        else "Other benchmarks were running on the same cores (at start: "
+        f"{len(others['at_start'])}, at end: {len(others['at_end'])}; load average at start "
+        f"{others['loadavg_at_start'][0]}): the figures are slower and noisier than on a quiet "
+        "machine."
+    )
+    title = f"{s['mbit_each_way']:.0f} Mbit/s, {s['rtt_ms']:.0f} ms RTT"
+    gate = (
+        "default checks"
+        if s.get("max_p95_ms") is None
+        else f"default checks but a p95 gate of {s['max_p95_ms']:.0f} ms"
+    )
+    walls = "; ".join(
+        f"{case} on {config.replace(' staged together', ' (proposal)')} hosts "
+        f"{m['wall_ratio']:.2f}x"
+        for case, by in f["summary"].items()
+        for config, m in by.items()
+        if m.get("wall_ratio") is not None
+    )
+    return f"""## Fleet deploy behind per-host links ({title})
 
-Where the time goes (per-round steps in `bench/results/deploy_fleet.json`): the canary is a
-whole single-host deploy, and after it passes each other host still needs its server's next
-file-system poll (TF Serving finds new versions only at its periodic poll, whole seconds, default
-1 s; a config reload does not poll: `FileSystemStoragePathSource::UpdateConfig` only swaps the
-config), then the load and the checks. With three hosts renamed at once the expected wait for
-the last poll is 0.75 s, so the part after the canary cannot be much under ~1 s, and 1.5x would
-need a single-host deploy of ~2 s or more. The demo deploys in ~1.4-1.9 s, so a canary-first
-rollout cannot reach 1.5x on it without giving up the canary's verdict. For a large package the
-single-host time grows with the upload, and the part after the canary need not (the other
-hosts upload during the canary's checks), so on a real fleet the ratio should fall toward 1.5x
-(not measured: no fleet of machines here). On this machine the three staged uploads share 2
-cores with the canary, four servers and four sshds (each upload is encrypted, decrypted,
-unpacked and hashed on the same cores) and take ~3 s instead of 1.3 s, which a real fleet,
-whose receiving half runs on each host, would not pay.
+Each host is an sshd and a `tfship serve` (polling every {s["poll_s"]} s) with its own link in
+front of both (`bench/linkproxy.py`: a token bucket per direction, a delay queue, the TCP
+handshake's round trip): the upload and the checks' requests cross it. `tfship deploy --json`
+runs as a user would run it: one host by `DEPLOY_SERVER_*`, a fleet by `--hosts-file`; the
+canary gets the full checks and no soak; `--max-parallel {s["max_parallel"]}`; `--keep
+{s.get("keep", 3)}`; {gate}
+(200 samples, 50 timed requests). Medians of {s["rounds"]} rounds, the configurations in
+another order each round. The servers, sshds, links, the client and a
+{s["load_rps_per_host"]:.0f} req/s load per host share 2 cores.
 
-| load during all rollouts | requests | failed | p99 ms |
-|---|---|---|---|
-{rows}
+The links, measured alone: {a["up_mbit"]} Mbit/s up, {a["down_mbit"]} Mbit/s down, round trip
+{a["rtt_ms_median"]} ms median ({a["rtt_ms_p90"]} ms p90), connect + first exchange
+{a["connect_and_first_exchange_ms"]} ms (the handshake's round trip included); {t["links"]}
+at once: {t["up_mbit_each_median"]} Mbit/s each (median; lowest {t["up_mbit_each_min"]}).
+
+{header}
+{chr(10).join(rows)}
+
+"deploy s": the command's own total, preflight to the last host verified ("vs one host": the
+ratio of the medians; per round in `bench/results/deploy_fleet.json`). Counting the process
+start and the SSH connects too, the ratios are: {walls}. Upload times include the host's
+sha256 check. CPU seconds per deploy: the `tfship deploy` process (paramiko encrypts every
+upload), every sshd (decrypts, untars, hashes), the link proxies, the servers; "busy cores":
+of 2, every process on the machine.
+
+{fleet_analysis(f)}
+
+Load during all rollouts: {f["load"]["requests"]} requests, **{f["load"]["failed"]}** failed,
+worst host p99 {f["load"]["p99_ms_worst_host"]} ms. Memory: lowest MemAvailable
+{f["memory"].get("min_available_gb")} GiB; servers, sshds and links at most
+{f["memory"].get("max_pss_of_bench_servers_gb")} GiB (PSS). {busy}
 """
+
+
+def render_fleet() -> None:
+    """Write the deploy_fleet section again from bench/results/deploy_fleet.json."""
+    from _common import RESULTS
+
+    figures = json.loads((RESULTS / "deploy_fleet.json").read_text())
+    figures.pop("date", None)
+    figures.pop("machine", None)
+    md = fleet_markdown(figures)
     save("deploy_fleet", figures, md)
     print(md)
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == [STAGED_TOGETHER]:
+        tfship_staged_together(sys.argv[2:])
     main()
