@@ -84,17 +84,39 @@ def write_csv(path: Path, target_bytes: int, seed: int = 0, max_rows: int | None
     return rows
 
 
-def peak(cmd: list[str], cwd: Path, log: Path) -> tuple[float, float]:
-    """Run ``cmd`` as a fresh process: (its peak RSS in MiB, wall seconds). Fails loudly."""
-    start = time.perf_counter()
+def peak(cmd: list[str], cwd: Path, log: Path, every: float = 120) -> tuple[float, float]:
+    """Run ``cmd`` as a fresh process: (its peak RSS in MiB, wall seconds). Fails loudly.
+
+    The figure is ``ru_maxrss`` from ``wait4`` (this child and its waited-for children); while
+    it runs, its peak so far (VmHWM) and bytes read are printed every ``every`` seconds."""
+    start = last = time.perf_counter()
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            time.sleep(0.5)
+            if time.perf_counter() - last >= every:
+                last = time.perf_counter()
+                print(f"    {last - start:.0f} s: {_progress(proc.pid)}", flush=True)
     proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
     if proc.returncode:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{log.read_text()[-3000:]}")
     return usage.ru_maxrss / 1024, seconds  # ru_maxrss is in KiB on Linux
+
+
+def _progress(pid: int) -> str:
+    """A running process's peak RSS so far and bytes read (from /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        hwm = next(int(x.split()[1]) for x in status.splitlines() if x.startswith("VmHWM"))
+        io_ = Path(f"/proc/{pid}/io").read_text().split()
+        read = int(io_[io_.index("rchar:") + 1])
+    except (OSError, StopIteration, ValueError):
+        return "(gone)"
+    return f"peak so far {hwm / 1024:.0f} MiB, {read / MIB:.0f} MiB read"
 
 
 def measure(size_mib: int, batch_size: int, tmp: Path) -> dict:

@@ -225,8 +225,10 @@ less sensitive to other load on the machine): {cpu_med["tfship"]:.2f} s vs
 Where the time goes: one pass over the `tf.data` pipelines alone (a per-row `CsvDataset`
 and map, a 10,000-row shuffle buffer, batching) takes {share:.0%} of a bare epoch; the
 model's steps overlap it (prefetch), so the input sets a floor under every epoch.
-tfship's loop adds two callbacks that run once an epoch (early stopping, the log line),
-nothing per step. TensorFlow's import is outside both sides.
+tfship's loop adds two callbacks (early stopping, the log line) whose work is once an
+epoch (under a millisecond); Keras still calls their empty batch hooks, a few microseconds a
+step. Whatever else differs between the two is the noise of a shared machine: run with
+`--control` (bare on both sides) to see it. TensorFlow's import is outside both sides.
 """
     return figures, md
 
