@@ -5,11 +5,11 @@ loopback port per target (printed as one JSON line, ``{"ports": [...]}``, once l
 forwards each connection to its target. Every port of one process shares the same link, as the
 SSH and serving ports of one machine share its network card:
 
-- each direction has a token bucket on bytes (``--mbit``, 20 ms of burst): a connection
-  reads its next chunk only once the link has carried the previous one, so a fast sender is
-  held back by TCP's own flow control instead of by an ever-growing queue in the proxy;
-- each chunk then waits in a delay queue until ``--delay-ms`` after the link carried it (the
-  one-way delay: 10 ms each way is a 20 ms round trip);
+- each direction has a token bucket on bytes (``--mbit``, 20 ms of burst); once the link is
+  more than 20 ms behind what it was given, the proxy stops reading that sender, so a fast
+  sender is held back by TCP's own flow control (a router's queue, not an endless buffer);
+- each 64 KiB slice then waits in a delay queue until ``--delay-ms`` after the link carried
+  it (the one-way delay: 10 ms each way is a 20 ms round trip);
 - a new connection's first bytes also pay the TCP handshake a loopback connect skips: nothing
   reaches the server before 3 one-way delays, nothing reaches the client before 2.
 
