@@ -15,6 +15,7 @@ keeps its own record of what it triggered.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -163,9 +164,25 @@ class CircleCI:
     retries: int = 5
     max_backoff: float = 60.0
     sleep: Callable[[float], None] = time.sleep
+    # False only for a setup job's client (:meth:`for_continuation`): the continuation key
+    # authorises continuePipeline, as CircleCI's continuation orb uses it, with no token.
+    needs_token: bool = True
+
+    @classmethod
+    def for_continuation(
+        cls, base_url: str = DEFAULT_BASE, timeout: float = 30.0, max_backoff: float = 60.0
+    ) -> CircleCI:
+        """A client for :meth:`continue_pipeline` alone: the token is used if set, else none."""
+        return cls(
+            os.environ.get("CIRCLE_TOKEN", ""),
+            base_url,
+            timeout=timeout,
+            max_backoff=max_backoff,
+            needs_token=False,
+        )
 
     def __post_init__(self) -> None:
-        if not self.token:
+        if self.needs_token and not self.token:
             raise ConfigError(
                 "CIRCLE_TOKEN is not set",
                 hint="create a personal API token in CircleCI User Settings > "
@@ -174,9 +191,9 @@ class CircleCI:
         import requests
 
         self._session = requests.Session()
-        self._session.headers.update(
-            {"Circle-Token": self.token, "Accept": "application/json", "User-Agent": "tfship"}
-        )
+        self._session.headers.update({"Accept": "application/json", "User-Agent": "tfship"})
+        if self.token:
+            self._session.headers["Circle-Token"] = self.token
 
     def __repr__(self) -> str:  # never show the token
         return f"CircleCI(base_url={self.base_url!r})"
@@ -405,6 +422,39 @@ class CircleCI:
             if look < rechecks:
                 self.sleep(min(self.max_backoff, RECHECK_SECONDS))
         return None
+
+    def continue_pipeline(
+        self, continuation_key: str, configuration: str, parameters: dict | None = None
+    ) -> dict:
+        """POST /pipeline/continue (continuePipeline): run ``configuration`` as the rest of the
+        setup pipeline whose ``continuation_key`` (CIRCLE_CONTINUATION_KEY) is given -> {message}.
+
+        The key is single-use and expires with the setup workflow, so a refused call is not
+        repeated: CircleCI answers 409 for a used or expired key and 4xx with its message for a
+        bad key or a configuration that does not compile. A retry after a lost answer that
+        meets "already continued" means the first try most likely worked; the error says so.
+        """
+        if not continuation_key:
+            raise ConfigError(
+                "CIRCLE_CONTINUATION_KEY is not set",
+                hint="continuePipeline runs only in a setup workflow (`setup: true` config)",
+            )
+        if not isinstance(configuration, str) or not configuration.strip():
+            raise ConfigError("the continuation configuration is empty")
+        check_parameters(parameters)
+        body: dict = {"continuation-key": continuation_key, "configuration": configuration}
+        if parameters:
+            body["parameters"] = parameters
+        try:
+            return self.request("POST", "/pipeline/continue", body, ok=(200,))
+        except ApiError as exc:
+            raise ApiError(
+                f"continuing the pipeline failed: {exc.message}",
+                hint="a continuation key works once, only while the setup workflow runs "
+                "(409: already used or expired, e.g. a retry after a lost answer that had "
+                "worked: check the pipeline in the console); 400: the configuration does "
+                "not compile or declares no parameter the setup job sent",
+            ) from exc
 
     def pipeline(self, pipeline_id: str) -> dict:
         return self.request("GET", f"/pipeline/{pipeline_id}")
