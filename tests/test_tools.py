@@ -40,6 +40,17 @@ def test_install_server_puts_server_flags_after_the_image():
     assert "+ chown ci /models/digits" in r.stdout
 
 
+def test_install_server_tunnel_publishes_the_ports_on_loopback_only():
+    r = _install("--model-name", "digits", "--rest-port", "9501", "--tunnel")
+    assert r.returncode == 0, r.stderr
+    docker = next(line for line in r.stdout.splitlines() if line.startswith("+ docker run"))
+    published = [w for w in docker.split() if w.startswith(("127.0.0.1:", "0.0.0.0:"))]
+    assert published == ["127.0.0.1:9501:8501", "127.0.0.1:8500:8500"]
+    assert "--serving-tunnel" in r.stdout
+    plain = _install("--model-name", "digits")
+    assert "-p 8501:8501 -p 8500:8500" in plain.stdout and "127.0.0.1:" not in plain.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -3,10 +3,11 @@
 #
 #   tools/install_server.sh --model-name digits --deploy-user deploy [--base-path /models]
 #                           [--image tensorflow/serving:2.21.0] [--rest-port 8501]
-#                           [--grpc-port 8500] [--poll-seconds 1] [--dry-run]
+#                           [--grpc-port 8500] [--poll-seconds 1] [--tunnel] [--dry-run]
 #   tools/install_server.sh --model-name digits --base-path s3://bucket/models --image IMAGE
 #                           [--s3-endpoint http://host:9000] [--aws-region R]
-#                           [--s3-verify-ssl 0|1] [ports, --poll-seconds, --dry-run as above]
+#                           [--s3-verify-ssl 0|1] [ports, --poll-seconds, --tunnel, --dry-run
+#                           as above]
 #
 # It creates <base-path>/<model> owned by the deploy user (tfship uploads there over SSH and
 # renames finished versions into place), and starts the official TF Serving image with that
@@ -19,6 +20,9 @@
 # must be a build that includes tensorflow-io's S3 file system. AWS_ACCESS_KEY_ID,
 # AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN are handed to the container by name from this
 # shell's environment when set (never on a command line); unset: the instance role applies.
+# --tunnel publishes TF Serving's ports on this host's 127.0.0.1 only: nothing is open to the
+# network, and tfship reaches them through its SSH connection (--serving-tunnel,
+# TFSHIP_SERVING_TUNNEL=true; TF_SERVING_URL, if set, is then the address as seen from here).
 set -euo pipefail
 
 model="${MODEL_NAME:-digits}"
@@ -31,11 +35,12 @@ poll=1
 deploy_user=""
 container=""
 dry_run=false
+tunnel=false
 s3_endpoint=""
 aws_region=""
 s3_verify_ssl=""
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "install_server.sh: $*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
@@ -51,6 +56,7 @@ while [ $# -gt 0 ]; do
     --s3-endpoint) s3_endpoint="${2:?}"; shift 2 ;;
     --aws-region) aws_region="${2:?}"; shift 2 ;;
     --s3-verify-ssl) s3_verify_ssl="${2:?}"; shift 2 ;;
+    --tunnel) tunnel=true; shift ;;
     --dry-run) dry_run=true; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
@@ -81,6 +87,14 @@ fi
 [[ "$rest_port" =~ ^[0-9]+$ && "$grpc_port" =~ ^[0-9]+$ ]] || die "ports must be numbers"
 [[ "$poll" =~ ^[0-9]+$ ]] || die "--poll-seconds must be a whole number"
 container="${container:-tfserving-$model}"
+# Where the ports are published: every interface, or (--tunnel) loopback only, which docker
+# writes as -p 127.0.0.1:HOST:CONTAINER.
+publish=""
+where="$(hostname -f 2>/dev/null || hostname)"
+if $tunnel; then
+  publish="127.0.0.1:"
+  where="127.0.0.1"
+fi
 
 run() {
   if $dry_run; then printf '+'; printf ' %q' "$@"; printf '\n'; else "$@"; fi
@@ -120,11 +134,19 @@ else
 fi
 
 run docker run -d --name "$container" --restart unless-stopped \
-  -p "$rest_port:8501" -p "$grpc_port:8500" \
+  -p "$publish$rest_port:8501" -p "$publish$grpc_port:8500" \
   "${storage[@]}" \
   -e "MODEL_NAME=$model" \
   "$image" \
   "--file_system_poll_wait_seconds=$poll"
+
+tunnel_note() {
+  $tunnel || return 0
+  cat <<MSG
+Ports are on 127.0.0.1 only (--tunnel): run tfship with --serving-tunnel
+(TFSHIP_SERVING_TUNNEL=true) so deploy, status and test-deployed reach them over SSH.
+MSG
+}
 
 if $bucket_mode; then
   region_text="${aws_region:-the AWS SDK default (AWS_DEFAULT_REGION, AWS_REGION, ~/.aws/config)}"
@@ -134,21 +156,23 @@ TF Serving for '$model' is set up, reading a bucket.
   S3_ENDPOINT     : ${s3_endpoint:-(AWS S3)}
   AWS_REGION      : $region_text
   credentials     : AWS_* variables of this shell if set, else the instance role
-  REST            : http://$(hostname -f 2>/dev/null || hostname):$rest_port/v1/models/$model
+  REST            : http://$where:$rest_port/v1/models/$model
   gRPC            : port $grpc_port
 The image must include tensorflow-io's S3 file system; without it the log says
 "File system scheme 's3' not implemented". The same settings run the local stand-in:
   S3_ENDPOINT=... tfship serve --model_name $model --model_base_path $base/$model
 Until the first version is in the bucket its ports stay closed (connection refused).
 MSG
+  tunnel_note
   exit 0
 fi
 
 cat <<MSG
 TF Serving for '$model' is set up.
   versions folder : $base/$model   (DEPLOY_SERVER_PATH=$base)
-  REST            : http://$(hostname -f 2>/dev/null || hostname):$rest_port/v1/models/$model
+  REST            : http://$where:$rest_port/v1/models/$model
   gRPC            : port $grpc_port
 Until the first \`tfship deploy\` its ports stay closed (connection refused): TF Serving
 opens them only once every model has a version AVAILABLE. The first deploy waits for that.
 MSG
+tunnel_note
