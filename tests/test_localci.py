@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 import yaml
+from helpers import clean_env
 from tfship.ci.local import Runner, summary
 from tfship.ci.workflow import Unsupported, branch_allowed, plan, substitute, truth
 from tfship.errors import ConfigError
@@ -138,7 +143,10 @@ def test_workflow_when_false_and_undeclared_parameters(tmp_path):
             "background",
         ),
         (lambda d: d["orbs"]["o"]["jobs"]["read"].update(parallelism=4), "parallelism"),
-        (lambda d: d.update(setup=True), "top-level key 'setup'"),
+        (
+            lambda d: d["workflows"]["w"]["jobs"][0]["o/write"].update({"pre-steps": []}),
+            "'pre-steps'",
+        ),
     ],
 )
 def test_unsupported_features_are_refused_by_name(tmp_path, edit, message):
@@ -152,6 +160,17 @@ def test_unsupported_features_are_refused_by_name(tmp_path, edit, message):
         plan(load_config(path), "w", {"flag": True}, "main")
 
 
+def test_serial_group_is_accepted_and_said_to_hold_nothing_locally(tmp_path):
+    doc = yaml.safe_load(yaml.safe_dump(CONFIG))
+    doc["workflows"]["w"]["jobs"][0]["o/write"]["serial-group"] = "<< pipeline.git.branch >>/x"
+    results, log, _ = run(tmp_path, decide=lambda n: "approve", doc=doc)
+    assert results["a"].status == "success"
+    assert "[a] serial-group main/x: locally one pipeline runs at a time" in log
+    doc["workflows"]["w"]["jobs"][0]["o/write"]["serial-group"] = ""
+    with pytest.raises(ConfigError, match="serial-group must be a non-empty string"):
+        plan(doc, "w", {"flag": True}, "main")
+
+
 def test_logic_statements_and_filters():
     assert truth({"and": [True, {"not": False}, {"equal": ["a", "a"]}]})
     assert truth({"or": [False, {"matches": {"pattern": "^v.*", "value": "v1"}}]})
@@ -159,3 +178,162 @@ def test_logic_statements_and_filters():
     assert branch_allowed({"branches": {"only": ["main", "/rel-.*/"]}}, "rel-2")
     assert not branch_allowed({"branches": {"ignore": "main"}}, "main")
     assert substitute("a \\<< parameters.x >>", {"x": 1}, {}, "t") == "a \\<< parameters.x >>"
+
+
+# --------------------------------------------------------------------------------------------
+# Setup workflows and continuations (dynamic configuration), end to end through the CLI
+# --------------------------------------------------------------------------------------------
+
+# The setup job continues (or not) with tfship's own client, as the orb's plan job does.
+CONTINUE = (
+    'python3 -c "import os, json; from tfship.ci.api import CircleCI; '
+    "c = CircleCI.for_continuation(os.environ['CIRCLECI_API_URL']); "
+    "print(c.continue_pipeline(os.environ['CIRCLE_CONTINUATION_KEY'], "
+    "open('continue.yml').read(), json.loads(os.environ['SEND']))['message'])\""
+)
+SETUP = f"""
+version: 2.1
+setup: true
+parameters:
+  send: {{type: string, default: '{{"retrain": true, "data_uri": "s3://b/snap-7/"}}'}}
+  mode: {{type: enum, enum: [continue, stop, fail], default: continue}}
+jobs:
+  plan:
+    docker: [{{image: x}}]
+    steps:
+      - checkout
+      - run: {{name: look, command: "echo looked at the data"}}
+      - when:
+          condition: {{equal: [fail, << pipeline.parameters.mode >>]}}
+          steps: [{{run: {{name: broken, command: "exit 4"}}}}]
+      - when:
+          condition: {{equal: [continue, << pipeline.parameters.mode >>]}}
+          steps:
+            - run:
+                name: continue
+                environment: {{SEND: << pipeline.parameters.send >>}}
+                command: {json.dumps(CONTINUE)}
+workflows:
+  setup:
+    jobs: [plan]
+"""
+CONTINUED = """
+version: 2.1
+parameters:
+  retrain: {type: boolean, default: false}
+  data_uri: {type: string, default: ""}
+jobs:
+  say:
+    docker: [{image: x}]
+    parameters:
+      text: {type: string}
+    steps:
+      - run: {name: say, command: "echo said << parameters.text >>"}
+workflows:
+  build-deploy:
+    unless: << pipeline.parameters.retrain >>
+    jobs:
+      - say: {name: build, text: build}
+  retrain-deploy:
+    when: << pipeline.parameters.retrain >>
+    jobs:
+      - say: {name: retrain, text: "<< pipeline.parameters.data_uri >>"}
+      - say: {name: deploy, text: deployed, requires: [retrain], serial-group: deploys}
+"""
+
+
+def local_setup(tmp_path, *params: str):
+    project = tmp_path / "project"
+    project.mkdir(exist_ok=True)
+    (project / "config.yml").write_text(SETUP)
+    (project / "continue.yml").write_text(CONTINUED)
+    args = [f"--param={p}" for p in params]
+    p = subprocess.run(
+        [sys.executable, "-m", "tfship", "ci", "local", "--config", "config.yml"]
+        + ["--branch", "main", "--out", str(tmp_path / "out"), "--json", *args],
+        cwd=project,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    doc = json.loads(p.stdout) if p.stdout.startswith("{") else {}
+    return p, doc
+
+
+def test_a_setup_workflow_continues_with_the_workflows_its_parameters_select(tmp_path):
+    p, doc = local_setup(tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert doc["setup"] is True and doc["workflow"] == "setup"
+    assert doc["jobs"]["plan"]["status"] == "success"
+    cont = doc["continued"]
+    assert cont["parameters"] == {"retrain": True, "data_uri": "s3://b/snap-7/"}
+    assert [w["workflow"] for w in cont["workflows"]] == ["retrain-deploy"]
+    assert cont["not_run"] == ["build-deploy"]
+    jobs = cont["workflows"][0]["jobs"]
+    assert {k: v["status"] for k, v in jobs.items()} == {"retrain": "success", "deploy": "success"}
+    assert "[plan]   Pipeline continued." in p.stderr  # CircleCI's 200 {message}
+    assert "[retrain]   said s3://b/snap-7/" in p.stderr
+    assert "[deploy] serial-group deploys: locally one pipeline runs at a time" in p.stderr
+    assert (tmp_path / "out" / "continued" / "retrain-deploy" / "jobs" / "retrain").is_dir()
+
+    p, doc = local_setup(tmp_path, 'send={"retrain": false}')
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert [w["workflow"] for w in doc["continued"]["workflows"]] == ["build-deploy"]
+    assert "[build]   said build" in p.stderr
+
+
+def test_a_setup_workflow_that_does_not_continue_ends_green_with_its_output(tmp_path):
+    from tfship.ci.local import LocalRun, Result
+
+    p, doc = local_setup(tmp_path, "mode=stop")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert doc["continued"] is None and doc["jobs"]["plan"]["status"] == "success"
+    assert "[plan]   looked at the data" in p.stderr
+    assert not (tmp_path / "out" / "continued").exists()
+    text = LocalRun("setup", {"plan": Result("plan", "success", 1.0)}, tmp_path, True).summary()
+    assert text.splitlines()[0] == "workflow setup (setup)"
+    assert text.splitlines()[-1] == "not continued: the setup workflow ended the pipeline"
+
+
+def test_a_failed_setup_job_fails_the_run_and_continues_nothing(tmp_path):
+    p, doc = local_setup(tmp_path, "mode=fail")
+    assert p.returncode == 11, p.stderr[-3000:]
+    assert doc["continued"] is None and doc["jobs"]["plan"]["failed_step"] == "broken"
+    assert "job(s) failed: setup/plan" in p.stderr.splitlines()[-1]
+
+
+def test_a_continuation_with_an_undeclared_parameter_is_refused_and_the_job_fails(tmp_path):
+    p, doc = local_setup(tmp_path, 'send={"retrain": true, "nightly": true}')
+    assert p.returncode == 11, p.stderr[-3000:]
+    assert "HTTP 400: config compilation failed: Unexpected argument(s): nightly" in p.stderr
+    assert doc["continued"] is None
+
+
+def test_the_local_continue_endpoint_takes_one_valid_key_once():
+    import requests
+    from tfship.ci.api import CircleCI
+    from tfship.ci.continuation import Loopback
+    from tfship.errors import ApiError
+
+    with Loopback("main") as loop:
+        api = CircleCI.for_continuation(loop.url, timeout=5)
+        with pytest.raises(ApiError, match="HTTP 401: Invalid continuation key"):
+            api.continue_pipeline("not-the-key", CONTINUED, {})
+        with pytest.raises(ApiError, match="HTTP 400: config compilation failed: .*retrain"):
+            api.continue_pipeline(loop.key, CONTINUED, {"retrain": "maybe"})
+        with pytest.raises(ApiError, match="cannot itself be a setup configuration"):
+            api.continue_pipeline(loop.key, SETUP, {})
+        r = requests.post(
+            f"{loop.url}/pipeline/continue",
+            json={"continuation-key": loop.key, "configuration": CONTINUED, "extra": 1},
+            timeout=5,
+        )
+        assert r.status_code == 400 and "'extra' is not a field" in r.json()["message"]
+        assert loop.continuation is None  # refusals do not use the key up
+        assert api.continue_pipeline(loop.key, CONTINUED, {"retrain": True}) == {
+            "message": "Pipeline continued."
+        }
+        with pytest.raises(ApiError, match="HTTP 409: Continuation key has already been used"):
+            api.continue_pipeline(loop.key, CONTINUED, {})
+        assert loop.continuation.parameters == {"retrain": True}

@@ -32,7 +32,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tfship.ci.api import parse_params
-from tfship.ci.workflow import Job, WorkflowFailed, as_text, load_config, plan
+from tfship.ci.continuation import Continuation, Loopback
+from tfship.ci.workflow import (
+    Job,
+    Unsupported,
+    WorkflowFailed,
+    as_text,
+    is_setup,
+    load_config,
+    parse_config,
+    plan,
+    workflow_names,
+)
 from tfship.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------
@@ -104,6 +115,11 @@ class Runner:
                         self.results[name] = Result(name, "not_run")
                         self.echo(f"[{name}] filtered out for branch {self.branch}")
                         continue
+                    if job.serial_group:
+                        self.echo(
+                            f"[{name}] serial-group {job.serial_group}: locally one pipeline "
+                            "runs at a time, so there is nothing to wait for"
+                        )
                     running[pool.submit(self._run_job, job)] = name
                 if running and not progressed:
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -404,59 +420,183 @@ def terminal_decider(approve: set[str], reject: set[str]) -> Callable[[str], str
 
 
 @dataclass
+class Continued:
+    """What a setup workflow continued the pipeline with, and the workflows that then ran."""
+
+    parameters: dict
+    runs: list[LocalRun]
+    idle: list[str]  # the continued config's workflows whose when/unless is false
+
+    def to_dict(self) -> dict:
+        return {
+            "parameters": self.parameters,
+            "workflows": [r.to_dict() for r in self.runs],
+            "not_run": self.idle,
+        }
+
+    def summary(self) -> str:
+        given = ", ".join(f"{k}={as_text(v)}" for k, v in self.parameters.items()) or "none"
+        lines = [f"continued (parameters: {given})"]
+        lines += [r.summary() for r in self.runs]
+        if self.idle:
+            lines.append(f"  when/unless false, not run: {', '.join(self.idle)}")
+        if not self.runs:
+            lines.append("  no workflow of the continued configuration runs: the pipeline ends")
+        return "\n".join(lines)
+
+
+@dataclass
 class LocalRun:
-    """What ``tfship ci local`` did: each job's result, and where its files are."""
+    """What ``tfship ci local`` did: each job's result, and where its files are.
+
+    For a setup workflow, ``setup`` is true and ``continued`` says what followed (None: the
+    setup workflow did not continue the pipeline, which then ends with it).
+    """
 
     workflow: str
     results: dict[str, Result]
     out: Path
+    setup: bool = False
+    continued: Continued | None = None
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "workflow": self.workflow,
             "jobs": {k: v.__dict__ for k, v in self.results.items()},
             "out": str(self.out),
         }
+        if self.setup:
+            out["setup"] = True
+            out["continued"] = self.continued.to_dict() if self.continued else None
+        return out
 
     def summary(self) -> str:
-        return summary(self.results, self.workflow)
+        text = summary(self.results, self.workflow + (" (setup)" if self.setup else ""))
+        if not self.setup:
+            return text
+        if self.continued is not None:
+            return text + "\n" + self.continued.summary()
+        if self._failed():
+            return text + "\nnot continued: the setup workflow failed"
+        return text + "\nnot continued: the setup workflow ended the pipeline"
+
+    def _failed(self) -> list[str]:
+        return [r.name for r in self.results.values() if r.status == "failed"]
 
     def raise_if_failed(self) -> None:
         """WorkflowFailed (exit 11) naming the failed jobs, if any; print the run first."""
-        failed = [r.name for r in self.results.values() if r.status == "failed"]
+        failed = [f"{self.workflow}/{n}" if self.setup else n for n in self._failed()]
+        for run in self.continued.runs if self.continued else []:
+            failed += [f"{run.workflow}/{n}" for n in run._failed()]
         if failed:
             raise WorkflowFailed(
                 f"{self.workflow}: job(s) failed: {', '.join(failed)}",
-                hint=f"logs in {self.out}/jobs/<job>/log.txt",
+                hint=f"logs in {self.out}/[continued/<workflow>/]jobs/<job>/log.txt"
+                if self.setup
+                else f"logs in {self.out}/jobs/<job>/log.txt",
             )
 
 
+def _extra_env(pairs: tuple[str, ...]) -> dict[str, str]:
+    extra = {}
+    for pair in pairs:
+        k, sep, v = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--env {pair!r}: expected k=v")
+        extra[k] = v
+    return extra
+
+
 def run_workflow(
-    workflow: str,
+    workflow: str | None,
     s,
     project: Path,
     environ: dict[str, str],
     echo: Callable[[str], None],
 ) -> LocalRun | None:
     """Plan and run ``workflow`` of ``s.config`` (``LocalSettings``); None if its
-    when/unless condition is false. A failed job is in the result (``raise_if_failed``)."""
+    when/unless condition is false. A failed job is in the result (``raise_if_failed``).
+
+    A setup config (``setup: true``) runs as CircleCI's dynamic configuration does: its setup
+    workflow (``workflow``, or the one whose when/unless holds) runs with
+    ``CIRCLE_CONTINUATION_KEY`` and ``CIRCLECI_API_URL`` pointing at a local continuePipeline
+    (:class:`~tfship.ci.continuation.Loopback`); then every workflow of the configuration it
+    continued with whose when/unless holds, for the parameters it sent, runs in turn.
+    """
     branch = s.branch or current_branch(project)
-    jobs, runs = plan(load_config(s.config), workflow, parse_params(s.params), branch)
+    doc = load_config(s.config)
+    params = parse_params(s.params)
+    env = {**environ, **_extra_env(s.envs)}
+    decide = terminal_decider(set(s.approve), set(s.reject))
+    if is_setup(doc):
+        return _run_setup(doc, workflow, params, s, project, env, branch, decide, echo)
+    if not workflow:
+        raise ConfigError(
+            f"name the workflow to run (have: {', '.join(workflow_names(doc))})",
+            hint=f"{s.config} is not a setup config, so there is no setup workflow to start from",
+        )
+    jobs, runs = plan(doc, workflow, params, branch)
     if not runs:
         return None
-    extra = {}
-    for pair in s.envs:
-        k, sep, v = pair.partition("=")
-        if not sep:
-            raise ConfigError(f"--env {pair!r}: expected k=v")
-        extra[k] = v
-    runner = Runner(
-        project,
-        s.out,
-        {**environ, **extra},
-        branch,
-        terminal_decider(set(s.approve), set(s.reject)),
-        s.jobs,
-        echo=echo,
-    )
+    runner = Runner(project, s.out, env, branch, decide, s.jobs, echo=echo)
     return LocalRun(workflow, runner.run(jobs), s.out)
+
+
+def _run_setup(
+    doc: dict,
+    workflow: str | None,
+    params: dict,
+    s,
+    project: Path,
+    env: dict[str, str],
+    branch: str,
+    decide: Callable[[str], str | None],
+    echo: Callable[[str], None],
+) -> LocalRun | None:
+    names = [workflow] if workflow else workflow_names(doc)
+    planned = [(name, *plan(doc, name, params, branch)) for name in names]
+    running = [(name, jobs) for name, jobs, runs in planned if runs]
+    if not running:
+        return None
+    if len(running) > 1:
+        raise Unsupported(
+            f"{s.config}: setup workflows {', '.join(n for n, _ in running)} would all run; "
+            "locally one setup workflow continues the pipeline: name it"
+        )
+    ((name, jobs),) = running
+    with Loopback(branch) as loop:
+        echo(f"setup workflow {name}: CIRCLE_CONTINUATION_KEY set, continuePipeline at {loop.url}")
+        setup_env = {**env, "CIRCLE_CONTINUATION_KEY": loop.key, "CIRCLECI_API_URL": loop.url}
+        runner = Runner(project, s.out, setup_env, branch, decide, s.jobs, echo=echo)
+        done = LocalRun(name, runner.run(jobs), s.out, setup=True)
+    # The key expires with the setup workflow (the endpoint is closed); what it accepted runs.
+    if loop.continuation is None or done._failed():
+        return done
+    done.continued = _run_continuation(loop.continuation, s, project, env, branch, decide, echo)
+    return done
+
+
+def _run_continuation(
+    cont: Continuation,
+    s,
+    project: Path,
+    env: dict[str, str],
+    branch: str,
+    decide: Callable[[str], str | None],
+    echo: Callable[[str], None],
+) -> Continued:
+    if cont.ends_pipeline():
+        echo("continued with a configuration that has no workflow: the pipeline ends")
+        return Continued(cont.parameters, [], [])
+    doc = parse_config(cont.configuration, "the continued configuration")
+    planned = [(n, *plan(doc, n, cont.parameters, branch)) for n in workflow_names(doc)]
+    idle = [n for n, _, runs in planned if not runs]
+    runs = []
+    for name, jobs, go in planned:
+        if not go:
+            continue
+        echo(f"continued workflow {name}")
+        out = s.out / "continued" / name
+        runner = Runner(project, out, env, branch, decide, s.jobs, echo=echo)
+        runs.append(LocalRun(name, runner.run(jobs), out))
+    return Continued(cont.parameters, runs, idle)

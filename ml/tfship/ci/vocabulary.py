@@ -73,8 +73,9 @@ WORKFLOW_ENTRY_KEYS = {
     "serial-group",
     "override-with",
 }
-# What `tfship ci local` honours of a workflow entry.
-LOCAL_ENTRY_KEYS = {"requires", "name", "context", "filters", "type"}
+# What `tfship ci local` honours of a workflow entry (serial-group is accepted: locally one
+# pipeline runs at a time, so a group never has anything to wait for).
+LOCAL_ENTRY_KEYS = {"requires", "name", "context", "filters", "type", "serial-group"}
 RUN_KEYS = {
     "name",
     "command",

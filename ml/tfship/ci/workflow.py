@@ -177,6 +177,7 @@ class Job:
     environment: dict = field(default_factory=dict)
     working_directory: str | None = None
     skipped: bool = False  # filtered out by branch filters
+    serial_group: str | None = None  # accepted; locally nothing else runs to wait for
 
 
 class Config:
@@ -316,7 +317,7 @@ def plan(
     }
     flows = doc.get("workflows") or {}
     if workflow not in flows:
-        names = [k for k in flows if k != "version"]
+        names = workflow_names(doc)
         raise ConfigError(f"no workflow {workflow!r} in the config (have: {', '.join(names)})")
     wf = substitute(flows[workflow], {}, pipeline, f"workflow {workflow}")
     extra = set(wf) - {"jobs", "when", "unless"}
@@ -330,7 +331,7 @@ def plan(
     for entry in wf.get("jobs") or []:
         name, args = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
         args = args or {}
-        for key in ("matrix", "pre-steps", "post-steps", "serial-group"):
+        for key in ("matrix", "pre-steps", "post-steps"):
             if key in args:
                 raise Unsupported(
                     f"workflow {workflow} job {name}: {key!r} is not supported locally"
@@ -345,6 +346,10 @@ def plan(
         job = cfg.job(name, args, alias)
         job.requires = requires
         job.skipped = not branch_allowed(args.get("filters"), branch)
+        group = args.get("serial-group")
+        if group is not None and (not isinstance(group, str) or not group.strip()):
+            raise ConfigError(f"job {alias}: serial-group must be a non-empty string")
+        job.serial_group = group
         jobs.append(job)
     names = {j.name for j in jobs}
     for j in jobs:
@@ -355,15 +360,36 @@ def plan(
 
 
 def load_config(path: Path) -> dict:
+    """Read a config file: :func:`parse_config` of its text."""
     try:
-        doc = yaml.safe_load(Path(path).read_text())
+        text = Path(path).read_text()
     except FileNotFoundError as exc:
         raise ConfigError(f"{path} not found") from exc
+    return parse_config(text, str(path))
+
+
+def parse_config(text: str, where: str) -> dict:
+    """A version 2.1 config (``setup: true`` included) as a dict; unknown top-level keys are
+    refused by name."""
+    try:
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        raise ConfigError(f"{where}: not valid YAML ({exc})") from exc
     if not isinstance(doc, dict) or str(doc.get("version")) != "2.1":
-        raise ConfigError(f"{path}: not a version 2.1 CircleCI config")
+        raise ConfigError(f"{where}: not a version 2.1 CircleCI config")
     for key in doc:
-        if key not in CONFIG_KEYS - {"setup"}:
-            raise Unsupported(f"{path}: top-level key {key!r} is not supported locally")
+        if key not in CONFIG_KEYS:
+            raise Unsupported(f"{where}: top-level key {key!r} is not supported locally")
+    if not isinstance(doc.get("setup", False), bool):
+        raise ConfigError(f"{where}: setup must be true or false")
     return doc
+
+
+def is_setup(doc: dict) -> bool:
+    """Whether the config is a setup config (dynamic configuration's first phase)."""
+    return doc.get("setup") is True
+
+
+def workflow_names(doc: dict) -> list[str]:
+    """The config's workflows, in order (the 2.0 ``version`` key left out)."""
+    return [k for k in doc.get("workflows") or {} if k != "version"]

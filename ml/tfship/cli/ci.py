@@ -169,10 +169,10 @@ def ci_watch_data(api: ApiSettings, s: WatchSettings, source: str, as_json: bool
 
 
 @ci.command("local", context_settings=CONTEXT)
-@click.argument("workflow")
+@click.argument("workflow", required=False)
 @options(s=LocalSettings)
 @json_option
-def ci_local(workflow: str, s: LocalSettings, as_json: bool) -> None:
+def ci_local(workflow: str | None, s: LocalSettings, as_json: bool) -> None:
     """Run a workflow of .circleci/config.yml on this machine, as CircleCI would.
 
     \b
@@ -180,16 +180,25 @@ def ci_local(workflow: str, s: LocalSettings, as_json: bool) -> None:
     order (each in its own folder under --out, with CircleCI's workspace layers and step
     `when` rules), holds at approval jobs (asks on a terminal; --approve/--reject decide;
     otherwise it reports on_hold), and prints a summary like the web console. Exit 11 if a
-    job failed. Executors are not containers here; caches are no-ops; anything else the
-    runner does not support is refused by name before running.
+    job failed. Executors are not containers here; caches are no-ops; `serial-group` is
+    accepted (one pipeline runs at a time here); anything else the runner does not support
+    is refused by name before running.
+
+    \b
+    A setup config (`setup: true`, dynamic configuration) needs no WORKFLOW: its setup
+    workflow runs with CIRCLE_CONTINUATION_KEY set and CIRCLECI_API_URL at a local
+    continuePipeline (the key works once); the workflows of the configuration it continues
+    with then run, their when/unless evaluated with the parameters it sent (each must be
+    declared there), under --out/continued/<workflow>. A setup workflow that does not
+    continue ends the run green. The summary shows both.
     """
     done = run_workflow(
         workflow, s, Path.cwd(), dict(os.environ), lambda line: click.echo(line, err=True)
     )
     if done is None:
         click.echo(
-            f"workflow {workflow}: its when/unless condition is false for these parameters; "
-            "nothing to run"
+            f"workflow {workflow or '(setup)'}: its when/unless condition is false for these "
+            "parameters; nothing to run"
         )
         return
     emit(done, as_json, done.summary())
@@ -202,8 +211,12 @@ def ci_local(workflow: str, s: LocalSettings, as_json: bool) -> None:
 def notify(ws: WorkspaceSettings, s: NotifySettings, as_json: bool) -> None:
     """Post what happened to a webhook: job, stage, version, the failed check and its numbers.
 
-    Reads the failed check from the workspace reports (deployed/, retrain/, eval/). Network
-    errors never fail the job unless --strict.
+    Reads the failed check from the workspace reports (deployed/, retrain/, eval/). --event
+    approval sends only when retrain/retrain.json says a challenger passed its gates, with the
+    champion vs challenger table and the date the hold must be approved by (the workspace's
+    retention); a branch that does not match --branch-pattern sends nothing. Either way one
+    line says why nothing was sent, and the exit code is 0. Network errors never fail the job
+    unless --strict.
     """
     result = send_notification(ws.workspace, s)
     emit(result, as_json, result.summary())
