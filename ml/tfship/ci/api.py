@@ -15,7 +15,6 @@ keeps its own record of what it triggered.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -172,9 +171,9 @@ class CircleCI:
     def for_continuation(
         cls, base_url: str = DEFAULT_BASE, timeout: float = 30.0, max_backoff: float = 60.0
     ) -> CircleCI:
-        """A client for :meth:`continue_pipeline` alone: the token is used if set, else none."""
+        """A client for :meth:`continue_pipeline` alone: no token (the key is the credential)."""
         return cls(
-            os.environ.get("CIRCLE_TOKEN", ""),
+            "",
             base_url,
             timeout=timeout,
             max_backoff=max_backoff,
