@@ -2,9 +2,9 @@
 
 The rule: the stand-in is never friendlier than CircleCI. Every request must match an
 operation of ``shared/specs/circleci-api-v2.openapi.json`` that the stand-in implements, carry
-the token, and pass the spec's checks on its path parameters, query parameters and body (plus
-the rules the spec states only in prose: branch and tag are mutually exclusive, parameter size
-limits). Every answer, injected faults included, is validated strictly against the response
+the token (continuePipeline: a continuation key, as CircleCI's continuation orb sends), and
+pass the spec's checks on its path parameters, query parameters and body (plus the rules the
+spec states only in prose: branch and tag are mutually exclusive, parameter size limits). Every answer, injected faults included, is validated strictly against the response
 schema of its operation and status: a field the spec does not define, a wrong format (uuid,
 date-time) or an undeclared status is a violation. Violations are collected in
 ``State.violations``; the ``api`` fixture fails the test if there are any.
@@ -397,7 +397,13 @@ def _schedule_rules(body: dict) -> list[str]:
     return problems
 
 
+def _continue_rules(body: dict) -> list[str]:
+    """continuePipeline's prose: the parameter size limits."""
+    return _parameter_limits(body.get("parameters"))
+
+
 PROSE_RULES: dict[str, Callable[[Any], list[str]]] = {
+    "continuePipeline": _continue_rules,
     "triggerPipeline": _trigger_rules,
     "triggerPipelineRun": _run_rules,
     "createSchedule": _schedule_rules,
@@ -459,6 +465,12 @@ class State:
     slow: int = 0  # answer this many requests only after slow_seconds (after doing the work)
     slow_seconds: float = 0.0
     bad_gateway_after_work: int = 0  # do this many requests' work, then answer 502
+    # Setup pipelines' continuation keys (CircleCI hands one to the setup workflow's jobs as
+    # CIRCLE_CONTINUATION_KEY; no answer carries it): key -> {pipeline_id, state}, state
+    # open | used | expired. What continuePipeline accepted: pipeline id -> {configuration,
+    # parameters}, for assertions.
+    continuation_keys: dict = field(default_factory=dict)
+    continued: dict = field(default_factory=dict)
 
     def take(self, knob: str, operation_id: str) -> bool:
         """Spend one of fault ``knob`` on this request if it has any left and applies."""
@@ -555,6 +567,12 @@ class State:
                 }
             )
         self.jobs[wid] = jobs
+
+    def continuation_key(self, pipeline_id: str) -> str:
+        """A continuation key for a (setup) pipeline, as its setup jobs would get it."""
+        key = str(uuid.uuid4())
+        self.continuation_keys[key] = {"pipeline_id": pipeline_id, "state": "open"}
+        return key
 
     def create_schedule(self, slug: str, body: dict) -> dict:
         """A schedule as createSchedule makes it."""
@@ -798,6 +816,62 @@ def cancel_job(call: Call) -> Answer:
     return 200, {"message": "Job cancelled successfully."}
 
 
+# The continuation key is the credential of continuePipeline (CircleCI's continuation orb
+# sends no token); every other operation needs the token.
+KEY_AUTHORISED = {"continuePipeline"}
+CONFIG_TYPES = {"boolean": bool, "integer": int, "string": str, "enum": str}
+
+
+def _continuation_problem(configuration: str, parameters: dict) -> str | None:
+    """Why CircleCI would not compile this continuation, as far as these checks go: YAML, a
+    config version, not a setup config, every parameter declared and of its declared type."""
+    try:
+        doc = yaml.safe_load(configuration)
+    except yaml.YAMLError:
+        return "configuration is not valid YAML"
+    if not isinstance(doc, dict) or str(doc.get("version")) not in ("2", "2.1"):
+        return "configuration has no config version"
+    if doc.get("setup") is True:
+        return "a continuation configuration cannot be a setup configuration"
+    declared = doc.get("parameters") or {}
+    undeclared = sorted(set(parameters) - set(declared))
+    if undeclared:
+        return f"Unexpected argument(s): {', '.join(undeclared)}"
+    for name, value in parameters.items():
+        decl = declared[name] if isinstance(declared[name], dict) else {}
+        want = CONFIG_TYPES.get(decl.get("type", "string"), str)
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            return f"parameter {name}: {value!r} is not a {decl.get('type', 'string')}"
+        if decl.get("type") == "enum" and value not in (decl.get("enum") or []):
+            return f"parameter {name}: {value!r} is not one of {decl.get('enum')}"
+    return None
+
+
+@operation("continuePipeline")
+def continue_pipeline(call: Call) -> Answer:
+    """POST /pipeline/continue -> 200 MessageResponse; errors are the spec's default
+    {message}: 401 a key that is no pipeline's, 409 a key used or expired (single use), 400
+    a configuration that does not compile (undeclared or mistyped parameters included)."""
+    st, body = call.state, call.body
+    entry = st.continuation_keys.get(body["continuation-key"])
+    if entry is None:
+        return 401, {"message": "Invalid continuation key."}
+    if entry["state"] == "used":
+        return 409, {"message": "Continuation key has already been used."}
+    if entry["state"] == "expired":
+        return 409, {"message": "Continuation key has expired. Please run a new pipeline."}
+    params = body.get("parameters") or {}
+    problem = _continuation_problem(body["configuration"], params)
+    if problem:
+        return 400, {"message": f"config compilation failed: {problem}"}
+    entry["state"] = "used"
+    st.continued[entry["pipeline_id"]] = {
+        "configuration": body["configuration"],
+        "parameters": params,
+    }
+    return 200, {"message": "Pipeline continued."}
+
+
 @operation("createSchedule")
 def create_schedule(call: Call) -> Answer:
     """POST /project/{project-slug}/schedule -> 201 Schedule."""
@@ -886,7 +960,8 @@ class Handler(BaseHTTPRequestHandler):
         if op.operation_id not in HANDLERS:
             st.violations.append(f"{op.operation_id}: in the spec, not in the stand-in")
             return self._send(404, {"message": "Not found"}, op)
-        if self.headers.get("Circle-Token") != GOOD_TOKEN:  # auth comes before the body
+        token_ok = self.headers.get("Circle-Token") == GOOD_TOKEN
+        if not token_ok and op.operation_id not in KEY_AUTHORISED:  # auth before the body
             return self._send(401, {"message": "Invalid token provided."}, op)
         body, problems = None, []
         if raw:

@@ -256,3 +256,89 @@ def test_a_body_on_an_operation_without_one_is_refused():
 def test_every_handler_is_a_spec_operation():
     assert set(HANDLERS) <= set(BY_ID)
     assert {"cancelWorkflow", "getWorkflowById", "listMyPipelines"} <= set(HANDLERS)
+
+
+CONTINUED = """
+version: 2.1
+parameters:
+  retrain: {type: boolean, default: false}
+  data_uri: {type: string, default: ""}
+workflows:
+  retrain-deploy:
+    when: << pipeline.parameters.retrain >>
+    jobs: [x]
+"""
+
+
+def test_continue_bodies_follow_the_spec_and_its_prose():
+    ok = {"continuation-key": "k", "configuration": CONTINUED, "parameters": {"retrain": True}}
+    assert problems("POST", "/pipeline/continue", body=ok) == []
+    assert problems("POST", "/pipeline/continue") == ["continuePipeline needs a body"]
+    no_config = {"continuation-key": "k"}
+    assert any(
+        "'configuration' is a required" in m
+        for m in problems("POST", "/pipeline/continue", body=no_config)
+    )
+    nested = {**ok, "parameters": {"x": {"a": 1}}}
+    assert problems("POST", "/pipeline/continue", body=nested)
+    extra = {**ok, "config": "x"}
+    assert any(
+        "Unevaluated properties" in m for m in problems("POST", "/pipeline/continue", body=extra)
+    )
+    long = {**ok, "parameters": {"data_uri": "x" * 513}}
+    assert problems("POST", "/pipeline/continue", body=long) == [
+        "body: parameter 'data_uri' is 513 characters (> 512)"
+    ]
+
+
+def _continue(state: State, key: str, configuration: str = CONTINUED, **params):
+    body = {"continuation-key": key, "configuration": configuration, "parameters": params}
+    status, out = HANDLERS["continuePipeline"](Call(state, {}, {}, body))
+    assert response_problems("continuePipeline", status, out) == []
+    return status, out["message"]
+
+
+def test_a_continuation_key_works_once_and_a_bad_config_does_not_use_it(state):
+    pid = next(iter(state.pipelines))
+    key = state.continuation_key(pid)
+    assert _continue(state, "not-a-key") == (401, "Invalid continuation key.")
+    assert _continue(state, key, retrain="yes") == (
+        400,
+        "config compilation failed: parameter retrain: 'yes' is not a boolean",
+    )
+    assert _continue(state, key, nightly=True)[1].endswith("Unexpected argument(s): nightly")
+    assert _continue(state, key, "version: 2.1\nsetup: true\n")[0] == 400
+    assert _continue(state, key, "a: [")[0] == 400
+    assert pid not in state.continued
+    assert _continue(state, key, retrain=True, data_uri="s3://b/p/") == (
+        200,
+        "Pipeline continued.",
+    )
+    assert state.continued[pid]["parameters"] == {"retrain": True, "data_uri": "s3://b/p/"}
+    assert _continue(state, key) == (409, "Continuation key has already been used.")
+    late = state.continuation_key(pid)
+    state.continuation_keys[late]["state"] = "expired"
+    assert _continue(state, late)[0] == 409
+
+
+def test_the_client_continues_without_a_token_and_says_why_it_could_not(api):
+    from tfship.ci.api import CircleCI
+    from tfship.errors import ApiError
+
+    pid = api.state.create_pipeline(SLUG)["id"]
+    key = api.state.continuation_key(pid)
+    client = CircleCI.for_continuation(api.url, timeout=5)
+    assert client.continue_pipeline(key, CONTINUED, {"retrain": True}) == {
+        "message": "Pipeline continued."
+    }
+    assert api.state.requests[-1]["token"] is None  # the key was the credential
+    with pytest.raises(ApiError, match="HTTP 409: Continuation key has already been used") as e:
+        client.continue_pipeline(key, CONTINUED, {"retrain": True})
+    assert "works once" in str(e.value)
+    with pytest.raises(ApiError, match="Unexpected argument"):
+        client.continue_pipeline(api.state.continuation_key(pid), CONTINUED, {"nightly": True})
+    assert api.state.continued[pid]["parameters"] == {"retrain": True}
+    api.state.faults_for, api.state.errors = "continuePipeline", 1  # a 503 is retried
+    client.sleep = lambda s: None
+    assert client.continue_pipeline(api.state.continuation_key(pid), CONTINUED, {})["message"]
+    assert api.state.requests[-2]["operation"] == "continuePipeline"
