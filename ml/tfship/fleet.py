@@ -7,17 +7,20 @@ longer serves, unless ``--force``), then :func:`ship` deploys to one host
 
 - Preflight: every host is reached (``--require-all``, the default, stops before any change
   if one is not) and the fleet must serve one version (mixed versions block until resolved).
-- Rollout: the canary gets the full deploy (stage 7 checks) plus a soak of ``canary_seconds``
-  with the checks repeated; then the rest in parallel batches of ``max_parallel``. Any host
-  failing stops the rollout and every host already moved is rolled back, in parallel.
+- Rollout: every host stages the version (upload and hash check under a name TF Serving
+  ignores), ``max_parallel`` at a time, the canary first; the canary is committed (renamed into
+  place) and gets the full checks plus a soak of ``canary_seconds``; only then are the others
+  committed, each once its upload is done, ``max_parallel`` at a time. Any host failing stops
+  the rollout: every host already moved is rolled back in parallel, staged uploads removed.
 
 :func:`rollback_fleet` serves an older version again on every host of the fleet.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -56,7 +59,11 @@ class FleetSettings:
         min=0,
     )
     max_parallel: int = setting(
-        2, "TFSHIP_MAX_PARALLEL", "Fleet: hosts deployed at once after the canary.", min=1
+        2,
+        "TFSHIP_MAX_PARALLEL",
+        "Fleet: hosts uploading at once (the canary's upload among them), and hosts switched "
+        "and checked at once after the canary passed.",
+        min=1,
     )
     require_all: bool = setting(
         True,
@@ -77,6 +84,11 @@ class HostResult:
     result: str = "untouched"
     upload_s: float | None = None
     to_available_s: float | None = None
+    # seconds from the rollout's start: upload hash-checked, commit began (the rename into
+    # place follows), checks passed; they show the order the canary guarantees
+    staged_s: float | None = None
+    placed_s: float | None = None
+    verified_s: float | None = None
     checks: str = ""
     error: str | None = None
 
@@ -154,8 +166,18 @@ def _soak(
 def fleet_deploy(
     targets: list[Target], package_dir: Path, s: DeploySettings, fs: FleetSettings
 ) -> FleetResult:
-    """Canary, soak, batches; roll back every moved host if any fails."""
-    canary_seconds, max_parallel = fs.canary_seconds, fs.max_parallel
+    """Stage everywhere, commit the canary, soak, commit the rest; undo all on any failure.
+
+    Staging (lock, upload, sha256 check into ``.incoming-*``, which TF Serving ignores) starts
+    on the canary and the other hosts at once, ``max_parallel`` hosts at a time, the canary
+    first: on real links the upload is most of a deploy, and a staged upload changes nothing a
+    server can load. Committing (the rename into place, the wait, the checks) is what the
+    canary guards: no other host is committed before the canary passed its checks and soak.
+    After that each host is committed as soon as its upload is done, at most ``max_parallel``
+    at once. Any failure (an upload, a commit) stops every commit not yet started; the hosts
+    already moved are rolled back and every staged upload is removed.
+    """
+    canary_seconds, max_parallel = fs.canary_seconds, max(1, fs.max_parallel)
     started = time.monotonic()
     manifest = load_package(package_dir)
     model, version = manifest["model_name"], int(manifest["version"])
@@ -175,19 +197,37 @@ def fleet_deploy(
     by_host = {h.host: h for h in result.hosts}
     staged: dict[str, Staged] = {}
     moved: list[Target] = []
+    # Set by the first failure anywhere, before its future completes: a commit that has not
+    # started yet sees it and leaves its host untouched.
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def failed_with(exc: BaseException) -> None:
+        errors.append(exc)
+        stop.set()
 
     def stage_one(t: Target) -> None:
         h = by_host[t.host.name]
+        if stop.is_set():  # the rollout already stopped: do not upload for nothing
+            return
         try:
             st = stage(t, package_dir, s)
         except TfshipError as exc:
             h.result, h.checks, h.error = "failed before any change", "not run", str(exc)
+            failed_with(exc)
+            raise
+        except BaseException as exc:
+            failed_with(exc)
             raise
         staged[t.host.name] = st
         h.upload_s = st.times.get("upload")
+        h.staged_s = round(time.monotonic() - started, 3)
 
     def commit_one(t: Target, soak: float = 0.0) -> None:
         h = by_host[t.host.name]
+        if stop.is_set():  # another host failed: this one stays as it was
+            return
+        h.placed_s = round(time.monotonic() - started, 3)
         try:
             r = commit(staged.pop(t.host.name), s)
             h.to_available_s = r.seconds.get("to_available")
@@ -195,33 +235,46 @@ def fleet_deploy(
             if soak > 0:
                 _soak(t, package_dir, manifest, version, soak, s)
             h.result, h.checks = r.state, "passed"
+            h.verified_s = round(time.monotonic() - started, 3)
         except TfshipError as exc:
             # commit() rolls its own host back when its checks fail; a failed soak does not.
             undone = t not in moved and "did not complete" not in str(exc)
             h.result = "failed, rolled back" if undone else "failed"
             h.checks, h.error = "failed", str(exc)
+            failed_with(exc)
+            raise
+        except BaseException as exc:
+            failed_with(exc)
             raise
 
     canary, rest = targets[0], targets[1:]
     event("fleet", "canary", host=canary.host.name, version=version)
-    pool = ThreadPoolExecutor(max(1, len(rest)))
-    uploads = []
+    uploading = ThreadPoolExecutor(max_parallel, thread_name_prefix="stage")
+    committing = ThreadPoolExecutor(max_parallel, thread_name_prefix="commit")
+    uploads = [uploading.submit(stage_one, t) for t in targets]  # in order: the canary first
+    commits: list[Future] = []
     try:
-        stage_one(canary)
-        # The others upload (hash-checked, not yet visible) while the canary is checked, so
-        # after it passes each host only renames, waits and verifies.
-        uploads = [pool.submit(stage_one, t) for t in rest]
+        uploads[0].result()
+        if errors:  # another host's upload failed already: change nothing anywhere
+            raise errors[0]
+        if canary.host.name not in staged:  # cannot happen: nothing stopped the rollout
+            raise DeployError(f"{canary.host.name}: the canary's upload did not run")
         commit_one(canary, canary_seconds)
+        if errors:
+            raise errors[0]
         result.canary_s = round(time.monotonic() - started, 3)
-        _first_error(uploads)
-        for i in range(0, len(rest), max(1, max_parallel)):
-            batch = rest[i : i + max(1, max_parallel)]
-            event("fleet", "batch", hosts=",".join(t.host.name for t in batch))
-            _first_error([pool.submit(commit_one, t) for t in batch])
+        event("fleet", "canary passed", host=canary.host.name, version=version, s=result.canary_s)
+        host_of = {f: t for f, t in zip(uploads[1:], rest, strict=True)}
+        for f in as_completed(host_of):
+            f.result()  # an upload that failed stops the rollout here
+            commits.append(committing.submit(commit_one, host_of[f]))
+        _first_error(commits)
+        if errors:
+            raise errors[0]
     except TfshipError as exc:
         result.ok = False
-        for f in uploads:  # let running uploads finish before their folders are removed
-            f.exception()
+        stop.set()
+        _settle(uploads, commits)  # let running uploads finish before their folders go
         _revert(moved, model, version, old, s, by_host)
         result.total_s = round(time.monotonic() - started, 3)  # rollback included
         lines = ", ".join(f"{h.host}: {h.result}" for h in result.hosts)
@@ -229,9 +282,10 @@ def fleet_deploy(
             f"fleet rollout of {model} version {version} stopped: {exc}. Hosts: {lines}", result
         ) from exc
     finally:
-        for f in uploads:
-            f.cancel()
-        pool.shutdown(wait=True)
+        stop.set()
+        _settle(uploads, commits)
+        uploading.shutdown(wait=True)
+        committing.shutdown(wait=True)
         for st in list(staged.values()):
             abandon(st)
     result.total_s = round(time.monotonic() - started, 3)
@@ -245,6 +299,14 @@ def fleet_deploy(
         s=result.total_s,
     )
     return result
+
+
+def _settle(*groups: list[Future]) -> None:
+    """Cancel what has not started; wait for what has (its outcome is already recorded)."""
+    for futures in groups:
+        for f in futures:
+            if not f.cancel():
+                f.exception()
 
 
 def _first_error(futures: list) -> None:

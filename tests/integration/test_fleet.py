@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -153,6 +154,13 @@ def test_a_clean_rollout_serves_the_same_version_everywhere(fleet):
     )
     assert fleet.serving() == [v] * 4
     assert "canary soak passed" in r.err
+    # the log tells the same order: the others are installed only after the canary passed
+    lines = r.err.splitlines()
+    passed = next(i for i, line in enumerate(lines) if "[fleet] canary passed" in line)
+    installed = [i for i, line in enumerate(lines) if "[deploy] installed" in line]
+    assert len(installed) == 4 and installed[0] < passed < installed[1]
+    canary, others = result["hosts"][0], result["hosts"][1:]
+    assert all(h["placed_s"] >= result["canary_s"] >= canary["verified_s"] for h in others)
     st = run_cli(
         "status", "--hosts-file", fleet.hosts_file(), "--json", cwd=fleet.tmp, env=fleet.env()
     )
@@ -264,17 +272,116 @@ def test_an_upload_failing_on_another_host_during_the_canary_undoes_the_canary(f
 
     before, disk = fleet.serving(), fleet.on_disk()
     v = fleet.version()
-    original = tfship.fleet.stage
+    original_stage, original_commit = tfship.fleet.stage, tfship.fleet.commit
+    canary_committing = threading.Event()
 
     def third_host_full(target, *args, **kw):
         if target.base == str(fleet.bases[2]):
+            # fail while the canary is being switched and checked, not before
+            assert canary_committing.wait(60), "the canary was never committed"
             raise HostError(f"{target.host.name}: upload failed: No space left on device")
-        return original(target, *args, **kw)
+        return original_stage(target, *args, **kw)
+
+    def commit(st, *args, **kw):
+        if st.target.base == str(fleet.bases[0]):
+            canary_committing.set()
+        return original_commit(st, *args, **kw)
 
     monkeypatch.setattr(tfship.fleet, "stage", third_host_full)
+    monkeypatch.setattr(tfship.fleet, "commit", commit)
     with pytest.raises(tfship.fleet.FleetFailed, match="No space left") as info:
         _fleet_deploy(fleet, v, canary_seconds=0, max_parallel=3)
     states = [h.result for h in info.value.result.hosts]
-    assert states == ["rolled-back", "untouched", "failed before any change", "untouched"]
+    assert states[0] == "rolled-back" and states[2] == "failed before any change"
+    # host 2 may have been switched in the moment before host 3's failure showed: then it is
+    # rolled back too; host 4 is staged only once a worker is free, after host 3 failed
+    assert states[1] in ("untouched", "rolled-back") and states[3] == "untouched", states
     assert fleet.serving() == before and fleet.on_disk() == disk
+    fleet.assert_no_leftovers()
+
+
+class Order:
+    """Records, through the real stage/commit/publish functions, when each host did what.
+
+    ``canary_waits_for_others``: the canary's upload waits until another host's has begun, and
+    its commit until every other host is staged, so the test can check what staging together
+    promises without depending on which thread the scheduler runs first.
+    """
+
+    def __init__(self, fleet, monkeypatch, canary_waits_for_others: bool = True) -> None:
+        import tfship.deploy
+        import tfship.fleet
+
+        self.fleet = fleet
+        self.placed: dict[int, float] = {}  # host index -> when its version was renamed in
+        self.canary_done: float | None = None
+        self.staged: set[int] = set()
+        other_staging, all_staged = threading.Event(), threading.Event()
+        stage, commit = tfship.fleet.stage, tfship.fleet.commit
+        publish = tfship.deploy.publish_staged
+
+        def staging(target, *args, **kw):
+            i = self.index(target.base)
+            if i == 0 and canary_waits_for_others:
+                assert other_staging.wait(60), "no other host uploads with the canary"
+            elif i != 0:
+                other_staging.set()
+            st = stage(target, *args, **kw)
+            self.staged.add(i)
+            if len(self.staged - {0}) == len(fleet.bases) - 1:
+                all_staged.set()
+            return st
+
+        def committing(st, *args, **kw):
+            i = self.index(st.target.base)
+            if i == 0 and canary_waits_for_others:
+                assert all_staged.wait(60), "the other hosts were not staged"
+            try:
+                return commit(st, *args, **kw)
+            finally:
+                if i == 0:
+                    self.canary_done = time.monotonic()
+
+        def publishing(host, incoming, base, *args, **kw):
+            self.placed[self.index(base)] = time.monotonic()
+            return publish(host, incoming, base, *args, **kw)
+
+        monkeypatch.setattr(tfship.fleet, "stage", staging)
+        monkeypatch.setattr(tfship.fleet, "commit", committing)
+        monkeypatch.setattr(tfship.deploy, "publish_staged", publishing)
+
+    def index(self, base: str) -> int:
+        return [str(b) for b in self.fleet.bases].index(str(base))
+
+
+def test_the_canary_uploads_with_the_others_and_is_placed_and_checked_first(fleet, monkeypatch):
+    v = fleet.version()
+    order = Order(fleet, monkeypatch)
+    result = _fleet_deploy(fleet, v, canary_seconds=0, max_parallel=3)
+    assert result.ok and [h.result for h in result.hosts] == ["deployed"] * 4
+    assert fleet.serving() == [v] * 4
+    # no other host's version was placed where a server loads it before the canary had
+    # passed its checks: observed at the rename itself, and in the result's timestamps
+    assert sorted(order.placed) == [0, 1, 2, 3]
+    assert all(order.placed[i] > order.canary_done for i in (1, 2, 3)), order.placed
+    canary, others = result.hosts[0], result.hosts[1:]
+    assert canary.placed_s < canary.verified_s <= result.canary_s
+    assert all(h.placed_s >= result.canary_s for h in others)
+    assert all(h.staged_s is not None and h.upload_s is not None for h in result.hosts)
+    fleet.assert_no_leftovers()
+
+
+def test_a_failing_canary_removes_the_uploads_staged_with_it(fleet, monkeypatch):
+    before, disk = fleet.serving(), fleet.on_disk()
+    v = fleet.version(golden_shift=0.5)
+    order = Order(fleet, monkeypatch)
+    import tfship.fleet
+
+    with pytest.raises(tfship.fleet.FleetFailed, match="verification failed") as info:
+        _fleet_deploy(fleet, v, canary_seconds=0, max_parallel=3)
+    hosts = info.value.result.hosts
+    assert [h.result for h in hosts] == ["failed, rolled back"] + ["untouched"] * 3
+    assert order.staged == {0, 1, 2, 3}  # every other host had the version staged ...
+    assert sorted(order.placed) == [0] and all(h.placed_s is None for h in hosts[1:])
+    assert fleet.serving() == before and fleet.on_disk() == disk  # ... and nothing changed
     fleet.assert_no_leftovers()
