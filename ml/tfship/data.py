@@ -22,6 +22,7 @@ from tfship.errors import DataError
 from tfship.settings import Setting, setting
 from tfship.sources import DATA, DATA_SHA256, MAX_DATA_BYTES, RawData, load_source
 from tfship.tables import TableBuild, TableSettings, build_table, is_table
+from tfship.targets import SSHAccess
 from tfship.workspace import Workspace, write_json
 
 SEED = Setting(
@@ -65,6 +66,7 @@ class DataSettings:
     seed: int = SEED.field()
     checks: Checks = field(default_factory=Checks)
     table: TableSettings = field(default_factory=TableSettings)
+    access: SSHAccess = field(default_factory=SSHAccess)  # for ssh:// data
 
 
 @dataclass
@@ -337,9 +339,12 @@ def build(ws_root: Path, s: DataSettings) -> BuildResult | TableBuild:
             s.checks.min_rows_per_class,
             sha256=s.data_sha256,
             max_bytes=s.checks.max_bytes,
+            access=s.access,
         )
     ws = Workspace(ws_root)
-    raw = load_source(s.data or DATA.default, s.data_sha256, max_bytes=s.checks.max_bytes)
+    raw = load_source(
+        s.data or DATA.default, s.data_sha256, max_bytes=s.checks.max_bytes, access=s.access
+    )
     checks = s.checks
     if raw.class_names is not None:  # an image folder: its sub-folders are the classes
         checks = replace(checks, num_classes=len(raw.class_names))
@@ -347,6 +352,7 @@ def build(ws_root: Path, s: DataSettings) -> BuildResult | TableBuild:
     info = manifest(prepared, s.seed, checks)
     if raw.class_names is not None:
         info["classes"] = raw.class_names
+    info["data_sha256"] = raw.sha256  # of the file read: what `ci plan` compares snapshots with
     with ws.stage_output("build") as out:
         for name in ("train", "val", "test"):
             save_split(out / f"{name}.npz", getattr(prepared, name))

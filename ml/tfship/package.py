@@ -255,6 +255,7 @@ def _manifest(
         "data_hash": data_manifest["data_hash"],
         "data_origin": data_manifest["origin"],
         "data_source": data_manifest.get("source", data_manifest["origin"]),
+        "data_sha256": data_manifest.get("data_sha256"),  # `tfship ci plan` compares with it
         "code_commit": code_commit(),
         "build_url": os.environ.get("CIRCLE_BUILD_URL"),
         "thresholds": evaluation["thresholds"],

@@ -16,6 +16,13 @@ Tables (``--label``: CSV, Parquet, TFRecord, globs of shards) are read by ``tabl
 - ``s3://bucket/key``: an object, a prefix of snapshots (the newest by name, as a folder) or
   a glob of shards, downloaded into a temporary folder and hashed as it streams (see
   :func:`in_bucket`); ``#sha256=<hex>`` or ``--data-sha256`` is checked when given.
+- ``ssh://user@host[:port]/path/file``: one file read over SFTP with the SSH settings of the
+  deploy hosts (``--ssh-key-env``, ``--known-hosts``), bounded and hashed as it streams.
+
+One grammar for every source (see "Data URIs" below): a location, then optionally
+``#sha256=<hex>`` (checked against the bytes read). :func:`data_uri` writes it,
+:func:`split_sha256` reads it; ``tfship ci watch-data`` and ``tfship ci plan`` send exactly
+what ``tfship build --data`` takes.
 
 Files, downloads and what an ``.npz`` unpacks to are bounded by ``--max-data-bytes``.
 Nothing here imports TensorFlow (but for ``fashion_mnist``).
@@ -37,6 +44,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -46,6 +54,9 @@ from tfship.errors import DataError
 from tfship.log import quiet_tensorflow
 from tfship.settings import Setting
 
+if TYPE_CHECKING:
+    from tfship.targets import SSHAccess
+
 DATA = Setting(
     "digits",
     "TFSHIP_DATA",
@@ -53,7 +64,8 @@ DATA = Setting(
     "| PATH: images .npz/.csv, tables .csv/.parquet/.tfrecord[.gz] (with --label) "
     "| FOLDER of snapshots (newest by name) or of class sub-folders of images "
     "| 'GLOB' of shards | https://URL#sha256=HEX "
-    "| s3://BUCKET/KEY: a file, a PREFIX/ of snapshots (newest by name) or a 'GLOB'",
+    "| s3://BUCKET/KEY: a file, a PREFIX/ of snapshots (newest by name) or a 'GLOB' "
+    "| ssh://USER@HOST[:PORT]/PATH of a file. Any of them may end in #sha256=HEX (checked)",
 )
 DATA_SHA256 = Setting(
     None,
@@ -85,6 +97,7 @@ class RawData:
     class_names: list[str] | None = None  # an image folder's sub-folder names
     test_images: np.ndarray | None = None
     test_labels: np.ndarray | None = None
+    sha256: str | None = None  # of the snapshot file's bytes (None: bundled, image folder)
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,24 +110,32 @@ def load_source(
     sha256: str | None = None,
     cache_dir: Path | None = None,
     max_bytes: int = MAX_DATA_BYTES.default,
+    access: SSHAccess | None = None,
 ) -> RawData:
     """Resolve ``--data`` to raw arrays. Raises :class:`DataError` for anything unusable.
 
     ``max_bytes`` bounds a local file, a download, and what an ``.npz`` unpacks to.
+    ``access``: the SSH settings an ``ssh://`` source is read with.
     """
     if spec in ("digits", "default"):
         return load_digits()
     if spec == "fashion_mnist":
         return load_fashion_mnist()
+    spec, sha256 = expected_sha256(spec, sha256)
     scheme = urlsplit(spec).scheme
     if scheme in ("http", "https"):
         return load_url(spec, sha256, cache_dir, max_bytes)
     if s3.is_s3(spec):
         return load_bucket(spec, sha256, cache_dir, max_bytes)
+    if scheme == "ssh":
+        with over_ssh(spec, access, cache_dir, max_bytes, sha256, (".npz", ".csv")) as got:
+            raw = load_path(got, max_bytes)
+        raw.origin = shown_url(spec)
+        return raw
     if scheme and len(scheme) > 1 and scheme != "file":
         raise DataError(
             f"--data {shown_url(spec)}: unsupported scheme {scheme}://",
-            hint="use digits, fashion_mnist, a local path, an https:// or an s3:// URL",
+            hint="use digits, fashion_mnist, a local path, an https://, s3:// or ssh:// URL",
         )
     path = Path(spec[7:] if spec.startswith("file://") else spec).expanduser()
     raw = load_path(path, max_bytes)
@@ -241,10 +262,10 @@ def load_path(path: Path, max_bytes: int = MAX_DATA_BYTES.default) -> RawData:
         raise DataError(f"{path}: file is empty")
     if size > max_bytes:
         raise DataError(f"{path}: {size} bytes is over the {max_bytes} byte limit", hint=TOO_BIG)
-    if path.suffix == ".npz":
-        return _load_npz(path, max_bytes)
-    if path.suffix == ".csv":
-        return _load_csv(path)
+    if path.suffix in (".npz", ".csv"):
+        raw = _load_npz(path, max_bytes) if path.suffix == ".npz" else _load_csv(path)
+        raw.sha256 = hash_files([path])
+        return raw
     raise DataError(
         f"{path}: images come as .npz, .csv or an image folder, not {path.suffix or 'no suffix'}",
         hint="a table (Parquet, TFRecord) needs --label COLUMN",
@@ -746,5 +767,177 @@ def load_bucket(spec: str, sha256: str | None, cache_dir: Path | None, max_bytes
         raise DataError(f"--data {spec}: images come as one .npz or .csv, not shards")
     with in_bucket(snap, cache_dir, max_bytes, fragment or sha256) as got:
         raw = load_path(got.paths[0], max_bytes)
-    raw.origin = snap.uri
+    raw.origin, raw.sha256 = snap.uri, got.sha256
     return raw
+
+
+# --------------------------------------------------------------------------------------------
+# Data URIs: the one grammar `tfship build --data`, `ci watch-data` and `ci plan` share
+# --------------------------------------------------------------------------------------------
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def data_uri(location: str, sha256: str | None) -> str:
+    """The ``--data`` value that reads exactly ``location`` (a path, a glob of shards, an
+    https URL, an s3:// or ssh:// URI) and checks its bytes: ``<location>#sha256=<hex>``.
+    :func:`split_sha256` reads it back."""
+    if sha256 is None:
+        return location
+    if not _HEX64.fullmatch(sha256.lower()):
+        raise DataError(f"{sha256!r} is not a sha256 (64 hex digits)")
+    return f"{location}#sha256={sha256.lower()}"
+
+
+def expected_sha256(spec: str, given: str | None) -> tuple[str, str | None]:
+    """``spec`` without its ``#sha256=<hex>``, and the sha256 its bytes must have: the
+    fragment's or ``given`` (``--data-sha256``); two different ones are refused."""
+    spec, fragment = split_sha256(spec)
+    given = given.lower() if given else None
+    if fragment and given and fragment != given:
+        raise DataError(
+            f"--data {shown_url(spec)}: #sha256={fragment} and --data-sha256 {given} differ",
+            hint="give the checksum once",
+        )
+    return spec, fragment or given
+
+
+def hash_files(paths: list[Path]) -> str:
+    """sha256 of the files' bytes one after the other (a snapshot's shards in name order),
+    streamed: what a table build's single pass computes of the same files."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def newest_in_folder(
+    folder: Path, suffixes: tuple[str, ...] = SNAPSHOT_SUFFIXES, shards: bool = True
+) -> tuple[list[Path], str] | None:
+    """The newest snapshot of a local folder by name, as :func:`find_in_bucket` takes a
+    prefix's: a file ending in ``suffixes``, or (``shards``) a sub-folder whose table files
+    are the shards: its location is then the glob of them (``folder/2026-11-02/*.parquet``),
+    which ``tfship build --data`` reads as those files. (files, location); None when empty."""
+    entries = sorted(
+        p
+        for p in folder.iterdir()
+        if not p.name.startswith(".")
+        and ((p.is_file() and p.name.endswith(suffixes)) or (shards and p.is_dir()))
+    )
+    if not entries:
+        return None
+    newest = entries[-1]
+    if newest.is_file():
+        return [newest], str(newest)
+    files = sorted(
+        p
+        for p in newest.iterdir()
+        if p.is_file() and p.name.endswith(TABLE_SUFFIXES) and not p.name.startswith(".")
+    )
+    if not files:
+        raise DataError(f"{newest}/: the newest snapshot folder holds no table files")
+    kinds = {next(x for x in TABLE_SUFFIXES if p.name.endswith(x)) for p in files}
+    return files, f"{newest}/*{kinds.pop() if len(kinds) == 1 else ''}"
+
+
+@dataclass(frozen=True)
+class SshUri:
+    """``ssh://user@host[:port]/path``: where a snapshot is, on an SSH host."""
+
+    hostname: str
+    username: str | None
+    port: int
+    path: str
+
+    @classmethod
+    def parse(cls, spec: str) -> SshUri:
+        parts = urlsplit(spec)
+        try:
+            port = parts.port or 22
+        except ValueError as exc:
+            raise DataError(f"{shown_url(spec)}: the port is not a number") from exc
+        if parts.scheme != "ssh" or not parts.hostname or not parts.path.startswith("/"):
+            raise DataError(
+                f"{shown_url(spec)}: not an ssh://user@host[:port]/absolute/path URI",
+                hint="e.g. ssh://data@files.example.com/srv/snapshots/2026-11-02.npz",
+            )
+        if parts.password is not None:
+            raise DataError(
+                f"{shown_url(spec)}: a password in the URI is refused",
+                hint="use the SSH key settings (--ssh-key-env, DEPLOY_SERVER_SSH_KEY_FILE)",
+            )
+        return cls(parts.hostname, parts.username, port, parts.path)
+
+    def join(self, path: str) -> str:
+        """The ssh:// URI of ``path`` on the same host."""
+        user = f"{self.username}@" if self.username else ""
+        port = f":{self.port}" if self.port != 22 else ""
+        return f"ssh://{user}{self.hostname}{port}{path}"
+
+    def connect(self, access: SSHAccess | None) -> object:
+        """An open ``SSHHost`` (paramiko) with ``access``: the deploy hosts' SSH settings."""
+        from tfship.ssh import SSHHost, SSHSettings  # paramiko: only ssh:// sources pay for it
+        from tfship.targets import SSHAccess
+
+        settings = (access or SSHAccess()).ssh()
+        return SSHHost(
+            SSHSettings(hostname=self.hostname, username=self.username, port=self.port, **settings)
+        ).connect()
+
+
+@contextmanager
+def over_ssh(
+    spec: str,
+    access: SSHAccess | None,
+    cache_dir: Path | None,
+    max_bytes: int,
+    expected: str | None,
+    suffixes: tuple[str, ...],
+) -> Iterator[Path]:
+    """The file at ``ssh://user@host[:port]/path``, read over SFTP with ``access`` (key
+    from the variable --ssh-key-env names, host key checked against known_hosts) into a
+    temporary folder (removed after), refused over ``max_bytes`` before a byte is read,
+    hashed as it streams and checked against ``expected`` when given."""
+    uri = SshUri.parse(spec)
+    shown = shown_url(spec)
+    suffix = next((x for x in suffixes if uri.path.endswith(x)), None)
+    if suffix is None:
+        raise DataError(
+            f"{shown}: an ssh:// source names one file ({', '.join(suffixes)})",
+            hint="`tfship ci watch-data`/`ci plan` resolve a folder's newest snapshot to one",
+        )
+    host = uri.connect(access)
+    tmpdir = Path(tempfile.mkdtemp(prefix="tfship-ssh-", dir=cache_dir))
+    target = tmpdir / PurePosixPath(uri.path).name
+    try:
+        sftp = host.sftp()
+        try:
+            size = sftp.stat(uri.path).st_size or 0
+        except OSError as exc:
+            raise DataError(f"{shown}: no such file on the host ({exc})") from exc
+        if size > max_bytes:
+            raise DataError(
+                f"{shown}: {size} bytes is over the {max_bytes} byte limit", hint=TOO_BIG
+            )
+        digest, got = hashlib.sha256(), 0
+        with sftp.open(uri.path, "rb") as remote, target.open("wb") as fh:
+            remote.prefetch(size)  # pipelined reads: one round trip per window, not per chunk
+            while chunk := remote.read(1 << 20):
+                got += len(chunk)
+                if got > max_bytes:  # it grew since the stat
+                    raise DataError(f"{shown}: more than the {max_bytes} byte limit", hint=TOO_BIG)
+                digest.update(chunk)
+                fh.write(chunk)
+        if got != size:
+            raise _truncated(shown, got, size, "the file changed while being read")
+        if expected and digest.hexdigest() != expected.lower():
+            raise DataError(
+                f"{shown}: sha256 mismatch: expected {expected}, got {digest.hexdigest()}",
+                hint="the file changed or the checksum is wrong",
+            )
+        yield target
+    finally:
+        host.close()
+        shutil.rmtree(tmpdir, ignore_errors=True)

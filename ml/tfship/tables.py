@@ -12,8 +12,10 @@ its sha256 is computed from the same bytes in the same pass (``table_stats``), s
 and the content hash cost one read. A second pass writes the split.
 
 ``--data`` (``_resolve``) is a bundled set, a file, a folder of snapshots, a glob of shards, an
-https URL with its sha256, or the same in a bucket (``s3://bucket/key``: downloaded into a
-temporary folder, hashed as it streams, then read as local files; see ``sources.in_bucket``).
+https URL with its sha256, the same in a bucket (``s3://bucket/key``: downloaded into a
+temporary folder, hashed as it streams, then read as local files; see ``sources.in_bucket``),
+or a file on an SSH host (``ssh://user@host/path``, ``sources.over_ssh``). Any of them may end
+in ``#sha256=<hex>`` (the grammar of ``sources.data_uri``): the bytes read are checked.
 
 ``build_table`` (what ``tfship build --label COLUMN`` does): statistics and hash; the task
 from the label (``--task`` to override); the schema (``schema.pbtxt``, TFDV's format) read
@@ -32,8 +34,9 @@ import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -49,16 +52,22 @@ from tfship.sources import (
     GLOB_CHARS,
     MAX_DATA_BYTES,
     TABLE_SUFFIXES,
+    SshUri,
     bucket_snapshot,
-    check_sha256,
     downloaded,
+    expected_sha256,
     in_bucket,
+    newest_in_folder,
+    over_ssh,
     shown_url,
     split_sha256,
 )
 from tfship.stats import BYTES, FLOAT, TableStats, number_keys
 from tfship.table_io import FORMATS, read_table, table_format
 from tfship.workspace import Workspace, write_json
+
+if TYPE_CHECKING:
+    from tfship.targets import SSHAccess
 
 TABULAR_SETS = {
     "breast_cancer": "load_breast_cancer",
@@ -293,26 +302,46 @@ class Source:
     home: Path | None
     source: str
     shown: Callable[[str], str] = str
+    expected: str | None = None  # the sha256 the files' bytes must have (#sha256=, --data-sha256)
 
 
-def _resolve(spec: str, work: Path, stack: ExitStack, sha256: str | None, max_bytes: int) -> Source:
+def _resolve(
+    spec: str,
+    work: Path,
+    stack: ExitStack,
+    sha256: str | None,
+    max_bytes: int,
+    access: SSHAccess | None = None,
+) -> Source:
     """``--data`` is a bundled set, an https URL with its sha256 (downloaded into ``work``),
-    an s3:// object, prefix of snapshots or glob (downloaded into ``work``), a glob of
-    shards, a folder of snapshots (the newest by name: a file, or a sub-folder of shards), or
-    a file."""
+    an s3:// object, prefix of snapshots or glob (downloaded into ``work``), a file on an SSH
+    host (read with ``access`` into ``work``), a glob of shards, a folder of snapshots (the
+    newest by name: a file, or a sub-folder of shards), or a file; each may end in
+    ``#sha256=<hex>``, checked against the bytes read (:attr:`Source.expected`)."""
     if spec in TABULAR_SETS:
         return Source([write_bundled(spec, work / f"{spec}.csv")], None, spec)
+    spec, sha256 = expected_sha256(spec, sha256)
     scheme = urlsplit(spec).scheme
     if scheme in ("http", "https"):
         suffixes = tuple(FORMATS)
         got = stack.enter_context(downloaded(spec, sha256, work, max_bytes, suffixes))
-        return Source([got], None, shown_url(spec))
+        return Source([got], None, shown_url(spec), expected=sha256)
     if s3.is_s3(spec):
-        return _from_bucket(spec, work, stack, sha256, max_bytes)
+        return replace(_from_bucket(spec, work, stack, sha256, max_bytes), expected=sha256)
+    if scheme == "ssh":
+        got = stack.enter_context(over_ssh(spec, access, work, max_bytes, sha256, tuple(FORMATS)))
+        where = SshUri.parse(spec).join(str(Path(SshUri.parse(spec).path).parent)) + "/"
+        return Source(
+            [got],
+            None,
+            shown_url(spec),
+            lambda text: text.replace(f"{got.parent}/", where),
+            expected=sha256,
+        )
     if len(scheme) > 1 and scheme != "file":
         raise DataError(
             f"--data {shown_url(spec)}: tables are read from files, folders, globs, "
-            f"https:// and s3:// URLs, not {scheme}://",
+            f"https://, s3:// and ssh:// URLs, not {scheme}://",
             hint="copy the data to a local path first",
         )
     raw = spec.removeprefix("file://")
@@ -323,27 +352,20 @@ def _resolve(spec: str, work: Path, stack: ExitStack, sha256: str | None, max_by
         home = Path(os.path.expanduser(raw)).parent
         while any(c in str(home) for c in GLOB_CHARS):
             home = home.parent
-        return Source(_one_format(files, raw), home, raw)
+        return Source(_one_format(files, raw), home, raw, expected=sha256)
     path = Path(raw).expanduser()
     if not path.exists():
         raise DataError(f"--data {path}: not found")
     if path.is_file():
-        if sha256:
-            check_sha256(path, sha256)
-        return Source(_one_format([path], str(path)), path.parent, str(path))
-    entries = sorted(p for p in path.iterdir() if table_format(p) or p.is_dir())
-    entries = [p for p in entries if not p.name.startswith(".")]
-    if not entries:
+        return Source(_one_format([path], str(path)), path.parent, str(path), expected=sha256)
+    found = newest_in_folder(path, tuple(FORMATS), shards=True)  # as watch-data resolves it
+    if found is None:
         raise DataError(
             f"--data {path}: no .csv, .parquet or .tfrecord[.gz] snapshot in this folder"
         )
-    newest = entries[-1]
-    if newest.is_dir():  # a snapshot of shards
-        files = sorted(p for p in newest.iterdir() if p.is_file() and table_format(p))
-        if not files:
-            raise DataError(f"{newest}: the newest snapshot folder holds no table files")
-        return Source(_one_format(files, str(newest)), path, str(newest))
-    return Source(_one_format([newest], str(newest)), path, str(newest))
+    files, location = found
+    newest = files[0] if location == str(files[0]) else files[0].parent
+    return Source(_one_format(files, str(newest)), path, str(newest), expected=sha256)
 
 
 def _from_bucket(
@@ -486,14 +508,21 @@ def build_table(
     min_rows_per_class: int,
     sha256: str | None = None,
     max_bytes: int = MAX_DATA_BYTES.default,
+    access: SSHAccess | None = None,
 ) -> TableBuild:
-    """Stage 1 for a table: stats + hash, task, schema check (or inference), split, write."""
+    """Stage 1 for a table: stats + hash, task, schema check (or inference), split, write.
+    ``access``: the SSH settings an ``ssh://`` source is read with."""
     label = s.label or LABEL
     with tempfile.TemporaryDirectory(prefix="tfship-table-") as tmp, ExitStack() as stack:
-        src = _resolve(data, Path(tmp), stack, sha256, max_bytes)
+        src = _resolve(data, Path(tmp), stack, sha256, max_bytes, access)
         paths, home = src.files, src.home
         path = Path(_shown(paths))
         stats, sha = table_stats(paths, seed)
+        if src.expected and sha != src.expected:
+            raise DataError(
+                f"{src.shown(str(path))}: sha256 mismatch: expected {src.expected}, got {sha}",
+                hint="the data changed or the checksum is wrong",
+            )
         _check_label(path, stats, label)
         task = infer_task(label, stats, s.task)
         classes = (
@@ -533,6 +562,7 @@ def build_table(
                 "origin": data,
                 "source": src.source,
                 "data_hash": "sha256:" + sha,
+                "data_sha256": sha,  # of the bytes read: what `ci plan` compares a snapshot with
                 "label": label,
                 "task": task,
                 "classes": classes,

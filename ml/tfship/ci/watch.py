@@ -2,7 +2,13 @@
 
 A source is a folder (its newest snapshot by name), an https listing (``<url> <sha256>`` per
 line), ``ssh://user@host/path`` or ``s3://bucket/prefix`` (its newest snapshot by name, as
-``tfship build --data`` takes it: see :func:`_newest_in_bucket`). The state file is the
+``tfship build --data`` takes it: see :func:`_newest_in_bucket`); or one snapshot itself (a
+file, a glob of shards, an object, an ``ssh://`` file, a URL with its ``#sha256=``).
+:func:`newest_snapshot` resolves it to a location and the sha256 of its bytes, and
+:attr:`Snapshot.data_uri` writes them in the one grammar ``tfship build --data`` reads
+(``sources.data_uri``): what watch-data triggers and ``tfship ci plan`` continues with builds.
+A folder's location is a path on the machine that resolved it: it suits a self-hosted runner
+or a shared mount; a cloud job reads s3://, https:// and ssh:// snapshots. The state file is the
 record of what was triggered (the CircleCI API cannot say which parameters a pipeline got):
 a trigger is written there as pending before it is sent, so after a crash the next poll
 finds that pipeline instead of triggering again; one poll holds an exclusive lock on
@@ -13,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
+import glob
 import json
 import os
 import shlex
@@ -21,26 +27,38 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from tfship.ci.api import AmbiguousTrigger, CircleCI, Mark, Ref, check_parameters
 from tfship.ci.settings import WatchSettings
-from tfship.errors import ApiError, ConfigError
+from tfship.errors import ApiError, ConfigError, DataError
 from tfship.log import event
 from tfship.s3 import is_s3
-from tfship.sources import SNAPSHOT_SUFFIXES, find_in_bucket, hash_in_bucket, is_snapshot
+from tfship.sources import (
+    GLOB_CHARS,
+    SNAPSHOT_SUFFIXES,
+    SshUri,
+    data_uri,
+    find_in_bucket,
+    hash_files,
+    hash_in_bucket,
+    newest_in_folder,
+    split_sha256,
+)
 from tfship.targets import SSHAccess
 
 
 @dataclass
 class Snapshot:
+    """One snapshot: where it is (what ``tfship build --data`` reads) and its bytes' sha256."""
+
     uri: str
     sha256: str
     identity: str | None = None  # a bucket snapshot's key, size and ETag (see below)
 
     @property
     def data_uri(self) -> str:
-        return f"{self.uri}#sha256={self.sha256}"
+        """``<uri>#sha256=<hex>``: the ``--data`` value that reads and checks exactly it."""
+        return data_uri(self.uri, self.sha256)
 
 
 def newest_snapshot(
@@ -48,9 +66,14 @@ def newest_snapshot(
 ) -> Snapshot | None:
     """The newest snapshot at ``source``: a folder, an https listing, ssh://user@host/path
     (reached with ``access``, the deploy hosts' SSH settings) or s3://bucket/prefix (a
-    snapshot whose identity is in ``hashed`` is not downloaded again)."""
+    snapshot whose identity is in ``hashed`` is not downloaded again); or a snapshot named
+    outright (a file, a glob of shards, an ssh:// file, a URL ending in ``#sha256=<hex>``)."""
+    source, given = split_sha256(source)
     if is_s3(source):
-        return _newest_in_bucket(source, hashed or {})
+        snap = _newest_in_bucket(source, hashed or {})
+        return _checked(snap, given)
+    if source.startswith(("https://", "http://")) and given:
+        return Snapshot(source, given)  # a data URI already: nothing to resolve or download
     if source.startswith(("https://", "http://")):
         import requests  # only https listings pay for it
 
@@ -71,15 +94,33 @@ def newest_snapshot(
             )
         return Snapshot(uri, digest)
     if source.startswith("ssh://"):
-        return _newest_over_ssh(source, access or SSHAccess())
-    folder = Path(source)
-    if not folder.is_dir():
-        raise ConfigError(f"{source}: not a folder, https listing or ssh:// URL")
-    files = sorted(p for p in folder.iterdir() if is_snapshot(p))
-    if not files:
+        return _checked(_newest_over_ssh(source, access or SSHAccess()), given)
+    local = source.removeprefix("file://")
+    if any(c in local for c in GLOB_CHARS):
+        files = sorted(Path(p).absolute() for p in glob.glob(local) if Path(p).is_file())
+        found = (files, str(Path(local).absolute())) if files else None
+    elif Path(local).is_file():
+        found = [Path(local).absolute()], str(Path(local).absolute())
+    elif Path(local).is_dir():
+        found = newest_in_folder(Path(local).absolute())
+    else:
+        raise ConfigError(
+            f"{source}: not a folder, file, glob, https listing, s3:// or ssh:// URL",
+            hint="point it at where snapshots arrive",
+        )
+    if found is None:
         return None
-    newest = files[-1]
-    return Snapshot(str(newest.absolute()), hashlib.sha256(newest.read_bytes()).hexdigest())
+    return _checked(Snapshot(found[1], hash_files(found[0])), given)
+
+
+def _checked(snap: Snapshot | None, given: str | None) -> Snapshot | None:
+    """``snap``, whose bytes must hash to ``given`` when a ``#sha256=`` was named with it."""
+    if snap is not None and given and snap.sha256 != given:
+        raise DataError(
+            f"{snap.uri}: sha256 mismatch: expected {given}, got {snap.sha256}",
+            hint="the data changed or the checksum is wrong",
+        )
+    return snap
 
 
 def _newest_in_bucket(source: str, hashed: Mapping[str, str]) -> Snapshot | None:
@@ -103,24 +144,21 @@ def _newest_in_bucket(source: str, hashed: Mapping[str, str]) -> Snapshot | None
 
 
 def _newest_over_ssh(source: str, access: SSHAccess) -> Snapshot | None:
-    from tfship.ssh import SSHHost, SSHSettings  # paramiko: only ssh:// sources pay for it
-
-    u = urlsplit(source)
-    host = SSHHost(
-        SSHSettings(
-            hostname=u.hostname,
-            username=u.username,
-            port=u.port or 22,
-            **access.ssh(),
-        )
-    ).connect()
+    """The newest snapshot file of an SSH folder (or the file named), hashed on the host."""
+    uri = SshUri.parse(source)
+    host = uri.connect(access)
     try:
-        names = [n for n in host.listdir(u.path) if n.endswith((".npz", ".csv"))]
-        if not names:
-            return None
-        path = f"{u.path.rstrip('/')}/{sorted(names)[-1]}"
+        if uri.path.endswith(SNAPSHOT_SUFFIXES):
+            path = uri.path  # one snapshot named outright
+        else:
+            # Files only: `tfship build` reads one ssh:// file (no shards over SSH).
+            names = [n for n in host.listdir(uri.path) if n.endswith(SNAPSHOT_SUFFIXES)]
+            names = [n for n in names if not n.startswith(".")]
+            if not names:
+                return None
+            path = f"{uri.path.rstrip('/')}/{sorted(names)[-1]}"
         out = host.check(f"sha256sum -- {shlex.quote(path)}", f"hash {path}")
-        return Snapshot(f"ssh://{u.netloc}{path}", out.split()[0].decode())
+        return Snapshot(uri.join(path), out.split()[0].decode())
     finally:
         host.close()
 
