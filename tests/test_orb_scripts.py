@@ -7,9 +7,14 @@ defined and main does not run (the slack orb's pattern)."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import shutil
+import socket
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -216,6 +221,129 @@ def test_notify_step_never_fails_the_job(tmp_path, stub_tfship):
     assert stub_tfship() is not None
     assert r.returncode == 0
     assert "notify: could not notify (the job's result stands)" in r.stdout
+
+
+def test_notify_arguments_pass_mentions_and_the_branch_pattern(tmp_path):
+    env = _notify_env(
+        tmp_path, PARAM_MENTIONS="U012AB3CD, S0614TZR7", PARAM_BRANCH_PATTERN="main|release/.*"
+    )
+    r = _source(NOTIFY, f'build_notify_args "$1"; {PRINT_WORDS % "notify_args"}', "fail", env=env)
+    assert r.returncode == 0, r.stderr
+    assert _words(r.stdout)[7:] == [
+        "--mentions",
+        "U012AB3CD, S0614TZR7",
+        "--branch-pattern",
+        "main|release/.*",
+    ]
+
+
+@pytest.fixture
+def receiver():
+    """A webhook on loopback recording each POST's JSON body; yields (url, bodies)."""
+    bodies: list[dict] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/services/T0/B0/secret-part", bodies
+    server.shutdown()
+
+
+def _without_tfship(tmp_path: Path, tools: tuple[str, ...], **params: str) -> dict[str, str]:
+    """The environment of a job whose install step failed: a PATH holding only ``tools``."""
+    bin_dir = tmp_path / "bare-bin"
+    bin_dir.mkdir(exist_ok=True)
+    real = {"python3": os.path.realpath(sys.executable), "curl": shutil.which("curl")}
+    for tool in tools:
+        if not real[tool]:
+            pytest.skip(f"{tool} is not installed here")
+        (bin_dir / tool).symlink_to(real[tool])
+    job = {
+        "CIRCLE_JOB": "retrain",
+        "CIRCLE_BUILD_URL": "https://circleci.com/gh/acme/models/77",
+        "TFSHIP_JOB_STATUS": "fail",  # the install step failed
+    }
+    env = _notify_env(tmp_path, **{**job, **params})
+    env["PATH"] = str(bin_dir)
+    return env
+
+
+@pytest.mark.parametrize("tool", ["python3", "curl"])
+def test_an_install_failure_still_posts_a_minimal_message(tmp_path, receiver, tool):
+    url, bodies = receiver
+    env = _without_tfship(tmp_path, (tool,), PARAM_EVENT="fail", TFSHIP_WEBHOOK_URL=url)
+    r = _run_as_circleci(NOTIFY, env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "notify: tfship is not installed; minimal message sent\n"
+    assert url not in r.stdout + r.stderr  # the webhook URL is a secret
+    assert bodies == [
+        {
+            "text": ":red_circle: tfship retrain failed: tfship is not installed "
+            "(failed step: install tfship)\n<https://circleci.com/gh/acme/models/77|build>"
+        }
+    ]
+
+
+@pytest.mark.parametrize("tool", ["python3", "curl"])
+def test_the_minimal_message_in_the_generic_json_format(tmp_path, receiver, tool):
+    url, bodies = receiver
+    env = _without_tfship(
+        tmp_path, (tool,), PARAM_EVENT="always", PARAM_FORMAT="json", TFSHIP_WEBHOOK_URL=url
+    )
+    assert _run_as_circleci(NOTIFY, env, tmp_path).returncode == 0
+    [body] = bodies
+    assert (body["event"], body["job"], body["stage"]) == ("fail", "retrain", "install")
+    assert body["build_url"] == "https://circleci.com/gh/acme/models/77"
+
+
+def test_the_minimal_message_keeps_to_the_branch_pattern(tmp_path, receiver):
+    url, bodies = receiver
+    env = _without_tfship(
+        tmp_path,
+        ("python3",),
+        PARAM_EVENT="fail",
+        PARAM_BRANCH_PATTERN="main|release/.*",
+        CIRCLE_BRANCH="main-old",
+        TFSHIP_WEBHOOK_URL=url,
+    )
+    r = _run_as_circleci(NOTIFY, env, tmp_path)
+    assert r.returncode == 0 and bodies == []
+    assert "branch 'main-old' does not match the branch pattern 'main|release/.*'" in r.stdout
+    env["CIRCLE_BRANCH"] = "release/3"
+    assert _run_as_circleci(NOTIFY, env, tmp_path).returncode == 0 and len(bodies) == 1
+
+
+def test_without_tfship_there_is_no_approval_to_announce(tmp_path, receiver):
+    url, bodies = receiver
+    env = _without_tfship(
+        tmp_path,
+        ("python3",),
+        PARAM_EVENT="approval",
+        TFSHIP_JOB_STATUS="pass",
+        TFSHIP_WEBHOOK_URL=url,
+    )
+    r = _run_as_circleci(NOTIFY, env, tmp_path)
+    assert (r.returncode, r.stdout, bodies) == (0, "", [])
+
+
+def test_an_unreachable_webhook_without_tfship_does_not_fail_the_job(tmp_path):
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/services/T0/B0/secret-part"
+    env = _without_tfship(tmp_path, ("python3",), PARAM_EVENT="fail", TFSHIP_WEBHOOK_URL=url)
+    r = _run_as_circleci(NOTIFY, env, tmp_path)
+    assert r.returncode == 0 and "secret-part" not in r.stdout + r.stderr
+    assert "the minimal message could not be sent (the job's result stands)" in r.stdout
 
 
 # --------------------------------------------------------------------------------------------
