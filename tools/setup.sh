@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up tfship on a fresh machine that has only python3 (3.11-3.13): a project virtual
 # environment in .venv holding exactly the versions in uv.lock (hashes checked).
-#   tools/setup.sh          .venv with tfship and its locked dependencies  (then: .venv/bin/tfship run)
+#   tools/setup.sh          .venv with tfship[train] and its locked dependencies  (then: .venv/bin/tfship run)
 #   tools/setup.sh --test   + the dev tools, openssh-server and shellcheck  (then: .venv/bin/python -m pytest)
 # Nothing is installed into the system Python (PEP 668 refuses that on current Debian/Ubuntu).
 # uv itself is installed, hash-pinned (tools/uv-requirements.txt), into .tools/uv.
@@ -55,8 +55,9 @@ fi
 #    refreshed uv.lock, instead of resolving something new on this machine. Bytecode is
 #    compiled now (pip does it, uv does not by default): with PYTHONDONTWRITEBYTECODE set, as
 #    on many CI machines, every `import tensorflow` would otherwise recompile it (8 s, not 3.5).
-extras=(--no-dev)
-$want_test && extras=(--extra dev)
+#    The train extra always: the README's `tfship run` trains, and so do the tests.
+extras=(--no-dev --extra train)
+$want_test && extras=(--extra train --extra dev)
 UV_PROJECT_ENVIRONMENT=.venv "$uv" sync --locked --quiet --python "$python" \
   --no-python-downloads --compile-bytecode "${extras[@]}"
 

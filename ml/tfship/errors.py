@@ -36,6 +36,13 @@ class ConfigError(TfshipError):
     kind = "bad setting"
 
 
+class MissingExtra(TfshipError):
+    """This command needs tfship's train extra: pip install "tfship[train]"."""
+
+    exit_code = 2
+    kind = "not installed"
+
+
 class GateFailed(TfshipError):
     """A quality gate failed: the model is not good enough to ship."""
 

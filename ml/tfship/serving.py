@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from tfship import config
-from tfship.errors import ServingError, ServingNotReady
+from tfship.errors import MissingExtra, ServingError, ServingNotReady
 from tfship.log import quiet_tensorflow
 from tfship.settings import Setting, setting
 from tfship.store import check_label, check_model_name
@@ -103,6 +103,13 @@ class ServingSettings:
         return f"http://127.0.0.1:{config.REST_PORT}"
 
 
+def _has_grpc_api() -> bool:
+    """Whether gRPC can be spoken: grpcio and the TF Serving API protos (the train extra)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("grpc", "tensorflow_serving"))
+
+
 class ServingClient:
     """Talk to one TF Serving model over REST or gRPC."""
 
@@ -118,6 +125,13 @@ class ServingClient:
     ) -> None:
         if transport not in ("rest", "grpc"):
             raise ValueError(f"transport must be rest or grpc, not {transport}")
+        if transport == "grpc" and not _has_grpc_api():
+            # tensorflow-serving-api depends on TensorFlow: the slim install speaks REST only.
+            raise MissingExtra(
+                "gRPC needs tensorflow-serving-api, which is in tfship's train extra",
+                hint='pip install "tfship[train]", or use REST: --transport rest '
+                "(TFSHIP_SERVING_TRANSPORT=rest) with the url http://host:8501",
+            )
         self.url = url.rstrip("/")
         self.model = check_model_name(model)  # it becomes part of every URL path
         self.timeout = timeout

@@ -50,7 +50,8 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from tfship import s3
-from tfship.errors import DataError
+from tfship.errors import DataError, MissingExtra
+from tfship.extras import INSTALL_TRAIN
 from tfship.log import quiet_tensorflow
 from tfship.settings import Setting
 
@@ -148,7 +149,10 @@ def load_digits() -> RawData:
     """The 1797 8x8 digit images bundled with scikit-learn, read without importing sklearn."""
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("scikit-learn is not installed", hint="pip install scikit-learn")
+        raise MissingExtra(
+            "the bundled digits need tfship's train extra (scikit-learn is not installed)",
+            hint=INSTALL_TRAIN,
+        )
     path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
     table = np.loadtxt(path, delimiter=",", dtype=np.float64)
     images = table[:, :-1].reshape(-1, 8, 8)

@@ -17,8 +17,12 @@ import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
+
+from tfship.extras import lazy_module
+
+# The train extra; deploy imports this module through tables and verify (tfship.extras).
+pa = lazy_module("pyarrow")
+pc = lazy_module("pyarrow.compute")
 
 MAX_DISTINCT = 1000  # distinct values counted per feature; more marks it "many"
 SAMPLE = 10_000  # numbers kept per feature for percentiles

@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from tfship.errors import DataError
+from tfship.extras import lazy_module
+
+pa = lazy_module("pyarrow")  # the train extra; deploy imports this module (tfship.extras)
 
 CSV, PARQUET, TFRECORD = "csv", "parquet", "tfrecord"
 FORMATS = {".csv": CSV, ".parquet": PARQUET, ".tfrecord": TFRECORD, ".tfrecord.gz": TFRECORD}
@@ -268,7 +270,8 @@ def tfrecords(path: Path, stream: io.BufferedReader) -> Iterator[bytes]:
         n += 1
 
 
-_KIND_TYPE = {"int64_list": pa.int64(), "float_list": pa.float32(), "bytes_list": pa.string()}
+# pyarrow type aliases (pa.type_for_alias): pyarrow itself is imported when a file is read.
+_KIND_TYPE = {"int64_list": "int64", "float_list": "float32", "bytes_list": "string"}
 
 
 def _tfrecord_batches(path: Path, stream: io.BufferedReader) -> Iterator[dict[str, pa.Array]]:
@@ -283,7 +286,7 @@ def _tfrecord_batches(path: Path, stream: io.BufferedReader) -> Iterator[dict[st
         out = {}  # features in name order: an Example's map has none of its own
         for name, values in sorted(cols.items()):
             values.extend([None] * (rows - len(values)))
-            out[name] = pa.array(values, _KIND_TYPE[kinds[name]])
+            out[name] = pa.array(values, pa.type_for_alias(_KIND_TYPE[kinds[name]]))
         return out
 
     for n, record in enumerate(tfrecords(path, stream)):

@@ -40,13 +40,11 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-from pyarrow import csv as pacsv
 
 from tfship import config, s3
 from tfship import schema as sch
 from tfship.errors import DataError
+from tfship.extras import lazy_module
 from tfship.settings import setting
 from tfship.sources import (
     GLOB_CHARS,
@@ -68,6 +66,12 @@ from tfship.workspace import Workspace, write_json
 
 if TYPE_CHECKING:
     from tfship.targets import SSHAccess
+
+# pyarrow is in the train extra: deploy and verify import this module for its settings and
+# helpers, and must start on the slim install (tfship.extras).
+pa = lazy_module("pyarrow")
+pc = lazy_module("pyarrow.compute")
+pacsv = lazy_module("pyarrow.csv")
 
 TABULAR_SETS = {
     "breast_cancer": "load_breast_cancer",

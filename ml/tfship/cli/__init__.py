@@ -19,7 +19,7 @@ import traceback
 
 import click
 
-from tfship import __version__, errors
+from tfship import __version__, errors, extras
 from tfship.cli.options import CONTEXT
 from tfship.env import load_dotenv_file
 from tfship.log import DEBUG_ENV, debug_enabled
@@ -56,6 +56,14 @@ class Command(click.Command):
             # "tfship ci trigger", also when run as ml/N_<stage>.py
             exc.command = " ".join(["tfship", *ctx.command_path.split()[1:]])
             raise
+        except ModuleNotFoundError as exc:
+            # A training command on the slim install (`pip install tfship`): one line naming
+            # the extra, exit 2, not a traceback. Any other missing module is a bug.
+            if not extras.from_train_extra(exc):
+                raise
+            err = extras.missing_extra(exc)
+            err.command = " ".join(["tfship", *ctx.command_path.split()[1:]])
+            raise err from exc
 
 
 class Group(click.Group):
