@@ -23,7 +23,9 @@ import pack_orb  # noqa: E402
 # The dev tools live beside the interpreter running the tests (the project's .venv).
 CHECK_JSONSCHEMA = str(Path(sys.executable).parent / "check-jsonschema")
 
-CONFIG = yaml.safe_load((ROOT / ".circleci" / "config.yml").read_text())
+# The continuation config holds the workflows; the setup config (config.yml) continues with it.
+CONFIG = yaml.safe_load((ROOT / ".circleci" / "continue.yml").read_text())
+SETUP = yaml.safe_load((ROOT / ".circleci" / "config.yml").read_text())
 ORB = pack_orb.pack()
 
 
@@ -34,7 +36,7 @@ def test_inline_orb_and_packed_orb_match_the_source():
         text=True,
     )
     assert r.returncode == 0, r.stderr
-    assert CONFIG["orbs"]["tfship"] == ORB
+    assert CONFIG["orbs"]["tfship"] == ORB and SETUP["orbs"]["tfship"] == ORB
     assert yaml.safe_load((ROOT / "orb" / "orb.yml").read_text()) == ORB
 
 
@@ -108,7 +110,7 @@ def test_unknown_source_folders_are_refused(tmp_path):
         pack_orb.pack(tmp_path / "src")
 
 
-@pytest.mark.parametrize("path", [".circleci/config.yml", "orb/orb.yml"])
+@pytest.mark.parametrize("path", [".circleci/config.yml", ".circleci/continue.yml", "orb/orb.yml"])
 def test_circleci_schema_accepts_config_and_orb(path):
     r = subprocess.run(
         [CHECK_JSONSCHEMA, "--builtin-schema", "vendor.circle-ci", str(ROOT / path)],
@@ -127,6 +129,7 @@ def test_yamllint_is_clean():
             "-f",
             "parsable",
             ".circleci/config.yml",
+            ".circleci/continue.yml",
             "orb/orb.yml",
             "orb/src",
         ],
@@ -142,6 +145,12 @@ def test_the_projects_own_checks_pass():
     assert check_orb.review(ROOT / "orb" / "src") == []
     assert check_orb.check_orb(ORB) == []
     assert check_orb.check_config(CONFIG) == []
+    assert check_orb.check_config(SETUP) == []
+    assert check_orb.check_phases(SETUP, CONFIG) == []
+    assert check_orb.check_phases(CONFIG, SETUP) == [
+        "config.yml: not a setup config (setup: true)",
+        "continue.yml: a continuation config cannot itself be a setup config",
+    ]
 
 
 def test_workflows_are_wired_as_documented():
@@ -163,6 +172,11 @@ def test_workflows_are_wired_as_documented():
         == "<< pipeline.parameters.data_uri >>"
     )
     assert set(CONFIG["parameters"]) == {"retrain", "data_uri", "approve_deploy"}
+    # The setup config takes what triggers send and runs plan (retrain) or continue (a push).
+    assert SETUP["setup"] is True and set(SETUP["parameters"]) == set(CONFIG["parameters"])
+    assert SETUP["workflows"]["plan"]["when"] == "<< pipeline.parameters.retrain >>"
+    assert next(iter(SETUP["workflows"]["plan"]["jobs"][0])) == "tfship/plan"
+    assert SETUP["workflows"]["continue"]["unless"] == "<< pipeline.parameters.retrain >>"
     for job in ORB["jobs"].values():  # every job ends with the failure hook
         assert next(iter(job["steps"][-1])) == "notify"
 

@@ -13,7 +13,12 @@
   names that are defined jobs, unknown `requires`, unknown keys (`requirs:`), unknown top-level
   keys, and invalid cron strings.
 
-    python tools/check_orb.py     # checks orb/src, orb/orb.yml and .circleci/config.yml
+- Dynamic configuration: the setup config (config.yml) says `setup: true` and the
+  continuation config (continue.yml) does not (CircleCI refuses to continue with a setup
+  config).
+
+    python tools/check_orb.py     # checks orb/src, orb/orb.yml, .circleci/config.yml and
+                                  # .circleci/continue.yml
 """
 
 from __future__ import annotations
@@ -340,13 +345,25 @@ def check_config(config: dict) -> list[str]:
     return out
 
 
+def check_phases(setup: dict, continuation: dict) -> list[str]:
+    """The setup config is one (``setup: true``); the continuation config is not."""
+    out = []
+    if setup.get("setup") is not True:
+        out.append("config.yml: not a setup config (setup: true)")
+    if continuation.get("setup") is True:
+        out.append("continue.yml: a continuation config cannot itself be a setup config")
+    return out
+
+
 def main() -> int:
-    from pack_orb import SRC, pack
+    from pack_orb import CONFIG, CONTINUATION, SRC, pack
 
     problems = review(SRC)
     problems += check_orb(pack(SRC), "orb/orb.yml")
-    config = yaml.safe_load((ROOT / ".circleci" / "config.yml").read_text())
-    problems += check_config(config)
+    docs = {path: yaml.safe_load(path.read_text()) for path in (CONFIG, CONTINUATION)}
+    for path, doc in docs.items():
+        problems += [f"{path.name}: {p}" for p in check_config(doc)]
+    problems += check_phases(docs[CONFIG], docs[CONTINUATION])
     for p in problems:
         print(p)
     print(f"check_orb: {len(problems)} problem(s)", file=sys.stderr)

@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""Pack orb/src into orb/orb.yml, as `circleci orb pack` does, and inline it in config.yml.
+"""Pack orb/src into orb/orb.yml, as `circleci orb pack` does, and inline it in .circleci/.
+
+The inline copy goes into the setup config (config.yml, whose plan job is the orb's) and into
+the continuation config (continue.yml, the build and retrain workflows): both are written, and
+both checked, from the one source.
 
 Semantics (the safe subset in shared/docs/circleci.md): `@orb.yml` is merged at the top;
 `commands/x.yml` becomes `commands.x` (likewise jobs, executors, examples); a value that is
@@ -12,8 +16,8 @@ A parameter that feeds a tfship setting gets its description from that setting's
 "${PARAM_X:-}"`) or passes as a flag (`--flag "$PARAM_X"`); a job's parameter feeds what the
 command parameter it is handed to feeds.
 
-    python tools/pack_orb.py            # write orb/orb.yml and the inline copy in config.yml
-    python tools/pack_orb.py --check    # exit 1 if either is out of date (CI)
+    python tools/pack_orb.py            # write orb/orb.yml and the inline copies in .circleci/
+    python tools/pack_orb.py --check    # exit 1 if any is out of date (CI)
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "orb" / "src"
 PACKED = ROOT / "orb" / "orb.yml"
-CONFIG = ROOT / ".circleci" / "config.yml"
+CONFIG = ROOT / ".circleci" / "config.yml"  # the setup config (setup: true)
+CONTINUATION = ROOT / ".circleci" / "continue.yml"  # what its setup workflow continues with
+CONFIGS = (CONFIG, CONTINUATION)  # each holds the orb inline, between BEGIN and END
 FOLDERS = ("commands", "jobs", "executors", "examples")
 INCLUDE = re.compile(r"^<<\s*include\(([^()]+)\)\s*>>$")
 PARAM_VALUE = re.compile(r"^<<\s*parameters\.(\w+)\s*>>$")
@@ -193,10 +199,10 @@ def inline_block(orb_text: str) -> str:
     return BEGIN + "  tfship:\n" + body + END
 
 
-def inject(config_text: str, orb_text: str) -> str:
-    """Replace the generated block in config.yml."""
+def inject(config_text: str, orb_text: str, path: Path = CONFIG) -> str:
+    """Replace the generated block in a config (``path`` names it in errors)."""
     if BEGIN not in config_text or END not in config_text:
-        raise PackError(f"{CONFIG} has no generated orb block (markers {BEGIN.strip()!r})")
+        raise PackError(f"{path} has no generated orb block (markers {BEGIN.strip()!r})")
     head, rest = config_text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     return head + inline_block(orb_text) + tail
@@ -210,14 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         text = dump(pack())
-        config = inject(CONFIG.read_text(), text)
+        outputs = {PACKED: text} | {p: inject(p.read_text(), text, p) for p in CONFIGS}
     except (PackError, yaml.YAMLError, OSError) as exc:
         print(f"pack_orb: {exc}", file=sys.stderr)
         return 2
+    configs = " and ".join(str(p.relative_to(ROOT)) for p in CONFIGS)
     if args.check:
         stale = [
             str(p.relative_to(ROOT))
-            for p, want in ((PACKED, text), (CONFIG, config))
+            for p, want in outputs.items()
             if not p.exists() or p.read_text() != want
         ]
         if stale:
@@ -226,14 +233,11 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 1
-        print("pack_orb: orb/orb.yml and the inline orb in .circleci/config.yml are current")
+        print(f"pack_orb: orb/orb.yml and the inline orb in {configs} are current")
         return 0
-    PACKED.write_text(text)
-    CONFIG.write_text(config)
-    print(
-        f"pack_orb: wrote {PACKED.relative_to(ROOT)} and the inline orb in "
-        f"{CONFIG.relative_to(ROOT)}"
-    )
+    for path, want in outputs.items():
+        path.write_text(want)
+    print(f"pack_orb: wrote {PACKED.relative_to(ROOT)} and the inline orb in {configs}")
     return 0
 
 

@@ -9,19 +9,30 @@ then runs what it received. The endpoint takes exactly continuePipeline's body a
 the spec only says "default: {message}": 401 for a key that is not this pipeline's, 409 for
 a key already used (the key is single-use), 400 for a configuration that does not compile or
 a parameter it does not declare.
+
+``python -m tfship.ci.continuation CONFIG [k=v ...]`` is the other side, for a setup job
+that goes on with a configuration file as it is (the continuation orb's ``continue``): the
+project's push pipelines continue this way with ``.circleci/continue.yml``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 import threading
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import yaml
+from tfship.ci.api import CircleCI, parse_params
+from tfship.ci.settings import ApiSettings
 from tfship.ci.workflow import Unsupported, parse_config, plan, workflow_names
-from tfship.errors import ConfigError
+from tfship.errors import ConfigError, TfshipError
+from tfship.settings import fields_of
 
 PREFIX = "/api/v2"
 # continuePipeline's request body (the spec's requestBody schema) and its prose limits.
@@ -175,3 +186,39 @@ def _handler(loop: Loopback) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
     return Handler
+
+
+KEY_ENV = "CIRCLE_CONTINUATION_KEY"  # CircleCI sets it in a setup workflow's jobs
+API_URL = dict(fields_of(ApiSettings))["api_url"].metadata["setting"]
+
+
+def continue_as_is(path: Path, parameters: dict, environ: Mapping[str, str]) -> dict:
+    """Continue the pipeline with the configuration file at ``path``, unchanged, and
+    ``parameters`` (continuePipeline with the job's key, which is never printed)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read the configuration to continue with ({exc})"
+        ) from None
+    api = CircleCI.for_continuation(environ.get(API_URL.env) or API_URL.default)
+    return api.continue_pipeline(environ.get(KEY_ENV, ""), text, parameters)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tfship.ci.continuation CONFIG [k=v ...]``: one line out, an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0].startswith("-"):
+        print("usage: python -m tfship.ci.continuation CONFIG [name=value ...]", file=sys.stderr)
+        return 2
+    try:
+        done = continue_as_is(Path(args[0]), parse_params(tuple(args[1:])), os.environ)
+    except TfshipError as exc:
+        print(f"continuation: {exc.kind}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"continued with {args[0]}: {done.get('message', '')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -312,6 +312,9 @@ def plan(
     pipeline = {
         "parameters": bind(declared, params, "pipeline"),
         "git": {"branch": branch, "revision": (extra_pipeline or {}).get("revision", "")},
+        # No CircleCI project locally; a fixed slug keeps `<< pipeline.project.slug >>/deploy`
+        # serial-group names (org-wide in CircleCI) working.
+        "project": {"slug": (extra_pipeline or {}).get("project_slug", "local/project")},
         "number": 1,
         "id": str(uuid.uuid4()),
     }
