@@ -1,4 +1,6 @@
-"""`tfship ci local` runs the project's own config and orb against real sshd and tfship serve."""
+"""`tfship ci local` runs the project's own configs and orb against real sshd and tfship serve:
+the setup config (.circleci/config.yml) continuing with .circleci/continue.yml, and that
+config's workflows by name."""
 
 from __future__ import annotations
 
@@ -24,7 +26,10 @@ class Site:
         self.served = serve_model(tmp, self.base / "digits")
         self.runs = 0
 
-    def local(self, workflow: str, *args: str, **env: str):
+    def local(self, workflow: str | None, *args: str, **env: str):
+        """Run a workflow of continue.yml by name, or (None) the setup config as CircleCI
+        does: its setup workflow, then what it continued with. Statuses are the jobs' of
+        the named workflow, or of the setup workflow and every continued one together."""
         self.runs += 1
         out = self.tmp / f"ci-{self.runs}"
         e = self.sshd.env(
@@ -40,7 +45,7 @@ class Site:
                 "tfship",
                 "ci",
                 "local",
-                workflow,
+                *([workflow, "--config", ".circleci/continue.yml"] if workflow else []),
                 "--branch",
                 "main",
                 "--out",
@@ -55,7 +60,9 @@ class Site:
             timeout=500,
         )
         doc = json.loads(p.stdout) if p.stdout.strip().startswith("{") else {}
-        statuses = {k: v["status"] for k, v in doc.get("jobs", {}).items()}
+        runs = [doc, *((doc.get("continued") or {}).get("workflows") or [])]
+        statuses = {k: v["status"] for run in runs for k, v in run.get("jobs", {}).items()}
+        self.last = doc
         return p, statuses, out
 
     def serving(self) -> int:
@@ -72,18 +79,23 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     s = Site(tmp_path_factory.mktemp("cilocal"))
-    p, statuses, out = s.local("build-deploy")
-    s.first = (p, statuses, out)
+    p, statuses, out = s.local(None)  # a push: the setup config continues with build-deploy
+    s.first = (p, statuses, out, s.last)
     yield s
     s.stop()
 
 
-def test_build_deploy_runs_green_and_leaves_the_model_served_and_verified(site):
-    p, statuses, out = site.first
+def test_a_push_continues_with_build_deploy_which_leaves_the_model_served_and_verified(site):
+    p, statuses, out, doc = site.first
     assert p.returncode == 0, p.stderr[-3000:]
+    assert doc["workflow"] == "continue" and doc["setup"] is True
+    assert doc["continued"]["parameters"] == {"approve_deploy": False}
+    assert [w["workflow"] for w in doc["continued"]["workflows"]] == ["build-deploy"]
     assert statuses == dict.fromkeys(
-        ["build", "train", "test", "package", "deploy", "test_deployment"], "success"
+        ["continue", "build", "train", "test", "package", "deploy", "test_deployment"], "success"
     )
+    assert "serial-group local/project/deploy" in p.stderr
+    out = out / "continued" / "build-deploy"
     package = json.loads(
         next(
             (out / "jobs" / "package" / "project" / "workspace" / "package").glob("package.json")
