@@ -91,7 +91,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "snapshot": ("run", "Write a new data snapshot (for retrain demos)."),
     "config": ("run", "Every setting: environment variable, default, meaning."),
     "serve": ("serve", "A local TF-Serving-compatible model server."),
-    "ci": ("ci", "CircleCI: trigger, approve, watch-data, run locally."),
+    "ci": ("ci", "CircleCI: trigger, approve, watch-data, plan, run locally."),
     "notify": ("ci", "Post what failed and why to a webhook (on_fail)."),
 }
 

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import click
 
-from tfship.ci.api import decide_hold, parse_params
+from tfship.ci.api import CircleCI, decide_hold, parse_params
 from tfship.ci.local import run_workflow
 from tfship.ci.notify import NotifySettings
 from tfship.ci.notify import notify as send_notification
+from tfship.ci.plan import PlanSettings
+from tfship.ci.plan import plan as run_plan
 from tfship.ci.settings import (
     PROJECT,
     ApiSettings,
@@ -23,6 +25,8 @@ from tfship.ci.settings import (
 from tfship.ci.watch import watch
 from tfship.cli import Group, cli
 from tfship.cli.options import CONTEXT, emit, json_option, options
+from tfship.store import StoreSettings, store_of
+from tfship.targets import TargetSettings
 from tfship.workspace import WorkspaceSettings
 
 
@@ -166,6 +170,44 @@ def ci_watch_data(api: ApiSettings, s: WatchSettings, source: str, as_json: bool
         as_json,
         f"{last['action']}: " + (last.get("data_uri") or last.get("reason", "")),
     )
+
+
+@ci.command("plan", context_settings=CONTEXT)
+@options(
+    api=ApiSettings,
+    s=PlanSettings,
+    store=StoreSettings,
+    where=TargetSettings,
+    exclude=("token_env", "store_keep"),
+)
+@json_option
+def ci_plan(
+    api: ApiSettings, s: PlanSettings, store: StoreSettings, where: TargetSettings, as_json: bool
+) -> None:
+    """A setup workflow's step: retrain only when the newest snapshot is new data.
+
+    \b
+    Resolves the newest snapshot at --data (TFSHIP_DATA: a folder, an https listing,
+    ssh://USER@HOST/PATH, s3://BUCKET/PREFIX/), asks the deploy target which version serves,
+    reads its manifest from the store (or the host) and compares the sha256 of the data it
+    was trained on with the snapshot's. New data (or no champion yet): continue with
+    retrain=true and data_uri=<snapshot>#sha256=<hex>, a value `tfship build --data` reads.
+    The same data: "no new data since the champion (vN, sha256 ...)", exit 0.
+
+    \b
+    With --continue (in a job of a `setup: true` config): new data continues the pipeline
+    with --continue-config (POST /pipeline/continue, CIRCLE_CONTINUATION_KEY, never
+    printed); the same data finishes it with a configuration that runs nothing, as the
+    continuation orb's `finish` does, so the pipeline ends green with no hold and no notice.
+    Never imports TensorFlow.
+    """
+    client = (
+        CircleCI.for_continuation(api.api_url, api.timeout, api.max_backoff)
+        if s.continue_pipeline
+        else None
+    )
+    result = run_plan(s, where, store_of(store), store.model_name, client)
+    emit(result, as_json, result.summary())
 
 
 @ci.command("local", context_settings=CONTEXT)
