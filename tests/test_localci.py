@@ -242,12 +242,12 @@ workflows:
 """
 
 
-def local_setup(tmp_path, *params: str):
+def local_setup(tmp_path, *params: str, workflow: str | None = None):
     project = tmp_path / "project"
     project.mkdir(exist_ok=True)
     (project / "config.yml").write_text(SETUP)
     (project / "continue.yml").write_text(CONTINUED)
-    args = [f"--param={p}" for p in params]
+    args = [f"--param={p}" for p in params] + ([workflow] if workflow else [])
     p = subprocess.run(
         [sys.executable, "-m", "tfship", "ci", "local", "--config", "config.yml"]
         + ["--branch", "main", "--out", str(tmp_path / "out"), "--json", *args],
@@ -294,6 +294,13 @@ def test_a_setup_workflow_that_does_not_continue_ends_green_with_its_output(tmp_
     text = LocalRun("setup", {"plan": Result("plan", "success", 1.0)}, tmp_path, True).summary()
     assert text.splitlines()[0] == "workflow setup (setup)"
     assert text.splitlines()[-1] == "not continued: the setup workflow ended the pipeline"
+
+
+def test_a_continued_workflow_named_against_the_setup_config_is_pointed_at_config(tmp_path):
+    p, _ = local_setup(tmp_path, workflow="retrain-deploy")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1
+    assert "config.yml is a setup config; its workflows are setup" in p.stderr
+    assert "retrain-deploy of the continuation config with --config" in p.stderr
 
 
 def test_a_failed_setup_job_fails_the_run_and_continues_nothing(tmp_path):

@@ -553,6 +553,12 @@ def _run_setup(
     decide: Callable[[str], str | None],
     echo: Callable[[str], None],
 ) -> LocalRun | None:
+    if workflow and workflow not in workflow_names(doc):
+        raise ConfigError(
+            f"{s.config} is a setup config; its workflows are {', '.join(workflow_names(doc))}",
+            hint=f"run without a workflow for the whole pipeline, or {workflow} of the "
+            "continuation config with --config (e.g. .circleci/continue.yml)",
+        )
     names = [workflow] if workflow else workflow_names(doc)
     planned = [(name, *plan(doc, name, params, branch)) for name in names]
     running = [(name, jobs) for name, jobs, runs in planned if runs]
