@@ -1,11 +1,17 @@
 """An SSH host (paramiko) implementing :class:`tfship.store.Host`.
 
-Security defaults: host keys are verified against a known_hosts file
-(``DEPLOY_SERVER_KNOWN_HOSTS`` or ``~/.ssh/known_hosts``) and an unknown or changed key is
-refused; accepting an unknown host needs ``accept_unknown_host=True`` and logs a warning. Keys
-come from a file or from an environment variable's text (loaded in memory, never written to
-disk). A password is used only if given, with a warning. Every remote command is built with
-``shlex.quote``. Nothing secret is logged.
+Security defaults: host keys are verified against known_hosts lines (a file,
+``DEPLOY_SERVER_KNOWN_HOSTS`` or ``~/.ssh/known_hosts``, and/or the text of an environment
+variable, read in memory) and an unknown or changed key is refused; accepting an unknown host
+needs ``accept_unknown_host=True`` and logs a warning. Keys come from a file or from an
+environment variable's text, PEM/OpenSSH or its base64 (loaded in memory, never written to
+disk); with neither, from what CircleCI's ``add_ssh_keys`` leaves: the ssh-agent
+(``SSH_AUTH_SOCK``) and ``~/.ssh/id_*`` (``id_rsa_<fingerprint>`` included). A password is used
+only if given, with a warning. Every remote command is built with ``shlex.quote``. Nothing
+secret is logged.
+
+:meth:`SSHHost.forward` carries local TCP connections to an address as seen from the host
+(direct-tcpip), so TF Serving can listen on the host's loopback only.
 
 Uploads stream a tar archive over one exec channel (no per-file round trips), which is what
 makes them as fast as ``scp``; integrity is checked afterwards by hashing on the host.
@@ -13,6 +19,8 @@ makes them as fast as ``scp``; integrity is checked afterwards by hashing on the
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import io
 import os
@@ -21,6 +29,7 @@ import shlex
 import shutil
 import socket
 import tarfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,9 +68,12 @@ class SSHSettings:
     username: str | None = None
     port: int = 22
     key_file: str | None = None
-    key_text: str | None = None  # the private key itself (CircleCI env var)
+    key_text: str | None = None  # the private key itself (CircleCI env var), or its base64
+    key_text_name: str = "the SSH key variable"  # where key_text came from, for messages
     password: str | None = None
     known_hosts: str | None = None
+    known_hosts_lines: str | None = None  # known_hosts text (an environment variable's)
+    known_hosts_lines_name: str = "the known_hosts variable"
     accept_unknown_host: bool = False
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
@@ -75,17 +87,117 @@ class SSHSettings:
         return f"{user}{self.hostname}:{self.port}"
 
 
-def load_key_text(text: str) -> paramiko.PKey:
-    """A private key from its text (OpenSSH or PEM); no file is written."""
-    errors = []
+def load_key_text(text: str, name: str = "DEPLOY_SERVER_SSH_KEY") -> paramiko.PKey:
+    """A private key from its text (OpenSSH or PEM, or the base64 of either); no file is written.
+
+    ``name`` is the variable the text came from: errors name it and never quote the text.
+    """
+    pem = key_pem(text, name)
     for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
         try:
-            return cls.from_private_key(io.StringIO(text.strip() + "\n"))
-        except (paramiko.SSHException, ValueError) as exc:
-            errors.append(type(exc).__name__)
+            return cls.from_private_key(io.StringIO(pem))
+        except paramiko.PasswordRequiredException as exc:
+            raise ConfigError(
+                f"{name} holds a passphrase-protected key",
+                hint="CI has nobody to type the passphrase: use a deploy key without one "
+                "(ssh-keygen -p -N '' -f KEY), or add_ssh_keys",
+            ) from exc
+        except (paramiko.SSHException, ValueError):
+            continue
     raise ConfigError(
-        "DEPLOY_SERVER_SSH_KEY is not a usable private key (ed25519, ecdsa or rsa, no passphrase)"
+        f"{name} is not a usable private key (ed25519, ecdsa or rsa, no passphrase)",
+        hint="set it to the key file's whole text, or to `base64 -w0 KEY`",
     )
+
+
+def key_pem(text: str, name: str) -> str:
+    """The key's PEM/OpenSSH text from what an environment variable holds.
+
+    CircleCI's environment variables lose newlines easily, so three shapes are accepted: the
+    text itself, the text with its line breaks turned into spaces or literal ``\\n``, and the
+    base64 of the text (``base64 -w0 KEY``: one line, nothing to lose). Anything else is an
+    error naming ``name`` (never quoting the secret).
+    """
+    stripped = text.strip()
+    if "-----BEGIN" not in stripped:
+        try:
+            decoded = base64.b64decode("".join(stripped.split()), validate=True).decode("ascii")
+        except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
+            decoded = ""
+        if "-----BEGIN" not in decoded:
+            raise ConfigError(
+                f"{name} is neither a private key's text (-----BEGIN ... PRIVATE KEY-----) "
+                "nor the base64 of one",
+                hint=f"set {name} to the key file's whole text, or to `base64 -w0 KEY`",
+            )
+        stripped = decoded.strip()
+    return _rewrap(stripped.replace("\\n", "\n"))
+
+
+def _rewrap(pem: str) -> str:
+    """Restore a PEM block's line breaks (a flattened variable keeps only spaces, or none)."""
+    head, sep, rest = pem.partition("-----BEGIN ")
+    kind, sep2, rest = rest.partition("-----")
+    end = f"-----END {kind}-----"
+    body, sep3, _ = rest.partition(end)
+    if not (sep and sep2 and sep3) or ":" in body:  # no block, or PEM headers: leave as is
+        return pem + "\n"
+    body = "".join(body.split())
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return "\n".join([f"-----BEGIN {kind}-----", *lines, end]) + "\n"
+
+
+def home_keys() -> list[str]:
+    """The private key files in ``~/.ssh``: ``id_<type>`` and ``add_ssh_keys``'s
+    ``id_rsa_<fingerprint>`` (paramiko's own search knows only the first)."""
+    folder = Path(os.path.expanduser("~/.ssh"))
+    if not folder.is_dir():
+        return []
+    return sorted(
+        str(p)
+        for p in folder.glob("id_*")
+        if p.is_file() and not p.name.endswith((".pub", "-cert.pub"))
+    )
+
+
+def agent_key_count() -> int | None:
+    """How many keys the ssh-agent at ``SSH_AUTH_SOCK`` holds; None without an agent."""
+    if not os.environ.get("SSH_AUTH_SOCK"):
+        return None
+    agent = paramiko.Agent()
+    try:
+        return len(agent.get_keys())
+    finally:
+        agent.close()
+
+
+def add_known_hosts_lines(keys: paramiko.HostKeys, text: str, name: str) -> int:
+    """Add known_hosts lines (an environment variable's text) to ``keys``; return how many.
+
+    Accepts real line breaks or literal ``\\n`` (a variable that lost its newlines); a line
+    that is not ``host[,host] keytype base64`` is an error naming the variable and line.
+    """
+    count = 0
+    for n, line in enumerate(text.replace("\\n", "\n").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(line, n)
+        except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException, ValueError) as exc:
+            raise ConfigError(
+                f"{name} line {n} is not a known_hosts line ({type(exc).__name__})",
+                hint="use the output of `ssh-keyscan -p PORT HOST`, one host key per line",
+            ) from exc
+        if entry is None or entry.key is None:
+            raise ConfigError(
+                f"{name} line {n} is not a known_hosts line (host[,host] keytype base64)",
+                hint="use the output of `ssh-keyscan -p PORT HOST`, one host key per line",
+            )
+        for hostname in entry.hostnames:
+            keys.add(hostname, entry.key.get_name(), entry.key)
+        count += 1
+    return count
 
 
 class FastTransport(paramiko.Transport):
@@ -106,6 +218,7 @@ class SSHHost:
         self.name = s.label
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        self._lock = threading.Lock()  # a tunnel's thread may reconnect while we do
         self.bytes_sent = 0
 
     # --- connection --------------------------------------------------------------------------
@@ -133,17 +246,77 @@ class SSHHost:
                 )
                 time.sleep(self.s.backoff * 2 ** (attempt - 1))
 
-    def _connect_once(self) -> None:
-        client = paramiko.SSHClient()
+    def _load_host_keys(self, client: paramiko.SSHClient) -> str:
+        """Load every known_hosts source; return what was read (for messages)."""
+        read, missing = [], []
+        if self.s.known_hosts_lines and self.s.known_hosts_lines.strip():
+            n = add_known_hosts_lines(
+                client.get_host_keys(), self.s.known_hosts_lines, self.s.known_hosts_lines_name
+            )
+            read.append(f"${self.s.known_hosts_lines_name} ({n} lines)")
+        else:
+            missing.append(f"${self.s.known_hosts_lines_name} (unset)")
+        explicit = self.s.known_hosts
+        if explicit and not os.path.exists(explicit) and not self.s.accept_unknown_host:
+            # A file named explicitly must exist: a typo must not silently fall back.
+            raise HostError(
+                f"{self.name}: known_hosts file {self.s.known_hosts} not found; the host "
+                "key cannot be checked",
+                hint="fix DEPLOY_SERVER_KNOWN_HOSTS (ssh-keyscan -p PORT HOST > known_hosts) "
+                "or pass --accept-unknown-host-key",
+            )
         known = self.s.known_hosts or os.path.expanduser("~/.ssh/known_hosts")
         if os.path.exists(known):
             client.load_host_keys(known)
-        elif not self.s.accept_unknown_host:
+            read.append(known)
+        else:
+            missing.append(f"{known} (missing)")
+        if not read and not self.s.accept_unknown_host:
             raise HostError(
-                f"{self.name}: known_hosts file {known} not found; the host key cannot be checked",
-                hint="set DEPLOY_SERVER_KNOWN_HOSTS (ssh-keyscan -p PORT HOST > known_hosts) or "
-                "pass --accept-unknown-host-key",
+                f"{self.name}: no known_hosts to check the host key against (tried "
+                f"{', '.join(missing)})",
+                hint=f"set {self.s.known_hosts_lines_name} to `ssh-keyscan -p PORT HOST`'s "
+                "output, or DEPLOY_SERVER_KNOWN_HOSTS to a file; or pass "
+                "--accept-unknown-host-key",
             )
+        return ", ".join(read) or "nothing"
+
+    def _auth_sources(self, pkey: paramiko.PKey | None) -> tuple[list[str], list[str]]:
+        """The key files to offer and a description of every source tried (for messages).
+
+        A key given explicitly (text, file) or a password is all that is offered: the outcome
+        does not depend on what the machine happens to hold. Without one, what CircleCI's
+        add_ssh_keys leaves is used: the agent, then ~/.ssh's keys.
+        """
+        if pkey is not None or self.s.key_file or self.s.password:
+            tried = []
+            if pkey is not None:
+                tried.append(f"the key in ${self.s.key_text_name}")
+            if self.s.key_file:
+                tried.append(f"key file {self.s.key_file}")
+            if self.s.password:
+                tried.append("a password")
+            return ([self.s.key_file] if self.s.key_file else []), tried
+        agent = agent_key_count()
+        files = home_keys()
+        tried = [
+            "ssh-agent: SSH_AUTH_SOCK unset" if agent is None else f"ssh-agent ({agent} keys)",
+            f"~/.ssh keys ({', '.join(Path(f).name for f in files)})"
+            if files
+            else "~/.ssh keys (none)",
+            f"${self.s.key_text_name} (unset)",
+        ]
+        if not agent and not files:
+            raise HostError(
+                f"{self.name}: no SSH key to log in with (tried {'; '.join(tried)})",
+                hint=f"add the key with CircleCI's add_ssh_keys, set {self.s.key_text_name} to "
+                "its text (or base64), or DEPLOY_SERVER_SSH_KEY_FILE to a file",
+            )
+        return files, tried
+
+    def _connect_once(self) -> None:
+        client = paramiko.SSHClient()
+        known = self._load_host_keys(client)
         if self.s.accept_unknown_host:
             event(
                 "ssh",
@@ -153,22 +326,25 @@ class SSHHost:
             client.set_missing_host_key_policy(paramiko.WarningPolicy())
         else:
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        pkey = load_key_text(self.s.key_text) if self.s.key_text else None
+        key_text = self.s.key_text if self.s.key_text and self.s.key_text.strip() else None
+        pkey = load_key_text(key_text, self.s.key_text_name) if key_text else None
         if self.s.password:
             event("ssh", "WARNING: password authentication; prefer a key", host=self.name)
+        key_files, tried = self._auth_sources(pkey)
+        explicit = pkey is not None or bool(self.s.key_file or self.s.password)
         try:
             client.connect(
                 self.s.hostname,
                 port=self.s.port,
                 username=self.s.username,
                 pkey=pkey,
-                key_filename=self.s.key_file,
+                key_filename=key_files or None,
                 password=self.s.password,
                 timeout=self.s.connect_timeout,
                 banner_timeout=self.s.connect_timeout,
                 auth_timeout=self.s.connect_timeout,
-                allow_agent=False,
-                look_for_keys=False,
+                allow_agent=not explicit,
+                look_for_keys=False,  # home_keys() lists ~/.ssh, add_ssh_keys' names included
                 transport_factory=FastTransport,
             )
         except paramiko.BadHostKeyException as exc:
@@ -179,14 +355,21 @@ class SSHHost:
             ) from exc
         except paramiko.AuthenticationException as exc:
             raise HostError(
-                f"{self.name}: authentication failed ({_why(exc)})",
-                hint="check DEPLOY_SERVER_USERNAME and the SSH key",
+                f"{self.name}: authentication failed ({_why(exc)}); tried {'; '.join(tried)}",
+                hint="check DEPLOY_SERVER_USERNAME, and that one of those keys is in the "
+                "user's authorized_keys on the host",
             ) from exc
         except paramiko.SSHException as exc:
             if "not found in known_hosts" in str(exc):
                 raise HostError(
                     f"{self.name}: unknown host key (not in {known}); refusing to connect",
                     hint="add it to known_hosts, or pass --accept-unknown-host-key",
+                ) from exc
+            if "No authentication methods available" in str(exc):
+                raise HostError(
+                    f"{self.name}: authentication failed (no key was accepted); tried "
+                    f"{'; '.join(tried)}",
+                    hint="check DEPLOY_SERVER_USERNAME and the SSH key",
                 ) from exc
             raise
         except (FileNotFoundError, PermissionError) as exc:
@@ -198,9 +381,17 @@ class SSHHost:
         self._sftp = None
 
     def _ssh(self) -> paramiko.SSHClient:
-        if self._client is None or not self._client.get_transport().is_active():
-            self.connect()
-        return self._client
+        with self._lock:
+            client = self._client
+            if client is None or not client.get_transport().is_active():
+                self.connect()
+                client = self._client
+            return client
+
+    def forward(self, remote_host: str, remote_port: int) -> Forward:
+        """A local port (127.0.0.1, ephemeral) whose connections go to ``remote_host:
+        remote_port`` as the SSH host sees it; close it with :meth:`Forward.close`."""
+        return Forward(self, remote_host, remote_port)
 
     def sftp(self) -> paramiko.SFTPClient:
         if self._sftp is not None and not self._sftp.get_channel().get_transport().is_active():
@@ -350,7 +541,10 @@ class SSHHost:
 
         def send(data: bytes) -> None:
             nonlocal sent
-            chan.sendall(data)
+            # paramiko's sendall re-slices what is left after each 32 KiB packet: on bytes
+            # that copies the rest of the 1 MiB chunk every time; a memoryview slices for free
+            # (half the client's CPU per upload, bench/deploy.py --fleet-only)
+            chan.sendall(memoryview(data))
             sent += len(data)
             if progress:
                 progress(sent)
@@ -472,3 +666,115 @@ def _link_lost(exc: BaseException) -> bool:
 def _why(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Forward:
+    """Local TCP port forwarding over SSH (``ssh -L``): paramiko direct-tcpip channels.
+
+    One thread accepts on 127.0.0.1:<ephemeral>; each connection gets a channel to
+    ``remote`` opened from the host and a thread copying bytes both ways. A channel the host
+    cannot open (nothing listens there) closes the local connection at once, which a client
+    sees as the server not answering. :meth:`close` stops every thread and frees the port.
+    """
+
+    def __init__(self, host: SSHHost, remote_host: str, remote_port: int) -> None:
+        self.host = host
+        self.remote = (remote_host, int(remote_port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        # select() on the listener and this pair's end: close() wakes the loop at once.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._pipes: list[tuple[socket.socket, paramiko.Channel, threading.Thread]] = []
+        self.connections = 0  # carried so far (tests and logs)
+        self._thread = threading.Thread(
+            target=self._accept, name=f"tfship-tunnel-{self.port}", daemon=True
+        )
+        self._thread.start()
+        event(
+            "ssh",
+            f"tunnel 127.0.0.1:{self.port} -> {remote_host}:{remote_port} on the host",
+            host=host.name,
+        )
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            ready, _, _ = select.select([self._listener, self._wake_r], [], [])
+            if self._closed.is_set() or self._listener not in ready:
+                return
+            try:
+                sock, peer = self._listener.accept()
+            except OSError:
+                return
+            try:
+                transport = self.host._ssh().get_transport()
+                chan = transport.open_channel(
+                    "direct-tcpip", self.remote, peer, timeout=self.host.s.connect_timeout
+                )
+            except (*TRANSIENT, OSError, HostError) as exc:
+                # The host could not reach remote (or the link is down): refuse, as a closed
+                # port would. Logged once per connection, as one line.
+                event(
+                    "ssh",
+                    f"tunnel to {self.remote[0]}:{self.remote[1]}: {_why(exc)}",
+                    host=self.host.name,
+                )
+                sock.close()
+                continue
+            pump = threading.Thread(
+                target=self._pump,
+                args=(sock, chan),
+                name=f"tfship-tunnel-{self.port}-pipe",
+                daemon=True,
+            )
+            with self._lock:
+                if self._closed.is_set():
+                    sock.close()
+                    chan.close()
+                    return
+                self._pipes.append((sock, chan, pump))
+                self.connections += 1
+            pump.start()
+
+    def _pump(self, sock: socket.socket, chan: paramiko.Channel) -> None:
+        try:
+            while not self._closed.is_set():
+                ready, _, _ = select.select([sock, chan, self._wake_r], [], [])
+                if self._closed.is_set():
+                    return
+                if sock in ready:
+                    data = sock.recv(CHUNK)
+                    if not data:
+                        return
+                    chan.sendall(data)
+                if chan in ready:
+                    data = chan.recv(CHUNK)
+                    if not data:
+                        return
+                    sock.sendall(data)
+        except (OSError, *TRANSIENT):
+            return  # either end went away: the client sees its connection close
+        finally:
+            sock.close()
+            chan.close()
+            with self._lock:
+                self._pipes = [p for p in self._pipes if p[0] is not sock]
+
+    def close(self) -> None:
+        """Stop accepting, close every carried connection, join the threads, free the port."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._wake_w.send(b"x")  # wakes every select() above: the read end stays readable
+        self._thread.join(timeout=10)
+        with self._lock:
+            pipes = list(self._pipes)
+        for sock, chan, pump in pipes:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            chan.close()
+            pump.join(timeout=10)
+        self._listener.close()
+        self._wake_r.close()
+        self._wake_w.close()

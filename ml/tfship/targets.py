@@ -15,14 +15,23 @@ block ends.
   lists every replica, comma-separated, and each one is waited for and verified.
 - A fleet serves one version: :meth:`Fleet.serving_version` refuses a mixed fleet, and a
   target refuses replicas that answer with different versions.
+- A tunnel (``TFSHIP_SERVING_TUNNEL``): each SSH target's TF Serving is reached through its
+  SSH connection, from a local port (:meth:`tfship.ssh.SSHHost.forward`); ``serving_url`` is
+  then that local end, and the URL the settings give is the address as the host sees it
+  (default ``http://127.0.0.1:8501``). Deploy, status and retrain use ``Target.clients()`` and
+  do not know the difference; ``test-deployed`` gets its URL from :func:`reach_serving`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 from tfship import config, s3
 from tfship.errors import ConfigError, DeployError, HostError, TfshipError
@@ -30,6 +39,9 @@ from tfship.log import event
 from tfship.serving import HOSTNAME, ServingClient, ServingSettings, ServingUnreachable
 from tfship.settings import setting
 from tfship.store import Host, LocalHost, check_model_name, numeric_versions
+
+if TYPE_CHECKING:
+    from tfship.ssh import Forward, SSHHost
 
 PASSWORD_ENV = "DEPLOY_SERVER_PASSWORD"  # read only from the environment: a secret
 
@@ -44,11 +56,19 @@ class SSHAccess:
     ssh_key_env: str = setting(
         "DEPLOY_SERVER_SSH_KEY",
         "TFSHIP_SSH_KEY_ENV",
-        "Name of the variable holding the private key's text (CircleCI: add it as a project "
-        "environment variable). Read in memory, never written to disk.",
+        "Name of the variable holding the private key's text, or its base64 (`base64 -w0 "
+        "KEY`: CircleCI variables lose newlines easily). Read in memory, never written to "
+        "disk. With no key here nor in a file: the ssh-agent, then ~/.ssh/id_* (what "
+        "CircleCI's add_ssh_keys sets up).",
     )
     known_hosts: Path | None = setting(
         None, "DEPLOY_SERVER_KNOWN_HOSTS", "Default: ~/.ssh/known_hosts.", kind="file"
+    )
+    known_hosts_env: str = setting(
+        "DEPLOY_SERVER_KNOWN_HOSTS_LINES",
+        "TFSHIP_KNOWN_HOSTS_ENV",
+        "Name of the variable holding known_hosts lines (`ssh-keyscan -p PORT HOST`'s output), "
+        "read in memory; trusted with the known_hosts file.",
     )
     accept_unknown_host_key: bool = setting(
         False,
@@ -64,8 +84,13 @@ class SSHAccess:
         return {
             "key_file": str(self.ssh_key_file) if self.ssh_key_file else None,
             "key_text": os.environ.get(self.ssh_key_env) if self.ssh_key_env else None,
+            "key_text_name": self.ssh_key_env or "TFSHIP_SSH_KEY_ENV",
             "password": os.environ.get(PASSWORD_ENV),
             "known_hosts": str(self.known_hosts) if self.known_hosts else None,
+            "known_hosts_lines": (
+                os.environ.get(self.known_hosts_env) if self.known_hosts_env else None
+            ),
+            "known_hosts_lines_name": self.known_hosts_env or "TFSHIP_KNOWN_HOSTS_ENV",
             "accept_unknown_host": self.accept_unknown_host_key,
             "connect_timeout": self.ssh_timeout,
         }
@@ -91,6 +116,14 @@ class TargetSettings:
         kind="existing-file",
     )
     serving: ServingSettings = field(default_factory=ServingSettings)
+    serving_tunnel: bool = setting(
+        False,
+        "TFSHIP_SERVING_TUNNEL",
+        "Reach TF Serving through the SSH connection (a local port forwarded to the host), so "
+        "its ports need not be open to the network (install_server.sh --tunnel binds them to "
+        "the host's 127.0.0.1). TF_SERVING_URL is then the address as the host sees it; "
+        "default http://127.0.0.1:8501 (gRPC: 127.0.0.1:8500).",
+    )
 
     def ssh(self) -> dict:
         """SSH settings shared by every host (the secrets are read from the environment)."""
@@ -111,6 +144,13 @@ class Target:
     serving_url: str
     transport: str = "rest"
     replicas: tuple[str, ...] = ()  # more servers reading the same base path (a bucket)
+    tunnel: Forward | None = None  # serving_url is its local end (TFSHIP_SERVING_TUNNEL)
+
+    def close(self) -> None:
+        """Close the tunnel, then the host's link."""
+        if self.tunnel is not None:
+            self.tunnel.close()
+        self.host.close()
 
     def model_dir(self, model: str) -> str:
         return str(PurePosixPath(self.base) / check_model_name(model))
@@ -170,10 +210,52 @@ class Target:
             ) from exc
 
 
+def host_side_url(transport: str) -> str:
+    """Where TF Serving answers as seen from its host (a tunnel's default far end)."""
+    if transport == "grpc":
+        return f"127.0.0.1:{config.GRPC_PORT}"
+    return f"http://127.0.0.1:{config.REST_PORT}"
+
+
+def tunnel_url(host: SSHHost, url: str, transport: str) -> tuple[Forward, str]:
+    """Forward a local port to ``url``'s address as the host sees it; return the forward and
+    the same URL pointing at its local end."""
+    has_scheme = "//" in url
+    parts = urlsplit(url if has_scheme else f"//{url}")
+    try:
+        port = parts.port or (config.GRPC_PORT if transport == "grpc" else config.REST_PORT)
+    except ValueError as exc:
+        raise ConfigError(f"TF_SERVING_URL {url}: {exc}") from exc
+    if not parts.hostname:
+        raise ConfigError(
+            f"TF_SERVING_URL {url} names no host",
+            hint="with a tunnel it is the address as the deploy host sees it, e.g. "
+            + host_side_url(transport),
+        )
+    forward = host.forward(parts.hostname, port)
+    local = f"127.0.0.1:{forward.port}"
+    return forward, urlunsplit(parts._replace(netloc=local)) if has_scheme else local
+
+
 def make_target(
-    hostname: str | None, base: str, serving_url: str | None, transport: str, ssh: dict
+    hostname: str | None,
+    base: str,
+    serving_url: str | None,
+    transport: str,
+    ssh: dict,
+    tunnel: bool = False,
 ) -> Target:
-    """A local folder (no hostname: the embedded default), a bucket, or an SSH host."""
+    """A local folder (no hostname: the embedded default), a bucket, or an SSH host.
+
+    ``tunnel``: reach an SSH host's TF Serving through the SSH link; ``serving_url`` is then
+    the address as the host sees it.
+    """
+    if tunnel and not hostname:
+        raise ConfigError(
+            "--serving-tunnel goes through the deploy host's SSH connection, and no "
+            "DEPLOY_SERVER_HOSTNAME is set",
+            hint="set DEPLOY_SERVER_HOSTNAME, or drop TFSHIP_SERVING_TUNNEL",
+        )
     if s3.is_s3(base):
         if hostname:
             raise ConfigError(
@@ -194,7 +276,14 @@ def make_target(
     from tfship.ssh import SSHHost, SSHSettings  # paramiko: only SSH targets pay for it
 
     host = SSHHost(SSHSettings(hostname=hostname, **ssh)).connect()
-    return Target(host, base, serving_url or f"http://{hostname}:{config.REST_PORT}", transport)
+    if not tunnel:
+        return Target(host, base, serving_url or f"http://{hostname}:{config.REST_PORT}", transport)
+    try:
+        forward, local = tunnel_url(host, serving_url or host_side_url(transport), transport)
+    except BaseException:
+        host.close()
+        raise
+    return Target(host, base, local, transport, tunnel=forward)
 
 
 @dataclass
@@ -236,6 +325,8 @@ def parse_hosts(s: TargetSettings) -> list[HostSpec]:
         names = [h.strip() for h in s.hostname.split(",") if h.strip()]
         for host in names:
             url = s.serving.url if s.serving.url and len(names) == 1 else None
+            if s.serving_tunnel:  # every host's TF Serving as the host itself sees it
+                url = s.serving.url or host_side_url(s.serving.transport)
             specs.append(
                 HostSpec(
                     host,
@@ -265,7 +356,7 @@ class Fleet:
 
     def close(self) -> None:
         for t in self.targets:
-            t.host.close()
+            t.close()
 
     @property
     def single(self) -> Target:
@@ -315,15 +406,30 @@ def open_fleet(s: TargetSettings, require_all: bool = True) -> Fleet:
     it, unreachable hosts are skipped with a warning.
     """
     if not s.several:
-        url = s.serving.url if s3.is_s3(s.base_path) else s.serving.resolved_url(s.base_path)
+        if s.serving_tunnel:
+            url = s.serving.url or host_side_url(s.serving.transport)
+        elif s3.is_s3(s.base_path):
+            url = s.serving.url
+        else:
+            url = s.serving.resolved_url(s.base_path)
         ssh = {**s.ssh(), "username": s.username, "port": s.ssh_port}
-        return Fleet([make_target(s.hostname, s.base_path, url, s.serving.transport, ssh)], False)
+        target = make_target(
+            s.hostname, s.base_path, url, s.serving.transport, ssh, tunnel=s.serving_tunnel
+        )
+        return Fleet([target], False)
     specs = parse_hosts(s)
 
     def one(spec: HostSpec) -> tuple[Target | None, str | None]:
         ssh = {**s.ssh(), "username": spec.username, "port": spec.port}
         try:
-            target = make_target(spec.hostname, spec.base, spec.serving_url, "", ssh)
+            target = make_target(
+                spec.hostname,
+                spec.base,
+                spec.serving_url,
+                s.serving.transport,
+                ssh,
+                tunnel=s.serving_tunnel,
+            )
             target.transport = s.serving.transport
             return target, None
         except (HostError, ConfigError) as exc:
@@ -335,7 +441,7 @@ def open_fleet(s: TargetSettings, require_all: bool = True) -> Fleet:
     errors = [e for _, e in results if e is not None]
     if errors and require_all:
         for t in targets:
-            t.host.close()
+            t.close()
         raise HostError(
             "not every host is reachable; nothing was changed: " + "; ".join(errors),
             hint="fix the hosts or pass --no-require-all to deploy to the rest",
@@ -343,6 +449,23 @@ def open_fleet(s: TargetSettings, require_all: bool = True) -> Fleet:
     for e in errors:
         event("fleet", f"WARNING: skipping unreachable host {e}")
     return Fleet(targets, True)
+
+
+@contextmanager
+def reach_serving(s: TargetSettings) -> Iterator[ServingSettings]:
+    """The serving settings to query TF Serving with, for commands that only talk to it
+    (``test-deployed``): as given, or, with a tunnel, pointing at the tunnel's local end for
+    as long as the ``with`` block lasts."""
+    if not s.serving_tunnel:
+        yield s.serving
+        return
+    if s.several:
+        raise ConfigError(
+            "a tunnel reaches one host's TF Serving here, and the settings name a fleet",
+            hint="set DEPLOY_SERVER_HOSTNAME to the one host to verify",
+        )
+    with open_fleet(s) as fleet:
+        yield replace(s.serving, url=fleet.single.serving_url)
 
 
 def status_table(rows: list[dict]) -> str:

@@ -10,8 +10,8 @@ from tfship.evaluate import Gates, evaluate
 from tfship.package import PackageSettings
 from tfship.package import package as package_model
 from tfship.retrain import skipped
-from tfship.serving import ServingSettings
 from tfship.store import StoreSettings, store_of
+from tfship.targets import TargetSettings, reach_serving
 from tfship.train import TrainSettings
 from tfship.train import train as train_model
 from tfship.verify import VerifySettings, VersionSettings
@@ -80,16 +80,16 @@ def package(ws: WorkspaceSettings, where: StoreSettings, s: PackageSettings, as_
 @options(
     ws=WorkspaceSettings,
     where=StoreSettings,
-    serving=ServingSettings,
+    target=TargetSettings,  # TF_SERVING_URL, and the SSH host when it is reached by a tunnel
     which=VersionSettings,
     s=VerifySettings,
-    exclude=("store", "store_keep"),
+    exclude=("store", "store_keep", "base_path", "hosts_file"),
 )
 @json_option
 def test_deployed(
     ws: WorkspaceSettings,
     where: StoreSettings,
-    serving: ServingSettings,
+    target: TargetSettings,
     which: VersionSettings,
     s: VerifySettings,
     as_json: bool,
@@ -104,5 +104,6 @@ def test_deployed(
     if default_package and (skip := skipped(ws.workspace, "verify")):
         emit(skip, as_json, skip.summary())
         return
-    result = verify_deployed(ws.workspace, serving, where.model_name, s, which)
+    with reach_serving(target) as serving:
+        result = verify_deployed(ws.workspace, serving, where.model_name, s, which)
     emit(result, as_json, result.summary())
