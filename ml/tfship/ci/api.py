@@ -20,7 +20,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import yaml
 from tfship.errors import ApiError, ConfigError
 from tfship.log import event
 
@@ -72,7 +74,10 @@ def check_parameters(parameters: dict | None) -> None:
             raise ConfigError(
                 f"pipeline parameter {key} is {len(value)} characters; CircleCI takes at "
                 f"most {MAX_PARAMETER_VALUE}",
-                hint="use a shorter path or URL" if key == "data_uri" else None,
+                hint="use a shorter path or URL"
+                if key == "data_uri"
+                else "put the value in a file in the repository or a bucket and pass its path "
+                "or URI instead",
             )
 
 
@@ -588,20 +593,86 @@ def _retry_after(resp) -> float | None:
         return None
 
 
-def parse_params(pairs: tuple[str, ...]) -> dict:
-    """``k=v`` pairs -> pipeline parameters (true/false -> bool, digits -> int)."""
+def parse_params(pairs: tuple[str, ...], declared: dict | None = None) -> dict:
+    """``k=v`` pairs -> pipeline parameters.
+
+    With ``declared`` (the config's ``parameters:``), each value takes its parameter's
+    declared type: a string parameter stays a string ("true", "123" included), a boolean
+    takes true/false, an integer digits, an enum one of its values; an undeclared name is
+    refused (CircleCI would fail the pipeline). Without it, true/false -> bool and digits ->
+    int.
+    """
     out: dict = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--param {pair!r}: expected key=value")
-        if value.lower() in ("true", "false"):
+        if declared is not None:
+            out[key] = typed_value(key, value, declared)
+        elif value.lower() in ("true", "false"):
             out[key] = value.lower() == "true"
         elif re.fullmatch(r"-?\d+", value):
             out[key] = int(value)
         else:
             out[key] = value
     return out
+
+
+def typed_value(key: str, value: str, declared: dict) -> str | bool | int:
+    """``value`` as the config declares parameter ``key`` (see :func:`parse_params`)."""
+    if key not in declared:
+        raise ConfigError(
+            f"--param {key}: the config declares no pipeline parameter {key!r} "
+            f"(it declares: {', '.join(sorted(declared)) or 'none'})",
+            hint="add it under the config's top-level parameters:, or fix the name",
+        )
+    decl = declared[key] if isinstance(declared[key], dict) else {}
+    kind = decl.get("type", "string")
+    if kind == "boolean":
+        if value.lower() not in ("true", "false"):
+            raise ConfigError(f"--param {key}={value}: {key} is a boolean; give true or false")
+        return value.lower() == "true"
+    if kind == "integer":
+        if not re.fullmatch(r"-?\d+", value):
+            raise ConfigError(f"--param {key}={value}: {key} is an integer")
+        return int(value)
+    if kind == "enum" and value not in [str(v) for v in decl.get("enum", [])]:
+        raise ConfigError(f"--param {key}={value}: {key} is one of {decl.get('enum')}")
+    return value  # string, enum: as given, never turned into a bool or a number
+
+
+def declared_parameters(config: Path) -> dict:
+    """The pipeline parameters a CircleCI config declares (name -> declaration)."""
+    try:
+        doc = yaml.safe_load(Path(config).read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{config} not found: the pipeline parameters' types are read from it",
+            hint="run in the repository, or give --config .circleci/config.yml",
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{config}: not valid YAML ({exc})") from exc
+    params = doc.get("parameters") if isinstance(doc, dict) else None
+    return params if isinstance(params, dict) else {}
+
+
+# What a schedule sets before its --param pairs (which add to it, or replace it by name): the
+# switch of the retrain workflow.
+SCHEDULE_DEFAULTS = ("retrain=true",)
+
+
+def schedule_parameters(pairs: tuple[str, ...], declared: dict) -> dict:
+    """A schedule's pipeline parameters: ``retrain=true`` plus each ``--param`` (a later
+    pair wins), typed by the config's declarations, within CircleCI's limits."""
+    if "retrain" not in declared:
+        raise ConfigError(
+            "the config declares no pipeline parameter 'retrain', which a schedule sets",
+            hint="declare `retrain: {type: boolean, default: false}` under the config's "
+            "parameters: and run the retrain workflow `when: << pipeline.parameters.retrain >>`",
+        )
+    params = parse_params((*SCHEDULE_DEFAULTS, *pairs), declared)
+    check_parameters(params)
+    return params
 
 
 @dataclass

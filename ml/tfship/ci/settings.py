@@ -16,6 +16,9 @@ PROJECT = Setting(
 BRANCH = Setting(
     None, "TFSHIP_CI_BRANCH", "Branch. Default: main (`ci local`: the checkout's branch)."
 )
+CONFIG = Setting(
+    Path(".circleci/config.yml"), "TFSHIP_CI_CONFIG", "The CircleCI config.", kind="file"
+)
 PARAMS = Setting(
     (),
     None,
@@ -120,7 +123,14 @@ class ScheduleSettings:
         DAYS, None, "Day (repeatable).", flag="--day", multiple=True, choices=DAYS
     )
     branch: str | None = BRANCH.field()
-    params: tuple[str, ...] = PARAMS.field(help="Pipeline parameter k=v. Default: retrain=true.")
+    params: tuple[str, ...] = PARAMS.field(
+        help="Pipeline parameter k=v, added to retrain=true (repeatable; retrain=false replaces "
+        "it). Each value takes the type the config declares: a string parameter stays a string. "
+        "Values of more than 512 characters are refused: pass a file's path or a URI instead."
+    )
+    config: Path = CONFIG.field(
+        help="The CircleCI config whose top-level parameters: give each --param its type."
+    )
 
 
 @dataclass
@@ -147,9 +157,7 @@ class WatchSettings:
 class LocalSettings:
     """``tfship ci local``."""
 
-    config: Path = setting(
-        Path(".circleci/config.yml"), "TFSHIP_CI_CONFIG", "The CircleCI config.", kind="file"
-    )
+    config: Path = CONFIG.field()
     params: tuple[str, ...] = PARAMS.field(help="Pipeline parameter k=v (repeatable).")
     envs: tuple[str, ...] = setting(
         (), None, "Extra environment k=v for every job.", flag="--env", multiple=True

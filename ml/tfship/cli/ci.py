@@ -7,7 +7,13 @@ from pathlib import Path
 
 import click
 
-from tfship.ci.api import CircleCI, decide_hold, parse_params
+from tfship.ci.api import (
+    CircleCI,
+    decide_hold,
+    declared_parameters,
+    parse_params,
+    schedule_parameters,
+)
 from tfship.ci.local import run_workflow
 from tfship.ci.notify import NotifySettings
 from tfship.ci.notify import notify as send_notification
@@ -105,8 +111,17 @@ def ci_schedule() -> None:
 @options(api=ApiSettings, s=ScheduleSettings)
 @json_option
 def ci_schedule_create(api: ApiSettings, s: ScheduleSettings, as_json: bool) -> None:
-    """Create a schedule trigger; it sets retrain=true so the retrain-deploy workflow runs."""
-    parameters = parse_params(s.params) if s.params else {"retrain": True}
+    """Create a schedule trigger; it sets retrain=true so the retrain-deploy workflow runs.
+
+    \b
+    Each --param adds to retrain=true, typed as the config (--config) declares it, so a
+    string parameter stays a string. Several schedules, each with its own parameters:
+      tfship ci schedule create --name nightly-fine-tune --hour 2 \\
+        --param data_uri=s3://data/snapshots/
+      tfship ci schedule create --name weekly-from-scratch --hour 4 --day SUN \\
+        --param data_uri=s3://data/snapshots/ --param retrain_args=--from-scratch
+    """
+    parameters = schedule_parameters(s.params, declared_parameters(s.config))
     made = api.client().create_schedule(
         s.project, s.name, list(s.hours), list(s.days), s.branch, parameters
     )
