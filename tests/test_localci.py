@@ -189,14 +189,14 @@ CONTINUE = (
     'python3 -c "import os, json; from tfship.ci.api import CircleCI; '
     "c = CircleCI.for_continuation(os.environ['CIRCLECI_API_URL']); "
     "print(c.continue_pipeline(os.environ['CIRCLE_CONTINUATION_KEY'], "
-    "open('continue.yml').read(), json.loads(os.environ['SEND']))['message'])\""
+    "open(os.environ['CONFIG']).read(), json.loads(os.environ['SEND']))['message'])\""
 )
 SETUP = f"""
 version: 2.1
 setup: true
 parameters:
   send: {{type: string, default: '{{"retrain": true, "data_uri": "s3://b/snap-7/"}}'}}
-  mode: {{type: enum, enum: [continue, stop, fail], default: continue}}
+  mode: {{type: enum, enum: [continue, finish, stop, fail], default: continue}}
 jobs:
   plan:
     docker: [{{image: x}}]
@@ -211,7 +211,14 @@ jobs:
           steps:
             - run:
                 name: continue
-                environment: {{SEND: << pipeline.parameters.send >>}}
+                environment: {{SEND: << pipeline.parameters.send >>, CONFIG: continue.yml}}
+                command: {json.dumps(CONTINUE)}
+      - when:
+          condition: {{equal: [finish, << pipeline.parameters.mode >>]}}
+          steps:
+            - run:
+                name: finish
+                environment: {{SEND: "{{}}", CONFIG: finish.yml}}
                 command: {json.dumps(CONTINUE)}
 workflows:
   setup:
@@ -247,6 +254,8 @@ def local_setup(tmp_path, *params: str, workflow: str | None = None):
     project.mkdir(exist_ok=True)
     (project / "config.yml").write_text(SETUP)
     (project / "continue.yml").write_text(CONTINUED)
+    # What the continuation orb's `finish` (and `tfship ci plan` on unchanged data) sends.
+    (project / "finish.yml").write_text("{version: 2, jobs: {}, workflows: {version: 2}}")
     args = [f"--param={p}" for p in params] + ([workflow] if workflow else [])
     p = subprocess.run(
         [sys.executable, "-m", "tfship", "ci", "local", "--config", "config.yml"]
@@ -301,6 +310,19 @@ def test_a_continued_workflow_named_against_the_setup_config_is_pointed_at_confi
     assert p.returncode == 2 and p.stderr.count("\n") == 1
     assert "config.yml is a setup config; its workflows are setup" in p.stderr
     assert "retrain-deploy of the continuation config with --config" in p.stderr
+
+
+def test_a_setup_workflow_that_finishes_runs_nothing_more_and_ends_green(tmp_path):
+    p, doc = local_setup(tmp_path, "mode=finish")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert doc["continued"] == {
+        "parameters": {},
+        "workflows": [],
+        "not_run": [],
+        "finished": True,
+    }
+    assert "[plan] $ finish\n[plan]   Pipeline continued." in p.stderr
+    assert not (tmp_path / "out" / "continued").exists()
 
 
 def test_a_failed_setup_job_fails_the_run_and_continues_nothing(tmp_path):

@@ -426,15 +426,20 @@ class Continued:
     parameters: dict
     runs: list[LocalRun]
     idle: list[str]  # the continued config's workflows whose when/unless is false
+    # Continued with a configuration that has no workflow (the continuation orb's `finish`).
+    finished: bool = False
 
     def to_dict(self) -> dict:
         return {
             "parameters": self.parameters,
             "workflows": [r.to_dict() for r in self.runs],
             "not_run": self.idle,
+            "finished": self.finished,
         }
 
     def summary(self) -> str:
+        if self.finished:
+            return "finished: continued with a configuration that runs nothing; the pipeline ends"
         given = ", ".join(f"{k}={as_text(v)}" for k, v in self.parameters.items()) or "none"
         lines = [f"continued (parameters: {given})"]
         lines += [r.summary() for r in self.runs]
@@ -593,7 +598,7 @@ def _run_continuation(
 ) -> Continued:
     if cont.ends_pipeline():
         echo("continued with a configuration that has no workflow: the pipeline ends")
-        return Continued(cont.parameters, [], [])
+        return Continued(cont.parameters, [], [], finished=True)
     doc = parse_config(cont.configuration, "the continued configuration")
     planned = [(n, *plan(doc, n, cont.parameters, branch)) for n in workflow_names(doc)]
     idle = [n for n, _, runs in planned if not runs]
