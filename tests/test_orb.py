@@ -484,3 +484,40 @@ def test_extra_args_example_is_an_option_of_the_stage(kind, name):
     assert example, text
     flags = _flags(shlex.split(example.group(1)))
     assert flags and set(flags) <= _cli_flags((stage,)), (stage, flags)
+
+
+# --------------------------------------------------------------------------------------------
+# install: every job takes the pip requirement; only the jobs that build a model get TensorFlow
+# --------------------------------------------------------------------------------------------
+
+TRAINING_JOBS = {"build", "train", "test", "package", "retrain"}
+
+
+def test_every_job_takes_the_pip_requirement_and_only_training_jobs_the_train_extra():
+    installing = set()
+    for name, job in ORB["jobs"].items():
+        steps = [s["install"] for s in job["steps"] if isinstance(s, dict) and "install" in s]
+        if not steps:
+            continue
+        installing.add(name)
+        (step,) = steps
+        assert "package" in job["parameters"], name
+        assert step["package"] == "<< parameters.package >>", name
+        assert step["train"] is (name in TRAINING_JOBS), name
+    assert installing >= TRAINING_JOBS | {"deploy", "test_deployment"}
+
+
+def test_the_orbs_pins_are_uv_locks_and_reach_the_install_step():
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "orb_pins.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    source = yaml.safe_load((ROOT / "orb" / "src" / "commands" / "install.yml").read_text())
+    env = next(s["run"] for s in source["steps"] if "run" in s)["environment"]
+    assert env["PARAM_CONSTRAINTS"] == "<<include(scripts/install_constraints.txt)>>"
+    pins = (ROOT / "orb" / "src" / "scripts" / "install_constraints.txt").read_text()
+    version = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert pins.splitlines()[1] == f"tfship=={version.group(1)}"  # the release itself first
+    assert re.search(r"^tensorflow==", pins, re.M) and re.search(r"^boto3==", pins, re.M)

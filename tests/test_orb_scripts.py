@@ -438,16 +438,37 @@ def test_stage_step_without_extra_args_runs_the_bare_stage(tmp_path, stub_tfship
     assert "MODEL_NAME" not in called["env"]  # empty parameters leave tfship's defaults
 
 
-def test_stage_step_writes_the_known_hosts_lines_for_tfship(tmp_path, stub_tfship):
+def test_stage_step_names_the_known_hosts_variable_for_tfship_to_read(tmp_path, stub_tfship):
+    # tfship reads the lines from the variable in memory: no known_hosts file is written.
     env = _stage_env(
         tmp_path,
         PARAM_STAGE="deploy",
         PARAM_KNOWN_HOSTS_ENV="HOSTS_LINES",
+        PARAM_SSH_KEY_ENV="DEPLOY_KEY",
         HOSTS_LINES="deploy.example.com ssh-ed25519 AAAAC3Nza",
     )
     r = _run_as_circleci(RUN_STAGE, env, tmp_path)
     assert r.returncode == 0, r.stderr
-    assert stub_tfship()["known_hosts"] == "deploy.example.com ssh-ed25519 AAAAC3Nza\n"
+    called = stub_tfship()
+    assert called["known_hosts"] is None
+    assert called["env"]["TFSHIP_KNOWN_HOSTS_ENV"] == "HOSTS_LINES"
+    assert called["env"]["TFSHIP_SSH_KEY_ENV"] == "DEPLOY_KEY"
+
+
+@pytest.mark.parametrize(("param", "project", "seen"), [
+    ("true", None, "true"),
+    ("false", None, None),
+    ("false", "true", "true"),  # set in the project or a context: the parameter keeps it
+])  # fmt: skip
+def test_stage_step_sets_the_serving_tunnel_only_when_asked(
+    tmp_path, stub_tfship, param, project, seen
+):
+    env = _stage_env(tmp_path, PARAM_STAGE="test-deployed", PARAM_SERVING_TUNNEL=param)
+    if project:
+        env["TFSHIP_SERVING_TUNNEL"] = project
+    r = _run_as_circleci(RUN_STAGE, env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert stub_tfship()["env"].get("TFSHIP_SERVING_TUNNEL") == seen
 
 
 def test_stage_step_fails_on_malformed_extra_args_before_running_tfship(tmp_path, stub_tfship):
@@ -460,6 +481,113 @@ def test_stage_step_fails_on_malformed_extra_args_before_running_tfship(tmp_path
 
 
 # --------------------------------------------------------------------------------------------
+# install.sh
+# --------------------------------------------------------------------------------------------
+
+INSTALL = SCRIPTS / "install.sh"
+UV_DIR = ROOT / ".tools" / "uv" / "bin"  # tools/setup.sh's uv
+LOCKED = ["sync", "--locked", "--no-dev"]
+COMPILE = ["--python", "python3", "--compile-bytecode"]
+
+
+def _project(folder: Path, *, lock: bool = True, train_extra: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    extras = '[project.optional-dependencies]\ntrain = ["tensorflow"]\n' if train_extra else ""
+    (folder / "pyproject.toml").write_text(f'[project]\nname = "team"\n{extras}')
+    if lock:
+        (folder / "uv.lock").write_text("version = 1\n")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("params", "lock", "train_extra", "words"),
+    [
+        ({"PARAM_TRAIN": "false"}, True, True, [*LOCKED, *COMPILE]),
+        ({"PARAM_TRAIN": "true"}, True, True, [*LOCKED, "--extra", "train", *COMPILE]),
+        ({"PARAM_TRAIN": "true"}, True, False, [*LOCKED, *COMPILE]),
+        ({"PARAM_TRAIN": "false"}, False, True, ["--constraint", "PINS", "tfship"]),
+        ({"PARAM_TRAIN": "true"}, False, True, ["--constraint", "PINS", "tfship[train]"]),
+        ({"PARAM_TRAIN": "false", "PARAM_PACKAGE": "tfship==0.2.0"}, True, True, ["tfship==0.2.0"]),
+        (
+            {"PARAM_TRAIN": "true", "PARAM_PACKAGE": "./dist/tfship-0.2.0-py3-none-any.whl"},
+            False,
+            True,
+            ["./dist/tfship-0.2.0-py3-none-any.whl", "tfship[train]"],
+        ),
+    ],
+    ids=[
+        "lock-slim",
+        "lock-train",
+        "lock-without-train-extra",
+        "release-slim",
+        "release-train",
+        "package-slim",
+        "package-train",
+    ],
+)
+def test_install_chooses_lock_release_or_package_and_the_extra(
+    tmp_path, params, lock, train_extra, words
+):
+    app = _project(tmp_path / "app", lock=lock, train_extra=train_extra)
+    body = f"install_command VENV PINS && {PRINT_WORDS % 'INSTALL'}"
+    r = _source(INSTALL, body, env=_env(tmp_path, **params), cwd=app)
+    assert r.returncode == 0, r.stderr
+    got = _words(r.stdout)
+    if got[0] == "pip":  # a requirement: into the venv, bytecode compiled, then what was asked
+        assert got[:5] == ["pip", "install", "--python", "VENV/bin/python", "--compile-bytecode"]
+        got = got[5:]
+    assert got == words
+    noted = lock and not train_extra and params["PARAM_TRAIN"] == "true"
+    assert ("declares no 'train' extra" in r.stderr) == noted, r.stderr
+
+
+def test_install_step_skips_when_this_checkout_is_already_installed(tmp_path):
+    # `tfship ci local` and warm self-hosted runners: the project's .venv imports this tfship.
+    env = _env(tmp_path, PARAM_APP_DIR=str(ROOT), PARAM_UV_VERSION="0.0.0", PARAM_TRAIN="true")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["BASH_ENV"] = str(tmp_path / "bash_env")
+    r = _run_as_circleci(INSTALL, env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("tfship from this checkout is already installed\n")
+    assert not (tmp_path / "bash_env").exists()  # PATH left as it is
+
+
+def test_install_step_installs_the_locked_slim_tfship_into_the_projects_venv(tmp_path):
+    # Offline, from uv's cache (tools/setup.sh filled it from the same lock): the whole step
+    # as CircleCI runs it, minus the registry.
+    app = tmp_path / "project"
+    app.mkdir()
+    for name in ("pyproject.toml", "uv.lock", "README.md"):
+        shutil.copy2(ROOT / name, app / name)
+    shutil.copytree(ROOT / "ml", app / "ml", ignore=shutil.ignore_patterns("__pycache__"))
+    uv_version = (ROOT / "tools" / "uv-requirements.txt").read_text().split("==")[1].split()[0]
+    env = _env(
+        tmp_path,
+        PARAM_APP_DIR=str(app),
+        PARAM_TRAIN="false",
+        PARAM_UV_VERSION=uv_version,
+        PARAM_CONSTRAINTS=(SCRIPTS / "install_constraints.txt").read_text(),
+        BASH_ENV=str(tmp_path / "bash_env"),
+        UV_OFFLINE="1",
+    )
+    env.pop("VIRTUAL_ENV", None)
+    # uv at the pinned version first on PATH (no bootstrap), and a python3 with no tfship.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(Path(sys._base_executable).resolve())
+    (bin_dir / "uv").symlink_to(UV_DIR / "uv")
+    r = _run_as_circleci(INSTALL, env, app)
+    assert r.returncode == 0, r.stderr
+    assert "uv sync --locked --no-dev --python python3 --compile-bytecode" in r.stdout
+    assert r.stdout.rstrip().endswith("tfship, version 0.1.0"), r.stdout
+    venv = app / ".venv"
+    assert (tmp_path / "bash_env").read_text() == f'export PATH="{venv}/bin:$PATH"\n'
+    probe = "import importlib.util as u; print(u.find_spec('tensorflow'), u.find_spec('numpy'))"
+    out = subprocess.run([venv / "bin" / "python", "-c", probe], capture_output=True, text=True)
+    assert out.stdout.startswith("None ModuleSpec"), out  # slim: NumPy, no TensorFlow
+
+
+# --------------------------------------------------------------------------------------------
 # The guard: sourced by a test, a script defines its functions and runs nothing
 # --------------------------------------------------------------------------------------------
 
@@ -469,8 +597,9 @@ def test_stage_step_fails_on_malformed_extra_args_before_running_tfship(tmp_path
     [
         (NOTIFY, {"PARAM_EVENT": "always", "PARAM_WEBHOOK_ENV": "X", "PARAM_FORMAT": "slack"}),
         (RUN_STAGE, {"PARAM_STAGE": "build"}),
+        (INSTALL, {"PARAM_UV_VERSION": "0.13.9", "PARAM_TRAIN": "true"}),
     ],
-    ids=["notify", "run_stage"],
+    ids=["notify", "run_stage", "install"],
 )
 def test_sourcing_a_script_with_the_marker_runs_nothing(tmp_path, stub_tfship, script, params):
     r = _source(script, "true", env=_env(tmp_path, **params), cwd=tmp_path)

@@ -1,39 +1,100 @@
 #!/usr/bin/env bash
-# Install tfship into a virtual environment and put it first on PATH for later steps.
-#   - app_dir has uv.lock: `uv sync --locked` installs exactly the locked versions.
-#   - PARAM_PACKAGE: that pip requirement, into the venv.
-#   - otherwise `pip install -e app_dir`, with a warning: without a lock, versions float.
+# Install tfship into a virtual environment (app_dir/.venv) and put it first on PATH for later
+# steps. What is installed:
+#   - PARAM_PACKAGE empty, app_dir has uv.lock (tfship's own repository, or a team's project
+#     that locks tfship): `uv sync --locked`, exactly the locked versions.
+#   - PARAM_PACKAGE empty, no uv.lock: the released tfship at this orb's version, pinned to the
+#     versions of its lock (PARAM_CONSTRAINTS: tools/orb_pins.py exports them from uv.lock).
+#   - PARAM_PACKAGE set: that pip requirement (tfship==0.2.0, a wheel, a git URL, `.`).
+# PARAM_TRAIN=true (the jobs that build, train, test, package or retrain) adds the train
+# extra: TensorFlow and the rest. Other jobs get the slim install (BENCHMARKS.md, install).
 # A venv, not the system Python: Ubuntu 24.04 machine images refuse system installs (PEP 668).
 # If this very checkout's tfship is already importable (a warm self-hosted runner,
 # `tfship ci local`), nothing is reinstalled.
 set -euo pipefail
-cd "${PARAM_APP_DIR:-.}"
-if [ -z "${PARAM_PACKAGE:-}" ] && python3 - <<'PY' 2>/dev/null
+
+wants_train() { [ "${PARAM_TRAIN:-false}" = true ]; }
+
+# This checkout's own tfship is what `python3` imports.
+checkout_installed() {
+  python3 - <<'PY' 2>/dev/null
 import pathlib, sys
 import tfship
 sys.exit(0 if pathlib.Path.cwd().resolve() in pathlib.Path(tfship.__file__).resolve().parents else 1)
 PY
-then
-  echo "tfship from this checkout is already installed"
-  tfship --version
-  exit 0
-fi
+}
 
-venv="$PWD/.venv"
-if [ -z "${PARAM_PACKAGE:-}" ] && [ -f uv.lock ]; then
-  tools="$(mktemp -d)"
-  python3 -m venv "$tools/uv"
-  "$tools/uv/bin/pip" install -q --disable-pip-version-check "uv==${PARAM_UV_VERSION:?}"
-  UV_PROJECT_ENVIRONMENT="$venv" "$tools/uv/bin/uv" sync --locked --no-dev --python python3 \
-    --compile-bytecode
-else
-  python3 -m venv "$venv"
-  if [ -n "${PARAM_PACKAGE:-}" ]; then
-    "$venv/bin/pip" install -q --disable-pip-version-check "$PARAM_PACKAGE"
-  else
-    echo "WARNING: no uv.lock in $PWD: dependency versions are whatever pip resolves today" >&2
-    "$venv/bin/pip" install -q --disable-pip-version-check -e .
+# The project declares a `train` extra (tfship does; a team's project may mirror it).
+declares_train_extra() {
+  python3 - <<'PY'
+import sys, tomllib
+with open("pyproject.toml", "rb") as f:
+    extras = tomllib.load(f).get("project", {}).get("optional-dependencies", {})
+sys.exit(0 if "train" in extras else 1)
+PY
+}
+
+# The uv command (its arguments, in INSTALL) that installs what the parameters ask for into
+# the venv $1, with the release's pins in file $2. Bytecode is compiled now: with
+# PYTHONDONTWRITEBYTECODE set, every `import tensorflow` would compile it again.
+install_command() {
+  local venv="$1" pins="$2"
+  if [ -z "${PARAM_PACKAGE:-}" ] && [ -f uv.lock ]; then
+    INSTALL=(sync --locked --no-dev)
+    if wants_train; then
+      if declares_train_extra; then
+        INSTALL+=(--extra train)
+      else
+        echo "NOTE: pyproject.toml declares no 'train' extra: installing what uv.lock holds" >&2
+      fi
+    fi
+    INSTALL+=(--python python3 --compile-bytecode)
+    return
   fi
+  INSTALL=(pip install --python "$venv/bin/python" --compile-bytecode)
+  if [ -n "${PARAM_PACKAGE:-}" ]; then
+    INSTALL+=("$PARAM_PACKAGE")
+    # The extra of whatever tfship that requirement brings.
+    if wants_train; then INSTALL+=("tfship[train]"); fi
+  else
+    INSTALL+=(--constraint "$pins")
+    if wants_train; then INSTALL+=("tfship[train]"); else INSTALL+=(tfship); fi
+  fi
+}
+
+main() {
+  cd "${PARAM_APP_DIR:-.}"
+  if [ -z "${PARAM_PACKAGE:-}" ] && checkout_installed; then
+    echo "tfship from this checkout is already installed"
+    tfship --version
+    return 0
+  fi
+  local tools venv="$PWD/.venv" uv
+  tools="$(mktemp -d)"
+  # shellcheck disable=SC2064  # expand now: $tools is local to main
+  trap "rm -rf '$tools'" EXIT
+  # uv, at the pinned version: the one on PATH if it is that one (an image that has it), else
+  # pip installs it into a venv of its own. uv installs in seconds what pip takes a minute for.
+  uv="$(command -v uv || true)"
+  if [ -z "$uv" ] || [ "$("$uv" --version | cut -d' ' -f2)" != "${PARAM_UV_VERSION:?}" ]; then
+    python3 -m venv "$tools/uv"
+    "$tools/uv/bin/pip" install -q --disable-pip-version-check "uv==${PARAM_UV_VERSION}"
+    uv="$tools/uv/bin/uv"
+  fi
+  printf '%s\n' "${PARAM_CONSTRAINTS:-}" > "$tools/pins.txt"
+  install_command "$venv" "$tools/pins.txt"
+  if [ "${INSTALL[0]}" = pip ]; then
+    [ -n "${PARAM_PACKAGE:-}" ] || echo "The release: $(grep -m 1 '^tfship==' "$tools/pins.txt")"
+    "$uv" venv --quiet --allow-existing --python python3 "$venv"
+  fi
+  echo "uv ${INSTALL[*]}"
+  UV_PROJECT_ENVIRONMENT="$venv" "$uv" "${INSTALL[@]}"
+  echo "export PATH=\"$venv/bin:\$PATH\"" >> "$BASH_ENV"
+  "$venv/bin/tfship" --version
+}
+
+# Sourced by the tests with $0 set to this marker: define the functions, run nothing.
+ORB_TEST_ENV="tfship-orb-test"
+if [ "${0#*"$ORB_TEST_ENV"}" = "$0" ]; then
+  main
 fi
-echo "export PATH=\"$venv/bin:\$PATH\"" >> "$BASH_ENV"
-"$venv/bin/tfship" --version
