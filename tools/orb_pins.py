@@ -44,6 +44,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
     args = parser.parse_args()
+    if not UV.is_file():
+        print(f"orb_pins: no {UV.relative_to(ROOT)}: run tools/setup.sh first", file=sys.stderr)
+        return 2
     text = pins_text()
     if args.check:
         if not PINS.is_file() or PINS.read_text() != text:
