@@ -3,11 +3,14 @@ anything to approve, until when, and how a notice reads in Slack Block Kit."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import yaml
+from helpers import ROOT
 from tfship.ci.notify import (
     approval_verdict,
     approve_by,
@@ -16,6 +19,7 @@ from tfship.ci.notify import (
     mention_tags,
     slack_payload,
 )
+from tfship.ci.workflow import plan
 from tfship.errors import ConfigError
 from tfship.workspace import Workspace
 
@@ -151,3 +155,20 @@ def test_a_long_job_name_is_cut_to_what_a_header_takes(tmp_path):
     n = compose(Workspace(tmp_path / "empty"), "pass", "j" * 200, None, None)
     header = slack_payload(n)["blocks"][0]["text"]["text"]
     assert len(header) == 150 and header.endswith("…")
+
+
+@pytest.mark.parametrize(
+    ("example", "workflow", "steps"),
+    [
+        ("retrain_on_new_data", "retrain-on-new-data", ["Notify (fail)"]),
+        ("nightly_retrain_with_approval", "retrain-deploy", ["Notify (approval)", "Notify (fail)"]),
+    ],
+)
+def test_the_retrain_job_has_an_approval_notice_only_where_a_hold_follows(example, workflow, steps):
+    orb = yaml.safe_load((ROOT / "orb" / "orb.yml").read_text())
+    usage = copy.deepcopy(orb["examples"][example]["usage"])
+    usage["orbs"]["tfship"] = orb
+    jobs, runs = plan(usage, workflow, {"retrain": True}, "main")
+    [retrain] = [j for j in jobs if j.name == "tfship/retrain"]
+    names = [s["run"]["name"] for s in retrain.steps if isinstance(s, dict) and "run" in s]
+    assert runs and [n for n in names if n.startswith("Notify")] == steps
