@@ -133,6 +133,7 @@ def test_an_approval_reads_as_block_kit_with_the_table_preformatted(tmp_path, mo
     ]
     assert len(blocks[1]["text"]["text"]) == 3000 and blocks[1]["text"]["text"].endswith("…")
     assert "x" * 5000 in payload["text"]  # the fallback text keeps it whole
+    assert "\nApprove by 2026-12-17 09:30 UTC\n" in payload["text"]
     table = blocks[2]["text"]["text"].split("```")[1].splitlines()
     assert table == [
         "metric  champion  challenger",  # a cold start: no champion version

@@ -283,10 +283,14 @@ def _title(n: dict) -> str:
     return f"{icon} tfship {n['job'] or 'job'} {title}"
 
 
-def _deadline_text(n: dict) -> str:
+def _approve_by_line(n: dict) -> str:
     when = datetime.strptime(n["approve_by"], "%Y-%m-%dT%H:%M:%SZ").strftime("%Y-%m-%d %H:%M")
+    return f"Approve by {when} UTC"
+
+
+def _deadline_text(n: dict) -> str:
     return (
-        f"*Approve by {when} UTC*: the workspace is kept {n['retention_days']} days, and the "
+        f"*{_approve_by_line(n)}*: the workspace is kept {n['retention_days']} days, and the "
         "jobs after the hold cannot attach it later. After that, re-run the workflow from the "
         "start (Rerun > Rerun workflow from start) to retrain and ask again."
     )
@@ -371,7 +375,9 @@ def slack_payload(n: dict) -> dict:
                 "elements": [{"type": "mrkdwn", "text": " | ".join(context + links)}],
             }
         )
-    text = "\n".join([head, *facts] + ([" | ".join(links)] if links else []))
+    # The fallback text is what a phone's notification shows: the deadline belongs in it.
+    deadline = [_approve_by_line(n)] if n.get("approve_by") else []
+    text = "\n".join([head, *facts, *deadline] + ([" | ".join(links)] if links else []))
     return {"text": text, "blocks": blocks}
 
 
