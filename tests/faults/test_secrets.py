@@ -61,6 +61,8 @@ def test_a_full_workflow_run_leaves_no_secret_anywhere(tmp_path, webhook):
                 "ci",
                 "local",
                 "build-deploy",
+                "--config",  # config.yml is the setup config; the workflows live here
+                ".circleci/continue.yml",
                 "--branch",
                 "main",
                 "--out",
