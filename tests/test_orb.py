@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import re
 import shlex
 import shutil
@@ -372,12 +373,16 @@ def _tfship_calls(text: str) -> list[tuple[tuple[str, ...], list[str]]]:
 
 
 def _stage(kind: str, name: str) -> str | None:
-    """The tfship stage an orb command or job runs: the PARAM_STAGE of the command's run step;
-    for a job, that of the command it hands its extra_args to."""
+    """The tfship stage an orb command or job runs: the PARAM_STAGE of the command's run step
+    and the subcommand its extra args start with (plan: "ci plan"); for a job, that of the
+    command it hands its extra_args to."""
     for step in ORB[kind][name].get("steps", []):
         step_name, args = next(iter(step.items())) if isinstance(step, dict) else (step, {})
         if kind == "commands" and step_name == "run":
-            return (args.get("environment") or {}).get("PARAM_STAGE")
+            env = args.get("environment") or {}
+            words = str(env.get("PARAM_EXTRA_ARGS", "")).split()
+            sub = list(itertools.takewhile(lambda w: w.isidentifier(), words))
+            return " ".join([env["PARAM_STAGE"], *sub]) if env.get("PARAM_STAGE") else None
         if kind == "jobs" and (args or {}).get("extra_args") == "<< parameters.extra_args >>":
             return _stage("commands", step_name)
     return None
@@ -413,7 +418,9 @@ def _flag_uses(example: dict) -> list[tuple[tuple[str, ...], str]]:
             ):
                 stage = _stage(kind, key.removeprefix("tfship/"))
                 assert stage, f"{key} takes extra_args but runs no stage"
-                uses.extend(((stage,), f) for f in _flags(shlex.split(value["extra_args"])))
+                uses.extend(
+                    (tuple(stage.split()), f) for f in _flags(shlex.split(value["extra_args"]))
+                )
             if isinstance(value, dict | list):
                 walk(value, _CHILD_KIND.get(key, kind))
 
@@ -472,7 +479,7 @@ _EXTRA_ARGS = [
 
 
 def test_every_stage_command_and_job_takes_extra_args():
-    assert len(_EXTRA_ARGS) == 14  # seven stages, each a command and a job
+    assert len(_EXTRA_ARGS) == 16  # seven stages and `ci plan`, each a command and a job
 
 
 @pytest.mark.parametrize(("kind", "name"), _EXTRA_ARGS, ids=lambda v: v)
@@ -483,7 +490,7 @@ def test_extra_args_example_is_an_option_of_the_stage(kind, name):
     example = re.search(r'e\.g\. "([^"]+)"', text)
     assert example, text
     flags = _flags(shlex.split(example.group(1)))
-    assert flags and set(flags) <= _cli_flags((stage,)), (stage, flags)
+    assert flags and set(flags) <= _cli_flags(tuple(stage.split())), (stage, flags)
 
 
 # --------------------------------------------------------------------------------------------
