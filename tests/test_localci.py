@@ -359,6 +359,19 @@ def test_the_local_continue_endpoint_takes_one_valid_key_once():
             timeout=5,
         )
         assert r.status_code == 400 and "'extra' is not a field" in r.json()["message"]
+        r = requests.post(
+            f"{loop.url}/pipeline/continue",
+            json={
+                "continuation-key": loop.key,
+                "configuration": CONTINUED,
+                "parameters": {"ratio": 1.5, "data_uri": "x" * 513},
+            },
+            timeout=5,
+        )
+        assert r.status_code == 400 and r.json()["message"] == (
+            "parameter 'ratio' must be an integer, a string or a boolean; "
+            "parameter 'data_uri' is over 512 characters"
+        )
         assert loop.continuation is None  # refusals do not use the key up
         assert api.continue_pipeline(loop.key, CONTINUED, {"retrain": True}) == {
             "message": "Pipeline continued."

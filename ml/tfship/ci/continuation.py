@@ -28,16 +28,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import yaml
-from tfship.ci.api import CircleCI, parse_params
+from tfship.ci.api import (
+    MAX_PARAMETER_KEY,
+    MAX_PARAMETER_VALUE,
+    MAX_PARAMETERS,
+    CircleCI,
+    parse_params,
+)
 from tfship.ci.settings import ApiSettings
 from tfship.ci.workflow import Unsupported, parse_config, plan, workflow_names
 from tfship.errors import ConfigError, TfshipError
 from tfship.settings import fields_of
 
 PREFIX = "/api/v2"
-# continuePipeline's request body (the spec's requestBody schema) and its prose limits.
+# continuePipeline's request body (the spec's requestBody schema); its size limits are the
+# trigger's (api.MAX_*), as the spec's prose says for both.
 BODY_KEYS = {"continuation-key", "configuration", "parameters"}
-MAX_PARAMETERS, MAX_KEY, MAX_VALUE = 100, 128, 512
 
 
 @dataclass(frozen=True)
@@ -71,10 +77,12 @@ def body_problems(body: object) -> list[str]:
     for name, value in params.items():
         if not isinstance(value, (bool, int, str)):
             problems.append(f"parameter {name!r} must be an integer, a string or a boolean")
-        if len(name) > MAX_KEY:
-            problems.append(f"parameter name {name[:20]!r}... is over {MAX_KEY} characters")
-        if isinstance(value, str) and len(value) > MAX_VALUE:
-            problems.append(f"parameter {name!r} is over {MAX_VALUE} characters")
+        if len(name) > MAX_PARAMETER_KEY:
+            problems.append(
+                f"parameter name {name[:20]!r}... is over {MAX_PARAMETER_KEY} characters"
+            )
+        if isinstance(value, str) and len(value) > MAX_PARAMETER_VALUE:
+            problems.append(f"parameter {name!r} is over {MAX_PARAMETER_VALUE} characters")
     return problems
 
 
