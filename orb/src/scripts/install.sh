@@ -35,10 +35,13 @@ PY
 }
 
 # The uv command (its arguments, in INSTALL) that installs what the parameters ask for into
-# the venv $1, with the release's pins in file $2. Bytecode is compiled now: with
-# PYTHONDONTWRITEBYTECODE set, every `import tensorflow` would compile it again.
+# the venv $1, with the release's pins in file $2. With the train extra bytecode is compiled
+# now: with PYTHONDONTWRITEBYTECODE set, every `import tensorflow` would compile it again (8 s).
+# The slim install compiles nothing: its commands import a small part of what it installs
+# (botocore alone is 1,000 files), and Python writes the bytecode of what they do import.
 install_command() {
-  local venv="$1" pins="$2"
+  local venv="$1" pins="$2" compile=()
+  if wants_train; then compile=(--compile-bytecode); fi
   if [ -z "${PARAM_PACKAGE:-}" ] && [ -f uv.lock ]; then
     INSTALL=(sync --locked --no-dev)
     if wants_train; then
@@ -48,10 +51,10 @@ install_command() {
         echo "NOTE: pyproject.toml declares no 'train' extra: installing what uv.lock holds" >&2
       fi
     fi
-    INSTALL+=(--python python3 --compile-bytecode)
+    INSTALL+=(--python python3 "${compile[@]}")
     return
   fi
-  INSTALL=(pip install --python "$venv/bin/python" --compile-bytecode)
+  INSTALL=(pip install --python "$venv/bin/python" "${compile[@]}")
   if [ -n "${PARAM_PACKAGE:-}" ]; then
     INSTALL+=("$PARAM_PACKAGE")
     # The extra of whatever tfship that requirement brings.
@@ -74,12 +77,19 @@ main() {
   # shellcheck disable=SC2064  # expand now: $tools is local to main
   trap "rm -rf '$tools'" EXIT
   # uv, at the pinned version: the one on PATH if it is that one (an image that has it), else
-  # pip installs it into a venv of its own. uv installs in seconds what pip takes a minute for.
+  # pip installs it. uv installs in seconds what pip takes a minute for.
   uv="$(command -v uv || true)"
   if [ -z "$uv" ] || [ "$("$uv" --version | cut -d' ' -f2)" != "${PARAM_UV_VERSION:?}" ]; then
-    python3 -m venv "$tools/uv"
-    "$tools/uv/bin/pip" install -q --disable-pip-version-check "uv==${PARAM_UV_VERSION}"
     uv="$tools/uv/bin/uv"
+    if python3 -m pip --version >/dev/null 2>&1; then
+      # Into a folder: no venv to create (its pip bootstrap takes longer than uv's download),
+      # and PEP 668 does not refuse a --target.
+      python3 -m pip install -q --disable-pip-version-check --target "$tools/uv" \
+        "uv==${PARAM_UV_VERSION}"
+    else
+      python3 -m venv "$tools/uv"
+      "$tools/uv/bin/pip" install -q --disable-pip-version-check "uv==${PARAM_UV_VERSION}"
+    fi
   fi
   printf '%s\n' "${PARAM_CONSTRAINTS:-}" > "$tools/pins.txt"
   install_command "$venv" "$tools/pins.txt"
