@@ -4,9 +4,10 @@ The rule: the stand-in is never friendlier than CircleCI. Every request must mat
 operation of ``shared/specs/circleci-api-v2.openapi.json`` that the stand-in implements, carry
 the token (continuePipeline: a continuation key, as CircleCI's continuation orb sends), and
 pass the spec's checks on its path parameters, query parameters and body (plus the rules the
-spec states only in prose: branch and tag are mutually exclusive, parameter size limits). Every answer, injected faults included, is validated strictly against the response
-schema of its operation and status: a field the spec does not define, a wrong format (uuid,
-date-time) or an undeclared status is a violation. Violations are collected in
+spec states only in prose: branch and tag are mutually exclusive, parameter size limits).
+Every answer, injected faults included, is validated strictly against the response schema of
+its operation and status: a field the spec does not define, a wrong format (uuid, date-time)
+or an undeclared status is a violation. Violations are collected in
 ``State.violations``; the ``api`` fixture fails the test if there are any.
 
 What the tests need is here too: approval jobs that appear late, pagination, 429 with
@@ -824,7 +825,8 @@ CONFIG_TYPES = {"boolean": bool, "integer": int, "string": str, "enum": str}
 
 def _continuation_problem(configuration: str, parameters: dict) -> str | None:
     """Why CircleCI would not compile this continuation, as far as these checks go: YAML, a
-    config version, not a setup config, every parameter declared and of its declared type."""
+    config version, not a setup config, every parameter (the trigger's included) declared
+    and of its declared type."""
     try:
         doc = yaml.safe_load(configuration)
     except yaml.YAMLError:
@@ -851,7 +853,9 @@ def _continuation_problem(configuration: str, parameters: dict) -> str | None:
 def continue_pipeline(call: Call) -> Answer:
     """POST /pipeline/continue -> 200 MessageResponse; errors are the spec's default
     {message}: 401 a key that is no pipeline's, 409 a key used or expired (single use), 400
-    a configuration that does not compile (undeclared or mistyped parameters included)."""
+    a configuration that does not compile (undeclared or mistyped parameters included) or
+    parameters the pipeline was triggered with sent again (CircleCI's dynamic-config docs:
+    the trigger's parameters carry into the continuation and may not be resubmitted)."""
     st, body = call.state, call.body
     entry = st.continuation_keys.get(body["continuation-key"])
     if entry is None:
@@ -860,14 +864,18 @@ def continue_pipeline(call: Call) -> Answer:
         return 409, {"message": "Continuation key has already been used."}
     if entry["state"] == "expired":
         return 409, {"message": "Continuation key has expired. Please run a new pipeline."}
-    params = body.get("parameters") or {}
+    sent = body.get("parameters") or {}
+    triggered = st.pipeline_params.get(entry["pipeline_id"], {})
+    if set(sent) & set(triggered):
+        return 400, {"message": "Conflicting pipeline parameters."}
+    params = {**triggered, **sent}
     problem = _continuation_problem(body["configuration"], params)
     if problem:
         return 400, {"message": f"config compilation failed: {problem}"}
     entry["state"] = "used"
-    st.continued[entry["pipeline_id"]] = {
+    st.continued[entry["pipeline_id"]] = {  # as sent (the trigger's are in pipeline_params)
         "configuration": body["configuration"],
-        "parameters": params,
+        "parameters": sent,
     }
     return 200, {"message": "Pipeline continued."}
 

@@ -321,6 +321,16 @@ def test_a_continuation_key_works_once_and_a_bad_config_does_not_use_it(state):
     assert _continue(state, late)[0] == 409
 
 
+def test_the_trigger_parameters_carry_over_and_may_not_be_sent_again(state):
+    p = state.create_pipeline(SLUG, parameters={"retrain": True, "data_uri": "s3://b/new/"})
+    key = state.continuation_key(p["id"])
+    assert _continue(state, key, retrain=True) == (400, "Conflicting pipeline parameters.")
+    undeclaring = CONTINUED.replace('  data_uri: {type: string, default: ""}\n', "")
+    assert _continue(state, key, undeclaring)[1].endswith("Unexpected argument(s): data_uri")
+    assert _continue(state, key) == (200, "Pipeline continued.")
+    assert state.continued[p["id"]]["parameters"] == {}
+
+
 def test_the_client_continues_without_a_token_and_says_why_it_could_not(api):
     from tfship.ci.api import CircleCI
     from tfship.errors import ApiError

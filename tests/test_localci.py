@@ -229,6 +229,9 @@ version: 2.1
 parameters:
   retrain: {type: boolean, default: false}
   data_uri: {type: string, default: ""}
+  # The setup config's, which a trigger's --param carries over (CircleCI requires them here).
+  send: {type: string, default: ""}
+  mode: {type: string, default: ""}
 jobs:
   say:
     docker: [{image: x}]
@@ -316,7 +319,7 @@ def test_a_setup_workflow_that_finishes_runs_nothing_more_and_ends_green(tmp_pat
     p, doc = local_setup(tmp_path, "mode=finish")
     assert p.returncode == 0, p.stderr[-3000:]
     assert doc["continued"] == {
-        "parameters": {},
+        "parameters": {"mode": "finish"},  # the trigger's, carried over
         "workflows": [],
         "not_run": [],
         "finished": True,
@@ -379,3 +382,11 @@ def test_the_local_continue_endpoint_takes_one_valid_key_once():
         with pytest.raises(ApiError, match="HTTP 409: Continuation key has already been used"):
             api.continue_pipeline(loop.key, CONTINUED, {})
         assert loop.continuation.parameters == {"retrain": True}
+
+    # A trigger's parameters carry into the continuation, which may not send them again.
+    with Loopback("main", triggered={"data_uri": "s3://b/new/"}) as loop:
+        api = CircleCI.for_continuation(loop.url, timeout=5)
+        with pytest.raises(ApiError, match="HTTP 400: Conflicting pipeline parameters"):
+            api.continue_pipeline(loop.key, CONTINUED, {"data_uri": "s3://b/other/"})
+        api.continue_pipeline(loop.key, CONTINUED, {"retrain": True})
+        assert loop.continuation.parameters == {"data_uri": "s3://b/new/", "retrain": True}

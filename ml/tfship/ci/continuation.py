@@ -8,7 +8,10 @@ then runs what it received. The endpoint takes exactly continuePipeline's body a
 ``shared/specs/circleci-api-v2.openapi.json`` defines it, and answers as CircleCI would where
 the spec only says "default: {message}": 401 for a key that is not this pipeline's, 409 for
 a key already used (the key is single-use), 400 for a configuration that does not compile or
-a parameter it does not declare.
+a parameter it does not declare. As CircleCI documents for dynamic configuration, the
+parameters the pipeline was triggered with are carried into the continuation (so it must
+declare them too), and sending one of them again is refused ("Conflicting pipeline
+parameters.").
 
 ``python -m tfship.ci.continuation CONFIG [k=v ...]`` is the other side, for a setup job
 that goes on with a configuration file as it is (the continuation orb's ``continue``): the
@@ -119,12 +122,15 @@ class Loopback:
 
     ``url`` is the API base to hand the setup jobs (``CIRCLECI_API_URL``), ``key`` their
     ``CIRCLE_CONTINUATION_KEY``; ``continuation`` is what was accepted (None: not continued).
-    Closing it is the key expiring, as when CircleCI's setup workflow ends.
+    ``triggered`` are the parameters the pipeline was triggered with (given explicitly, not
+    defaults): they are carried into the continuation. Closing it is the key expiring, as
+    when CircleCI's setup workflow ends.
     """
 
-    def __init__(self, branch: str) -> None:
+    def __init__(self, branch: str, triggered: dict | None = None) -> None:
         self.key = str(uuid.uuid4())
         self.branch = branch
+        self.triggered = dict(triggered or {})
         self.continuation: Continuation | None = None
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -147,7 +153,10 @@ class Loopback:
                 return 401, {"message": "Invalid continuation key."}
             if self.continuation is not None:
                 return 409, {"message": "Continuation key has already been used."}
-            params = body.get("parameters") or {}
+            sent = body.get("parameters") or {}
+            if set(sent) & set(self.triggered):
+                return 400, {"message": "Conflicting pipeline parameters."}
+            params = {**self.triggered, **sent}
             problem = compile_problem(body["configuration"], params, self.branch)
             if problem:
                 return 400, {"message": f"config compilation failed: {problem}"}

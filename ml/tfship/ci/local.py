@@ -526,7 +526,8 @@ def run_workflow(
     workflow (``workflow``, or the one whose when/unless holds) runs with
     ``CIRCLE_CONTINUATION_KEY`` and ``CIRCLECI_API_URL`` pointing at a local continuePipeline
     (:class:`~tfship.ci.continuation.Loopback`); then every workflow of the configuration it
-    continued with whose when/unless holds, for the parameters it sent, runs in turn.
+    continued with whose when/unless holds runs in turn, for the parameters it sent plus the
+    ``--param`` ones (a trigger's parameters carry into the continuation, as in CircleCI).
     """
     branch = s.branch or current_branch(project)
     doc = load_config(s.config)
@@ -575,7 +576,7 @@ def _run_setup(
             "locally one setup workflow continues the pipeline: name it"
         )
     ((name, jobs),) = running
-    with Loopback(branch) as loop:
+    with Loopback(branch, triggered=params) as loop:
         echo(f"setup workflow {name}: CIRCLE_CONTINUATION_KEY set, continuePipeline at {loop.url}")
         setup_env = {**env, "CIRCLE_CONTINUATION_KEY": loop.key, "CIRCLECI_API_URL": loop.url}
         runner = Runner(project, s.out, setup_env, branch, decide, s.jobs, echo=echo)

@@ -206,7 +206,8 @@ def ci_plan(
     ssh://USER@HOST/PATH, s3://BUCKET/PREFIX/), asks the deploy target which version serves,
     reads its manifest from the store (or the host) and compares the sha256 of the data it
     was trained on with the snapshot's. New data (or no champion yet): continue with
-    retrain=true and data_uri=<snapshot>#sha256=<hex>, a value `tfship build --data` reads.
+    new_data_uri=<snapshot>#sha256=<hex>, a value `tfship build --data` reads (the trigger's
+    retrain=true carries over: CircleCI refuses a continuation that sends it again).
     The same data: "no new data since the champion (vN, sha256 ...)", exit 0.
 
     \b
@@ -245,9 +246,10 @@ def ci_local(workflow: str | None, s: LocalSettings, as_json: bool) -> None:
     A setup config (`setup: true`, dynamic configuration) needs no WORKFLOW: its setup
     workflow runs with CIRCLE_CONTINUATION_KEY set and CIRCLECI_API_URL at a local
     continuePipeline (the key works once); the workflows of the configuration it continues
-    with then run, their when/unless evaluated with the parameters it sent (each must be
-    declared there), under --out/continued/<workflow>. A setup workflow that does not
-    continue ends the run green. The summary shows both.
+    with then run, their when/unless evaluated with the parameters it sent plus the --param
+    ones (a trigger's parameters carry over, as in CircleCI: each must be declared there, and
+    sending one again is refused), under --out/continued/<workflow>. A setup workflow that
+    does not continue ends the run green. The summary shows both.
     """
     done = run_workflow(
         workflow, s, Path.cwd(), dict(os.environ), lambda line: click.echo(line, err=True)
