@@ -149,6 +149,8 @@ def test_the_projects_own_checks_pass():
     assert check_orb.check_config(SETUP) == []
     assert check_orb.check_phases(SETUP, CONFIG) == []
     assert check_orb.check_phases(CONFIG, SETUP) == [
+        "continue.yml: declares no new_data_uri (config.yml's pipeline parameters carry into "
+        "the continuation)",
         "config.yml: not a setup config (setup: true)",
         "continue.yml: a continuation config cannot itself be a setup config",
     ]
@@ -170,11 +172,15 @@ def test_workflows_are_wired_as_documented():
     assert wf["retrain-deploy"]["when"] == "<< pipeline.parameters.retrain >>"
     assert (
         wf["retrain-deploy"]["jobs"][0]["tfship/build"]["data"]
-        == "<< pipeline.parameters.data_uri >>"
+        == "<< pipeline.parameters.new_data_uri >>"
     )
-    assert set(CONFIG["parameters"]) == {"retrain", "data_uri", "approve_deploy"}
+    assert set(CONFIG["parameters"]) == {"retrain", "data_uri", "approve_deploy", "new_data_uri"}
     # The setup config takes what triggers send and runs plan (retrain) or continue (a push).
-    assert SETUP["setup"] is True and set(SETUP["parameters"]) == set(CONFIG["parameters"])
+    assert SETUP["setup"] is True and set(SETUP["parameters"]) == {
+        "retrain",
+        "data_uri",
+        "approve_deploy",
+    }
     assert SETUP["workflows"]["plan"]["when"] == "<< pipeline.parameters.retrain >>"
     assert next(iter(SETUP["workflows"]["plan"]["jobs"][0])) == "tfship/plan"
     assert SETUP["workflows"]["continue"]["unless"] == "<< pipeline.parameters.retrain >>"

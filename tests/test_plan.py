@@ -31,7 +31,7 @@ SNAP = Snapshot("s3://data/snaps/2026-11-02.csv", SHA_A)
 def test_new_data_continues_with_retrain_and_the_data_uri():
     plan = decide(SNAP, ChampionData(3, SHA_B), "s3://data/snaps/")
     assert plan.action == CONTINUE
-    assert plan.parameters == {"retrain": True, "data_uri": f"{SNAP.uri}#sha256={SHA_A}"}
+    assert plan.parameters == {"new_data_uri": f"{SNAP.uri}#sha256={SHA_A}"}
     assert "differs from the champion's (v3, sha256 bbbbbbbbbbbbbbbb...)" in plan.reason
 
 
@@ -43,7 +43,7 @@ def test_the_champions_own_data_ends_the_pipeline_saying_so():
 
 def test_no_champion_yet_continues():
     plan = decide(SNAP, None, "s3://data/snaps/")
-    assert plan.action == CONTINUE and plan.parameters["data_uri"] == SNAP.data_uri
+    assert plan.action == CONTINUE and plan.parameters["new_data_uri"] == SNAP.data_uri
 
 
 def test_a_champion_without_a_recorded_data_sha256_continues_and_retrain_compares():
@@ -64,10 +64,11 @@ version: 2.1
 parameters:
   retrain: {type: boolean, default: false}
   data_uri: {type: string, default: ""}
+  new_data_uri: {type: string, default: ""}
 jobs:
   retrain:
     docker: [{image: cimg/python:3.11}]
-    steps: [{run: {name: retrain, command: "echo << pipeline.parameters.data_uri >>"}}]
+    steps: [{run: {name: retrain, command: "echo << pipeline.parameters.new_data_uri >>"}}]
 workflows:
   retrain-deploy:
     when: << pipeline.parameters.retrain >>
@@ -133,10 +134,7 @@ def test_plan_ends_on_the_champions_data_and_continues_on_a_new_snapshot(champio
         assert code == 0, err
         done = json.loads(out)
         assert done["action"] == "continue"
-        assert done["parameters"] == {
-            "retrain": True,
-            "data_uri": f"{newest}#sha256={sha256(newest)}",
-        }
+        assert done["parameters"] == {"new_data_uri": f"{newest}#sha256={sha256(newest)}"}
     finally:
         newest.unlink()
 
@@ -160,7 +158,7 @@ def test_plan_continue_sends_the_config_and_the_data_uri_and_never_prints_the_ke
     assert json.loads(out)["continued"] == "retrain"
     assert api.state.continued[SETUP_PIPELINE] == {
         "configuration": CONTINUE_YML,
-        "parameters": {"retrain": True, "data_uri": uri},
+        "parameters": {"new_data_uri": uri},
     }
 
 
@@ -176,10 +174,10 @@ def test_plan_continue_on_unchanged_data_finishes_the_pipeline_green(champion, a
     assert api.state.continued[SETUP_PIPELINE] == {"configuration": FINISH_CONFIG, "parameters": {}}
 
 
-def test_plan_refuses_a_continue_config_that_does_not_declare_data_uri(champion, api, tmp_path):
+def test_plan_refuses_a_continue_config_that_does_not_declare_new_data_uri(champion, api, tmp_path):
     root, served = champion
     config = tmp_path / "continue.yml"
-    config.write_text(CONTINUE_YML.replace('  data_uri: {type: string, default: ""}\n', ""))
+    config.write_text(CONTINUE_YML.replace('  new_data_uri: {type: string, default: ""}\n', ""))
     newest = snapshot(root / "snaps" / "2026-11-04.npz", 4)
     key = api.state.continuation_key(SETUP_PIPELINE)
     try:
@@ -195,7 +193,7 @@ def test_plan_refuses_a_continue_config_that_does_not_declare_data_uri(champion,
     finally:
         newest.unlink()
     assert code == 2
-    assert "declares no pipeline parameter data_uri" in err[-1] and len(err) <= 2, err
+    assert "declares no pipeline parameter new_data_uri" in err[-1] and len(err) <= 2, err
     assert api.state.continued == {}  # nothing sent: the key is still good
 
 
@@ -216,7 +214,7 @@ def test_plan_with_nothing_serving_yet_continues(tmp_path):
     assert r.code == 0, r.err
     done = json.loads(r.out)
     assert done["action"] == "continue" and done["champion"] is None
-    assert done["parameters"]["data_uri"] == f"{snap}#sha256={sha256(snap)}"
+    assert done["parameters"]["new_data_uri"] == f"{snap}#sha256={sha256(snap)}"
 
 
 def test_plan_continue_outside_a_setup_workflow_is_one_line(tmp_path):

@@ -15,7 +15,8 @@
 
 - Dynamic configuration: the setup config (config.yml) says `setup: true` and the
   continuation config (continue.yml) does not (CircleCI refuses to continue with a setup
-  config).
+  config), and the continuation declares every parameter the setup config declares (CircleCI
+  carries a trigger's parameters into the continuation).
 
     python tools/check_orb.py     # checks orb/src, orb/orb.yml, .circleci/config.yml and
                                   # .circleci/continue.yml
@@ -346,8 +347,15 @@ def check_config(config: dict) -> list[str]:
 
 
 def check_phases(setup: dict, continuation: dict) -> list[str]:
-    """The setup config is one (``setup: true``); the continuation config is not."""
+    """The setup config is one (``setup: true``); the continuation config is not, and
+    declares every pipeline parameter the setup config declares."""
     out = []
+    missing = sorted(set(setup.get("parameters") or {}) - set(continuation.get("parameters") or {}))
+    if missing:
+        out.append(
+            f"continue.yml: declares no {', '.join(missing)} (config.yml's pipeline parameters "
+            "carry into the continuation)"
+        )
     if setup.get("setup") is not True:
         out.append("config.yml: not a setup config (setup: true)")
     if continuation.get("setup") is True:

@@ -9,12 +9,14 @@ sha256 of the data the champion was trained on (``data_sha256`` in its manifest)
 
 :func:`decide` is the rule, a pure function: new data (or no champion yet, or a champion
 that does not record its data's sha256) continues the pipeline with the retrain workflow and
-``{retrain: true, data_uri: <snapshot>#sha256=<hex>}``; the same data ends it, green, with one
-line saying so. Continuing is CircleCI's ``POST /pipeline/continue`` with the job's
-``CIRCLE_CONTINUATION_KEY`` (a secret: read here, never printed). When nothing is to run,
-the pipeline is finished the way CircleCI's continuation orb's ``finish`` command does it: a
-continuation with a configuration that runs nothing, so the key is spent and no workflow
-(no hold, no approval notice) follows.
+``{new_data_uri: <snapshot>#sha256=<hex>}``; the same data ends it, green, with one line saying
+so. Only ``new_data_uri`` is sent: CircleCI carries the parameters the pipeline was triggered
+with (``retrain=true``, often ``data_uri``) into the continuation and refuses a continuation
+that sends one of them again ("Conflicting pipeline parameters."). Continuing is CircleCI's
+``POST /pipeline/continue`` with the job's ``CIRCLE_CONTINUATION_KEY`` (a secret: read
+here, never printed). When nothing is to run, the pipeline is finished the way CircleCI's
+continuation orb's ``finish`` command does it: a continuation with a configuration that runs
+nothing, so the key is spent and no workflow (no hold, no approval notice) follows.
 
 Nothing here imports TensorFlow: the setup job installs the slim tfship.
 """
@@ -63,7 +65,7 @@ class PlanSettings:
         Path(".circleci/continue.yml"),
         "TFSHIP_CONTINUE_CONFIG",
         "The configuration to continue with (the retrain workflow); it declares the pipeline "
-        "parameters retrain (boolean) and data_uri (string).",
+        "parameter new_data_uri (string) and the setup config's (retrain, data_uri, ...).",
         kind="file",
     )
 
@@ -111,11 +113,11 @@ def _short(sha: str) -> str:
 
 
 def decide(snapshot: Snapshot | None, champion: ChampionData | None, source: str) -> Plan:
-    """The rule: continue with ``{retrain: true, data_uri}`` unless the champion was trained
-    on exactly this snapshot's bytes (or there is no snapshot at all)."""
+    """The rule: continue with ``{new_data_uri}`` unless the champion was trained on exactly
+    this snapshot's bytes (or there is no snapshot at all)."""
     if snapshot is None:
         return Plan(END, f"no snapshot at {source} yet: nothing to retrain on", champion=champion)
-    params = {"retrain": True, "data_uri": snapshot.data_uri}
+    params = {"new_data_uri": snapshot.data_uri}
     if champion is None:
         return Plan(
             CONTINUE, f"no champion serving yet: retrain on {snapshot.data_uri}", params, snapshot
@@ -202,8 +204,8 @@ def _continuation_config(path: Path, parameters: dict) -> str:
         raise ConfigError(
             f"--continue-config {path} declares no pipeline parameter {', '.join(missing)}: "
             "CircleCI refuses a continuation that sends it",
-            hint="declare `retrain: {type: boolean, default: false}` and "
-            '`data_uri: {type: string, default: ""}` under its top-level parameters',
+            hint='declare `new_data_uri: {type: string, default: ""}` under its top-level '
+            "parameters",
         )
     return text
 
