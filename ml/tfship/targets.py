@@ -84,13 +84,13 @@ class SSHAccess:
         return {
             "key_file": str(self.ssh_key_file) if self.ssh_key_file else None,
             "key_text": os.environ.get(self.ssh_key_env) if self.ssh_key_env else None,
-            "key_text_name": self.ssh_key_env or "TFSHIP_SSH_KEY_ENV",
+            "key_text_name": self.ssh_key_env or "--ssh-key-env (empty)",
             "password": os.environ.get(PASSWORD_ENV),
             "known_hosts": str(self.known_hosts) if self.known_hosts else None,
             "known_hosts_lines": (
                 os.environ.get(self.known_hosts_env) if self.known_hosts_env else None
             ),
-            "known_hosts_lines_name": self.known_hosts_env or "TFSHIP_KNOWN_HOSTS_ENV",
+            "known_hosts_lines_name": self.known_hosts_env or "--known-hosts-env (empty)",
             "accept_unknown_host": self.accept_unknown_host_key,
             "connect_timeout": self.ssh_timeout,
         }
