@@ -438,16 +438,37 @@ def test_stage_step_without_extra_args_runs_the_bare_stage(tmp_path, stub_tfship
     assert "MODEL_NAME" not in called["env"]  # empty parameters leave tfship's defaults
 
 
-def test_stage_step_writes_the_known_hosts_lines_for_tfship(tmp_path, stub_tfship):
+def test_stage_step_names_the_known_hosts_variable_for_tfship_to_read(tmp_path, stub_tfship):
+    # tfship reads the lines from the variable in memory: no known_hosts file is written.
     env = _stage_env(
         tmp_path,
         PARAM_STAGE="deploy",
         PARAM_KNOWN_HOSTS_ENV="HOSTS_LINES",
+        PARAM_SSH_KEY_ENV="DEPLOY_KEY",
         HOSTS_LINES="deploy.example.com ssh-ed25519 AAAAC3Nza",
     )
     r = _run_as_circleci(RUN_STAGE, env, tmp_path)
     assert r.returncode == 0, r.stderr
-    assert stub_tfship()["known_hosts"] == "deploy.example.com ssh-ed25519 AAAAC3Nza\n"
+    called = stub_tfship()
+    assert called["known_hosts"] is None
+    assert called["env"]["TFSHIP_KNOWN_HOSTS_ENV"] == "HOSTS_LINES"
+    assert called["env"]["TFSHIP_SSH_KEY_ENV"] == "DEPLOY_KEY"
+
+
+@pytest.mark.parametrize(("param", "project", "seen"), [
+    ("true", None, "true"),
+    ("false", None, None),
+    ("false", "true", "true"),  # set in the project or a context: the parameter keeps it
+])  # fmt: skip
+def test_stage_step_sets_the_serving_tunnel_only_when_asked(
+    tmp_path, stub_tfship, param, project, seen
+):
+    env = _stage_env(tmp_path, PARAM_STAGE="test-deployed", PARAM_SERVING_TUNNEL=param)
+    if project:
+        env["TFSHIP_SERVING_TUNNEL"] = project
+    r = _run_as_circleci(RUN_STAGE, env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert stub_tfship()["env"].get("TFSHIP_SERVING_TUNNEL") == seen
 
 
 def test_stage_step_fails_on_malformed_extra_args_before_running_tfship(tmp_path, stub_tfship):

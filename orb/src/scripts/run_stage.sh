@@ -15,12 +15,11 @@ export_settings() {
   set_if TFSHIP_MIN_ACCURACY "${PARAM_MIN_ACCURACY:-}"
   set_if TF_SERVING_URL "${PARAM_SERVING_URL:-}"
   set_if TFSHIP_SSH_KEY_ENV "${PARAM_SSH_KEY_ENV:-}"
-
-  if [ -n "${PARAM_KNOWN_HOSTS_ENV:-}" ] && [ -n "${!PARAM_KNOWN_HOSTS_ENV:-}" ]; then
-    local known_hosts
-    known_hosts="$(mktemp)"
-    printf '%s\n' "${!PARAM_KNOWN_HOSTS_ENV}" > "$known_hosts"
-    export DEPLOY_SERVER_KNOWN_HOSTS="$known_hosts"
+  # tfship reads the known_hosts lines from this variable itself, in memory: no file to write.
+  set_if TFSHIP_KNOWN_HOSTS_ENV "${PARAM_KNOWN_HOSTS_ENV:-}"
+  # false leaves a TFSHIP_SERVING_TUNNEL set in the project or a context as it is.
+  if [ "${PARAM_SERVING_TUNNEL:-}" = "true" ]; then
+    export TFSHIP_SERVING_TUNNEL=true
   fi
 }
 
