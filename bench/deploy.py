@@ -11,7 +11,9 @@
 4. `--fleet-only`: one host vs fleets of 4 and 16 (`--max-parallel 8`), each host an sshd and
    a `tfship serve` behind its own link (bench/linkproxy.py: 100 Mbit/s each way, 20 ms round
    trip), for the demo package and a 100 MB one, with where the time and the CPU go
-   (issue 18's goals on 100 MB: 4 hosts <= 1.3x one host, 16 hosts <= 2x).
+   (issue 18's goals on 100 MB: 4 hosts <= 1.3x one host, 16 hosts <= 2x). The rollout is
+   tfship's: every host stages (upload + hash check) at once, --max-parallel at a time, the
+   canary is committed and checked first, the rest after it passed.
 
 Run by hand: `python bench/deploy.py [--upload-mb 200]` (1-3) or `python bench/deploy.py
 --fleet-only [--rounds 3] [--wait-quiet 40]` (4). Needs sshd (tools/setup.sh --test).
@@ -130,6 +132,11 @@ def main() -> None:
     fleet = parser.add_argument_group("fleets behind links (4)")
     fleet.add_argument("--fleet-only", action="store_true", help="run the fleet benchmark only")
     fleet.add_argument(
+        "--bucket-only",
+        action="store_true",
+        help="run the bucket deploy benchmark only: 1 vs 4 replicas reading one bucket",
+    )
+    fleet.add_argument(
         "--fleet-hosts",
         type=lambda v: [int(x) for x in v.split(",")],
         default=[4, 16],
@@ -151,12 +158,6 @@ def main() -> None:
         "--max-p95-ms", type=float, default=None, help="the checks' p95 gate (default tfship's)"
     )
     fleet.add_argument(
-        "--no-proposal",
-        dest="proposal",
-        action="store_false",
-        help="skip the fleets deployed with the canary staged together with the rest",
-    )
-    fleet.add_argument(
         "--no-save", dest="save", action="store_false", help="print only (trial runs)"
     )
     fleet.add_argument(
@@ -175,6 +176,9 @@ def main() -> None:
         args.fleet_only, args.fleet_hosts = True, [args.hosts]
     if args.render_only:
         render_fleet()
+        return
+    if args.bucket_only:
+        bucket_bench(args)
         return
     if args.fleet_only:
         fleet_bench(args)
@@ -582,22 +586,17 @@ def stop_linked_hosts(hosts: list[LinkedHost], served=(), sshds=()) -> None:
         x.stop()
 
 
-def tfship_deploy(args: list[str], cwd: Path, staged_together: bool = False) -> dict:
-    """Run `tfship deploy --json ARGS`: its result, exit code, wall time and CPU time.
-
-    ``staged_together``: with the proposal :func:`fleet_deploy_staged_together`.
-    """
+def tfship_deploy(args: list[str], cwd: Path, env: dict | None = None) -> dict:
+    """Run `tfship deploy --json ARGS`: its result, exit code, wall time and CPU time."""
     from helpers import clean_env
 
-    tfship = (
-        [str(Path(__file__).resolve()), STAGED_TOGETHER] if staged_together else ["-m", "tfship"]
-    )
+    tfship = ["-m", "tfship"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.monotonic()
     proc = subprocess.run(
         [sys.executable, *tfship, "deploy", "--json", *args],
         cwd=cwd,
-        env=clean_env(),
+        env=env or clean_env(),
         capture_output=True,
         text=True,
         timeout=900,
@@ -651,106 +650,6 @@ def deploy_args(
         "--max-parallel",
         str(mp),
     ]
-
-
-def fleet_deploy_staged_together(targets, package_dir, s, fs):
-    """A proposal for ``tfship.fleet.fleet_deploy``, measured here: the canary uploads with
-    the rest instead of before them.
-
-    The same steps and rules otherwise (copied from fleet.py, as of this bench): every host
-    stages (lock, upload, sha256 check; nothing visible) at once; the canary is committed and
-    checked as soon as its own upload is done; the rest are committed in batches once it
-    passes and their uploads are done. A failing canary leaves the others' staged uploads to
-    be discarded, as a failed upload does today.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tfship.deploy import abandon, commit, load_package, stage
-    from tfship.errors import DeployError, TfshipError
-    from tfship.fleet import FleetFailed, FleetResult, HostResult, _first_error, _revert, _soak
-    from tfship.targets import Fleet, one_version
-
-    started = time.monotonic()
-    manifest = load_package(package_dir)
-    model, version = manifest["model_name"], int(manifest["version"])
-    rows = Fleet(targets, True).state(model)
-    broken = [r for r in rows if r["state"].startswith("error")]
-    if broken:
-        raise DeployError("cannot read the fleet's state: " + "; ".join(r["state"] for r in broken))
-    if not s.force:
-        one_version(rows)
-    old = {r["host"]: r["serving"] for r in rows}
-    result = FleetResult(
-        model, version, [HostResult(t.host.name, old[t.host.name], version) for t in targets]
-    )
-    by_host = {h.host: h for h in result.hosts}
-    staged, moved = {}, []
-
-    def stage_one(t) -> None:
-        h = by_host[t.host.name]
-        try:
-            st = stage(t, package_dir, s)
-        except TfshipError as exc:
-            h.result, h.checks, h.error = "failed before any change", "not run", str(exc)
-            raise
-        staged[t.host.name] = st
-        h.upload_s = st.times.get("upload")
-
-    def commit_one(t, soak: float = 0.0) -> None:
-        h = by_host[t.host.name]
-        try:
-            r = commit(staged.pop(t.host.name), s)
-            h.to_available_s = r.seconds.get("to_available")
-            moved.append(t)
-            if soak > 0:
-                _soak(t, package_dir, manifest, version, soak, s)
-            h.result, h.checks = r.state, "passed"
-        except TfshipError as exc:
-            undone = t not in moved and "did not complete" not in str(exc)
-            h.result = "failed, rolled back" if undone else "failed"
-            h.checks, h.error = "failed", str(exc)
-            raise
-
-    canary, rest = targets[0], targets[1:]
-    pool = ThreadPoolExecutor(len(targets))
-    uploads = []
-    try:
-        uploads = [pool.submit(stage_one, t) for t in targets]  # the change: canary included
-        _first_error(uploads[:1])
-        commit_one(canary, fs.canary_seconds)
-        result.canary_s = round(time.monotonic() - started, 3)
-        _first_error(uploads)
-        for i in range(0, len(rest), max(1, fs.max_parallel)):
-            batch = rest[i : i + max(1, fs.max_parallel)]
-            _first_error([pool.submit(commit_one, t) for t in batch])
-    except TfshipError as exc:
-        result.ok = False
-        for f in uploads:
-            f.exception()
-        _revert(moved, model, version, old, s, by_host)
-        result.total_s = round(time.monotonic() - started, 3)
-        message = f"fleet rollout of {model} version {version} stopped: {exc}"
-        raise FleetFailed(message, result) from exc
-    finally:
-        for f in uploads:
-            f.cancel()
-        pool.shutdown(wait=True)
-        for st in list(staged.values()):
-            abandon(st)
-    result.total_s = round(time.monotonic() - started, 3)
-    return result
-
-
-STAGED_TOGETHER = "--tfship-staged-together"  # argv[1]: run `tfship` with the proposal
-
-
-def tfship_staged_together(argv: list[str]) -> None:
-    """`tfship ARGV` with :func:`fleet_deploy_staged_together` in place of the fleet's."""
-    import tfship.fleet
-    from tfship.cli import main as tfship_main
-
-    tfship.fleet.fleet_deploy = fleet_deploy_staged_together
-    tfship_main(argv)
 
 
 def upload_cpu(sshd, package: Path, work: Path) -> dict:
@@ -889,11 +788,9 @@ def fleet_bench(args) -> None:
         version = 1000
         for rnd in range(args.rounds):
             for case, filler in cases:
-                configs = [(n, False) for n in sizes]
-                if filler and args.proposal:
-                    configs += [(n, True) for n in sizes if n > 1]
+                configs = list(sizes)
                 shift = rnd % len(configs)  # each round in another order: drift is spread
-                for n, together in configs[shift:] + configs[:shift]:
+                for n in configs[shift:] + configs[:shift]:
                     version += 1
                     pkg = new_version(src, pkgs, version, filler)
                     size = sum(f.stat().st_size for f in pkg.rglob("*") if f.is_file())
@@ -901,7 +798,7 @@ def fleet_bench(args) -> None:
                         hosts[:n], key, known, work / f"hosts{n}.txt", args.max_parallel, extra
                     )
                     cpu0, t0 = _cpu_snapshot(hosts), time.monotonic()
-                    run = tfship_deploy([*dargs, "--package", str(pkg)], work / "cli", together)
+                    run = tfship_deploy([*dargs, "--package", str(pkg)], work / "cli")
                     wait_sessions_reaped(hosts)  # their CPU then counts in each sshd's
                     cpu1 = _cpu_snapshot(hosts)
                     shutil.rmtree(pkg)
@@ -909,7 +806,7 @@ def fleet_bench(args) -> None:
                     run.update(
                         case=case,
                         hosts=n,
-                        config=config_name(n, together),
+                        config=str(n),
                         round=rnd,
                         version=version,
                         package_mb=round(size / 1e6, 1),
@@ -967,6 +864,7 @@ def fleet_bench(args) -> None:
             "at_start": busy,
             "at_end": other_benches(),
             "loadavg_at_start": [round(x, 2) for x in load_at_start],
+            "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
         },
     }
     if args.save:
@@ -985,10 +883,6 @@ def _cpu_snapshot(hosts: list[LinkedHost]) -> dict:
         "serve_cpu_s": sum(_proc_cpu_s(h.served.proc.pid) for h in hosts),
         "machine": _machine_busy_s(),
     }
-
-
-def config_name(n: int, together: bool) -> str:
-    return f"{n} staged together" if together else str(n)
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -1044,6 +938,9 @@ def summarize(runs: list[dict]) -> dict:
 
 
 GOALS = {4: 1.3, 16: 2.0}  # issue 18, on the large package
+# The measurement before the rollout staged the canary with the others and before the upload
+# handed paramiko a memoryview (commit ac58c90, same bench, 100 MB): what this one improves on.
+BEFORE = {"ratio_4": 1.97, "ratio_16": 4.13, "paramiko_cpu_s": 0.71, "commit": "ac58c90"}
 FLEET_COLUMNS = (
     "package, hosts, deploy s, vs one host, canary s, after canary s, canary upload s, "
     "other uploads s (max), to AVAILABLE s (max), client CPU s, sshd CPU s, links CPU s, "
@@ -1062,7 +959,7 @@ def _row(case: str, config: str, m: dict) -> str:
         goal = GOALS.get(m["hosts"]) if case != "demo" else None
         if goal:
             ratio += f" ({'met' if m['ratio'] <= goal else 'NOT met'}: <= {goal}x)"
-    hosts = config.replace(" staged together", ", canary staged with the rest (proposal)")
+    hosts = config
     failed = f" {m['failed']} of {m['rounds']} failed |" if m["failed"] else ""
     cells = [
         case,
@@ -1095,17 +992,18 @@ def failure_reason(run: dict) -> str:
 
 
 def _ordered(summary: dict) -> list[tuple[str, str, dict]]:
-    """(package, configuration, medians): demo first, then by hosts, today's way first."""
+    """(package, configuration, medians): demo first, then by hosts."""
     rows = [(case, config, m) for case, by in summary.items() for config, m in by.items()]
-    return sorted(
-        rows, key=lambda r: (r[0] != "demo", r[0], r[2]["hosts"], r[1] != str(r[2]["hosts"]))
-    )
+    return sorted(rows, key=lambda r: (r[0] != "demo", r[0], r[2]["hosts"]))
 
 
 def _verdict(m: dict | None, goal: float) -> str:
     if not m or m.get("ratio") is None:
         return "not measured"
-    return f"{m['ratio']:.2f}x, {'met' if m['ratio'] <= goal else 'NOT met'}"
+    rounds = ", ".join(f"{r:.2f}" for r in m.get("ratio_per_round", []))
+    return f"{m['ratio']:.2f}x, {'met' if m['ratio'] <= goal else 'NOT met'}" + (
+        f" (per round: {rounds})" if rounds else ""
+    )
 
 
 def fleet_analysis(f: dict) -> str:
@@ -1117,15 +1015,15 @@ def fleet_analysis(f: dict) -> str:
     by = f["summary"][case]
     one = by["1"]
     mbit = f["settings"]["mbit_each_way"]
+    mp = f["settings"]["max_parallel"]
     wire_s = one["package_mb"] * 8 / mbit
     cpu = f["client_cpu_per_upload"]
     goals = "; ".join(
-        f"{n} hosts <= {goal}x: {_verdict(by.get(str(n)), goal)} "
-        f"(canary staged with the rest: {_verdict(by.get(config_name(n, True)), goal)})"
-        for n, goal in GOALS.items()
+        f"{n} hosts <= {goal}x: {_verdict(by.get(str(n)), goal)}" for n, goal in GOALS.items()
     )
     lines = [
-        f"**Goals on {case}**: {goals}.",
+        f"**Goals on {case}, measured here**: {goals} (before this rollout order and upload, "
+        f"commit {BEFORE['commit']}: {BEFORE['ratio_4']}x and {BEFORE['ratio_16']}x).",
         f"Where the time goes, one host: {_n(one['canary_upload_s'])} s of its "
         f"{_n(one['deploy_s'])} s is the upload ({wire_s:.1f} s is the link's own time for "
         f"{one['package_mb']:.0f} MB at {mbit:.0f} Mbit/s; the rest is the host's sha256 check "
@@ -1134,79 +1032,79 @@ def fleet_analysis(f: dict) -> str:
         "requests all cross the link (50 timed requests one after another: 50 round trips).",
     ]
     for n in sorted({m["hosts"] for m in by.values() if m["hosts"] > 1}):
-        m, t = by.get(str(n)), by.get(config_name(n, True))
-        if m:
-            lines.append(
-                f"{n} hosts as tfship rolls out today: the canary's deploy takes "
-                f"{_n(m['canary_s'])} s ({_n(m['canary_upload_s'])} s uploading); the other "
-                f"{n - 1} start their uploads only when the canary's is done (they overlap its "
-                f"checks) and the slowest takes {_n(m['rest_upload_max_s'])} s; after the canary "
-                f"passed, {_n(m['after_canary_s'])} s more (uploads still running, then rename, "
-                f"poll, checks in batches of {f['settings']['max_parallel']}): "
-                f"{_n(m['deploy_s'])} s in all, {_n(m.get('ratio'), 2)}x."
+        m = by[str(n)]
+        waves = -(-n // mp)
+        lines.append(
+            f"{n} hosts: every host stages (lock, upload, sha256 check, under a name TF Serving "
+            "ignores) "
+            + (
+                f"{min(n, mp)} at a time, the canary first ({waves} waves of uploads)"
+                if waves > 1
+                else "at once, the canary among them"
             )
-        if t:
-            lines.append(
-                f"{n} hosts with the canary staged together with the rest (the proposal, "
-                f"measured in the same rounds): every upload starts at once and the slowest "
-                f"takes {_n(t['rest_upload_max_s'])} s; the canary passes at {_n(t['canary_s'])} "
-                f"s and the rest {_n(t['after_canary_s'])} s later: {_n(t['deploy_s'])} s, "
-                f"{_n(t.get('ratio'), 2)}x."
-            )
-    last = max((m for c, m in by.items() if c.isdigit()), key=lambda m: m["hosts"])
+            + f"; the canary's upload takes {_n(m['canary_upload_s'])} s (alone: "
+            f"{_n(one['canary_upload_s'])} s), the slowest other's {_n(m['rest_upload_max_s'])} "
+            f"s; the canary is renamed into place and passes its checks at {_n(m['canary_s'])} "
+            f"s; the others are renamed only then, each once its upload is done, and the last "
+            f"passes {_n(m['after_canary_s'])} s later: {_n(m['deploy_s'])} s in all, "
+            f"{_n(m.get('ratio'), 2)}x."
+        )
+    last = max(by.values(), key=lambda m: m["hosts"])
     n = last["hosts"]
     keys = ("client_cpu_s", "sshd_cpu_s", "proxy_cpu_s", "serve_cpu_s")
     if all(last[k] is not None for k in keys) and last["deploy_s"]:
         total = sum(last[k] for k in keys)
+        host_side = total - last["client_cpu_s"]
+        busy = (last["machine_busy_cores"] or 0) * last["deploy_s"]
         lines.append(
             f"CPU at {n} hosts: one deploy costs {total:.0f} s of CPU: the `tfship deploy` "
             f"client {last['client_cpu_s']:.0f} s, the {n} sshds {last['sshd_cpu_s']:.0f} s "
             f"(decrypt, untar, sha256), the links {last['proxy_cpu_s']:.0f} s, the servers "
-            f"{last['serve_cpu_s']:.0f} s; on 2 cores that alone is {total / 2:.0f} s of the "
-            f"{last['deploy_s']:.0f} s (the machine was {_n(last['machine_busy_cores'], 2)} "
-            "cores busy)"
-            + (
-                ", so here the rollout is bound by this machine's CPU, not by the links (the "
-                f"{n - 1} links could carry {(n - 1) * one['package_mb']:.0f} MB in "
-                f"{wire_s:.1f} s)"
-                if total / 2 > 0.5 * last["deploy_s"]
-                else ""
-            )
-            + ". On a real fleet the sshds' share runs on each host and the links cost nothing; "
-            "the client's share does not move."
+            f"{last['serve_cpu_s']:.0f} s (their 1 req/s load and the checks); "
+            f"{host_side:.0f} s of it is what the simulated hosts and their links spend, which "
+            "on a real fleet runs on each host's own cores (and the links cost nothing). "
+            f"The machine's 2 cores were {_n(last['machine_busy_cores'], 2)} busy through the "
+            f"{last['deploy_s']:.0f} s, {busy:.0f} CPU-seconds, of which this rollout's "
+            f"processes had {total:.0f} s: the rest went to the other engineers' tests and "
+            "benchmarks running meanwhile, all of which outrank the bench's `nice -n 19`. "
+            f"So here {n} hosts measure the 2 shared cores, not tfship and not the links "
+            f"(the links could carry every upload in {2 * wire_s:.1f} s in 2 waves); the "
+            "figure a real fleet would show is the estimate below."
         )
-    need = (n - 1) * cpu["paramiko_cpu_s"] / wire_s
     lines.append(
         f"The client's share: one {cpu['mb']:.0f} MB upload costs {cpu['paramiko_cpu_s']:.2f} "
-        f"s of CPU in tfship's paramiko upload, {cpu['openssh_cpu_s']:.2f} s in OpenSSH's "
-        "`ssh` piping the same tar stream (loopback, no link). paramiko's threads share one "
-        f"interpreter: {n - 1} uploads at {mbit:.0f} Mbit/s each ask for {need:.1f} cores of "
-        f"it for {wire_s:.1f} s"
-        + (
-            ", more than one, so even on a big client this upload is CPU-bound in Python"
-            if need > 1
-            else ""
-        )
-        + f"; {n - 1} `ssh` processes would need "
-        f"{(n - 1) * cpu['openssh_cpu_s'] / wire_s:.1f} cores, spread over the client's cores."
+        f"s of CPU in tfship's paramiko upload (before, {BEFORE['paramiko_cpu_s']} s: "
+        "paramiko's sendall copied the rest of each 1 MiB chunk after every 32 KiB packet, "
+        f"now it is handed a memoryview), {cpu['openssh_cpu_s']:.2f} s in OpenSSH's `ssh` "
+        f"piping the same tar stream (loopback, no link). {min(n, mp)} uploads at once at "
+        f"{mbit:.0f} Mbit/s each ask for "
+        f"{min(n, mp) * cpu['paramiko_cpu_s'] / wire_s:.2f} cores of the client's one Python "
+        "interpreter, well under one."
     )
-    t4, t_last = by.get(config_name(4, True)), by.get(config_name(n, True))
-    if t4 and t_last and t4["after_canary_s"] and one["deploy_s"]:
-        batches = -(-(n - 1) // f["settings"]["max_parallel"])
-        upload = max(wire_s, (n - 1) * cpu["paramiko_cpu_s"])
-        rest = one["deploy_s"] - one["canary_upload_s"]
-        est_n = (upload + rest + batches * t4["after_canary_s"]) / one["deploy_s"]
-        est_4 = (one["deploy_s"] + t4["after_canary_s"]) / one["deploy_s"]
+    u, k = one["canary_upload_s"], one["deploy_s"] - one["canary_upload_s"]
+    four = by.get("4")
+    if u and four and four.get("after_canary_s"):
+        after = four["after_canary_s"]
+
+        def estimate(hosts: int) -> float:
+            waves = -(-hosts // mp)
+            return max(u + k, waves * u) + after
+
+        est = {h: estimate(h) / one["deploy_s"] for h in GOALS}
         lines.append(
-            "On a real fleet (an estimate from the parts above, not a measurement): with the "
-            "proposal a rollout is about one host's deploy plus the part after the canary, "
-            f"4 hosts ({one['deploy_s']:.1f} + {t4['after_canary_s']:.1f}) / "
-            f"{one['deploy_s']:.1f} = {est_4:.2f}x, "
-            "if the canary's upload were not slowed by the others' on shared cores "
-            f"({_n(t4['canary_upload_s'])} s here against {_n(one['canary_upload_s'])} s alone); "
-            f"{n} hosts: the slower of the links and paramiko's one core "
-            f"({upload:.1f} s) + the canary's other steps ({rest:.1f} s) + {batches} batches "
-            f"of {t4['after_canary_s']:.1f} s = {est_n:.2f}x."
+            "On a real fleet (an estimate from the parts above, not a measurement): each host's "
+            f"upload takes what one host's takes here ({u:.1f} s), as every host has its own link "
+            f"and cores and the client's CPU is not the limit; the canary passes after one "
+            f"host's deploy ({one['deploy_s']:.1f} s); the last host switches once the canary "
+            f"passed and its own upload, in the last wave of {mp}, is done, whichever is later, "
+            f"and the switch and checks take {after:.1f} s (as measured after the canary at 4 "
+            f"hosts). 4 hosts: {est[4]:.2f}x, 16 hosts ({-(-16 // mp)} waves): {est[16]:.2f}x: "
+            + (
+                "within the goals (1.3x, 2x) if the estimate holds; a real fleet must "
+                "measure it, the goals above are NOT met as measured here."
+                if est[4] <= GOALS[4] and est[16] <= GOALS[16]
+                else f"against the goals {GOALS[4]}x and {GOALS[16]}x."
+            )
         )
     failures = [r for r in f["runs"] if r["code"]]
     if failures:
@@ -1240,8 +1138,9 @@ def fleet_markdown(f: dict) -> str:
         if not others["at_start"] and not others["at_end"]
         else "Other benchmarks were running on the same cores (at start: "
         f"{len(others['at_start'])}, at end: {len(others['at_end'])}; load average at start "
-        f"{others['loadavg_at_start'][0]}): the figures are slower and noisier than on a quiet "
-        "machine."
+        f"{others['loadavg_at_start'][0]}, at end {others.get('loadavg_at_end', ['?'])[0]}, on 2 "
+        "cores; the bench itself runs under `nice -n 19`): the figures are slower and noisier "
+        "than on a quiet machine."
     )
     title = f"{s['mbit_each_way']:.0f} Mbit/s, {s['rtt_ms']:.0f} ms RTT"
     gate = "the default checks (200 samples, 50 timed requests)"
@@ -1257,7 +1156,9 @@ def fleet_markdown(f: dict) -> str:
         "link in front of both (`bench/linkproxy.py`: a token bucket per direction, a delay "
         "queue, the TCP handshake's round trip): the upload and the checks' requests cross it. "
         "`tfship deploy --json` runs as a user would run it: one host by `DEPLOY_SERVER_*`, a "
-        "fleet by `--hosts-file`; the canary gets the full checks and no soak; "
+        "fleet by `--hosts-file`, rolled out as tfship does: every host stages the version "
+        "(upload, sha256 check) with the canary, `--max-parallel` at a time; the canary is "
+        "renamed into place and checked (full checks, no soak), and only then the others; "
         f"`--max-parallel {s['max_parallel']}`; `--keep {s.get('keep', 3)}`; {gate}. Medians "
         f"of {s['rounds']} rounds, the configurations in another order each round. The "
         f"servers, sshds, links, the client and a {s['load_rps_per_host']:.0f} req/s load per "
@@ -1265,8 +1166,7 @@ def fleet_markdown(f: dict) -> str:
         100,
     )
     walls = "; ".join(
-        f"{case}, {m['hosts']} hosts{' (proposal)' if 'staged' in config else ''}: "
-        f"{m['wall_ratio']:.2f}x"
+        f"{case}, {m['hosts']} hosts: {m['wall_ratio']:.2f}x"
         for case, config, m in _ordered(f["summary"])
         if m.get("wall_ratio") is not None
     )
@@ -1298,6 +1198,325 @@ worst host p99 {f["load"]["p99_ms_worst_host"]} ms. Memory: lowest MemAvailable
 """
 
 
+# --------------------------------------------------------------------------------------------
+# 5. The bucket deploy: replicas reading one bucket, each behind its own link
+# --------------------------------------------------------------------------------------------
+
+
+def start_replica(work: Path, env: dict, base: str, rest_port: int) -> object:
+    """`tfship serve --model_base_path s3://...` polling every 1 s on ``rest_port``, with
+    ``env`` (S3_ENDPOINT: the replica's own link to the bucket). Not waited for."""
+    from helpers import Served, free_port
+
+    ready = work / f"ready-{time.monotonic_ns()}.json"
+    log = work / f"serve-{time.monotonic_ns()}.log"
+    grpc_port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "tfship",
+        "serve",
+        "--rest_api_port",
+        str(rest_port),
+        "--port",
+        str(grpc_port),
+        "--ready_file",
+        str(ready),
+        "--model_name",
+        "digits",
+        "--model_base_path",
+        base,
+        "--file_system_poll_wait_seconds",
+        "1",
+        # a replica that lists the version mid-copy (saved_model.pb is copied last) fails
+        # that load and retries it, as TF Serving does
+        "--max_num_load_retries",
+        "3",
+        "--load_retry_interval_micros",
+        "500000",
+    ]
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    return Served(proc, f"http://127.0.0.1:{rest_port}", f"127.0.0.1:{grpc_port}", log, ready)
+
+
+def bucket_bench(args) -> None:
+    """One replica vs 4 reading one bucket (SeaweedFS), each replica behind its own link, and
+    the client behind its own: the upload crosses the client's link, each replica's download
+    and the checks' requests cross the replica's."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import linkproxy
+    from helpers import free_port, start_weed
+
+    delay_ms = args.rtt_ms / 2
+    load_at_start = os.getloadavg()
+    cases = [("demo", 0)]
+    if args.fleet_mb:
+        cases.append((f"{args.fleet_mb} MB", args.fleet_mb << 20))
+    work = Path(tempfile.mkdtemp(prefix="bench-bucket-"))
+    weed, proxies, replicas, loads, runs = None, [], [], [], []
+    previous_term = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        src = demo_package(work)
+        pkgs = work / "pkgs"
+        pkgs.mkdir()
+        (work / "cli").mkdir()
+        weed = start_weed(work / "weed")
+        s3c = weed.client()
+        bucket = weed.make_bucket("models")
+        # two model base paths: one read by one replica, one by four
+        groups = {1: "one", 4: "four"}
+        for prefix in groups.values():
+            for f in sorted(p for p in src.rglob("*") if p.is_file()):
+                key = f"{prefix}/digits/1000/{f.relative_to(src).as_posix()}"
+                s3c.upload_file(str(f), bucket, key)
+        client_link, (client_s3,) = linkproxy.start([("127.0.0.1", weed.port)], args.mbit, delay_ms)
+        proxies.append(client_link)
+        urls: dict[int, list[str]] = {}
+        for n, prefix in groups.items():
+            urls[n] = []
+            for _ in range(n):
+                rest = free_port()
+                link, (s3_port, rest_link) = linkproxy.start(
+                    [("127.0.0.1", weed.port), ("127.0.0.1", rest)], args.mbit, delay_ms
+                )
+                proxies.append(link)
+                env = weed.env(S3_ENDPOINT=f"http://127.0.0.1:{s3_port}")
+                replicas.append(start_replica(work, env, f"s3://{bucket}/{prefix}/digits", rest))
+                urls[n].append(f"http://127.0.0.1:{rest_link}")
+        for r in replicas:
+            r.wait_listening(timeout=300)
+        body = {"instances": [np.zeros((8, 8, 1)).tolist()]}
+        loads = [
+            Load(f"{u}/v1/models/digits:predict", args.fleet_rate, body, threads=1)
+            for n in groups
+            for u in urls[n]
+        ]
+        for load in loads:
+            load.__enter__()
+        time.sleep(2)
+        extra = ["--keep", "1", "--force", "--wait-seconds", "120"]
+        if args.max_p95_ms is not None:
+            extra += ["--max-p95-ms", str(args.max_p95_ms)]
+        version = 1000
+        for rnd in range(args.rounds):
+            for case, filler in cases:
+                order = list(groups)
+                for n in order[rnd % 2 :] + order[: rnd % 2]:
+                    version += 1
+                    pkg = new_version(src, pkgs, version, filler)
+                    size = sum(f.stat().st_size for f in pkg.rglob("*") if f.is_file())
+                    env = weed.env(
+                        S3_ENDPOINT=f"http://127.0.0.1:{client_s3}",
+                        DEPLOY_SERVER_PATH=f"s3://{bucket}/{groups[n]}",
+                        TF_SERVING_URL=",".join(urls[n]),
+                    )
+                    cpu0, t0 = _bucket_cpu(weed, proxies, replicas), time.monotonic()
+                    run = tfship_deploy(["--package", str(pkg), *extra], work / "cli", env=env)
+                    cpu1 = _bucket_cpu(weed, proxies, replicas)
+                    shutil.rmtree(pkg)
+                    sec = (run["result"] or {}).get("seconds", {})
+                    run.update(
+                        case=case,
+                        replicas=n,
+                        round=rnd,
+                        version=version,
+                        package_mb=round(size / 1e6, 1),
+                        deploy_s=sec.get("total"),
+                        upload_s=sec.get("upload"),
+                        verify_s=sec.get("verify"),
+                        to_available_s=sec.get("to_available"),
+                        **{k: round(cpu1[k] - cpu0[k], 2) for k in cpu0 if k != "machine"},
+                        machine_busy_cores=round(
+                            (cpu1["machine"] - cpu0["machine"]) / (time.monotonic() - t0), 2
+                        ),
+                    )
+                    del run["result"]
+                    runs.append(run)
+                    print(
+                        f"round {rnd} {case} {n} replicas: exit {run['code']}, "
+                        f"{run['deploy_s']} s (upload {run['upload_s']}, to AVAILABLE "
+                        f"{run['to_available_s']}, verify {run['verify_s']})",
+                        flush=True,
+                    )
+                    if run["code"]:
+                        print("\n".join(run["stderr_tail"]), flush=True)
+    finally:
+        for load in loads:
+            load.__exit__()
+        for p in proxies:
+            linkproxy.stop(p)
+        for r in replicas:
+            r.stop()
+        if weed:
+            weed.stop()
+        signal.signal(signal.SIGTERM, previous_term)
+        shutil.rmtree(work, ignore_errors=True)
+    per = [stats(load.records) for load in loads]
+    figures = {
+        "settings": {
+            "mbit_each_way": args.mbit,
+            "rtt_ms": args.rtt_ms,
+            "poll_s": 1,
+            "rounds": args.rounds,
+            "load_rps_per_replica": args.fleet_rate,
+            "max_p95_ms": args.max_p95_ms,
+            "keep": 1,
+        },
+        "summary": summarize_bucket(runs),
+        "runs": runs,
+        "load": {
+            "requests": sum(h["requests"] for h in per),
+            "failed": sum(h["failed"] for h in per),
+            "p99_ms_worst_replica": max((h["p99_ms"] or 0) for h in per),
+        },
+        "loadavg": {
+            "at_start": [round(x, 2) for x in load_at_start],
+            "at_end": [round(x, 2) for x in os.getloadavg()],
+        },
+    }
+    md = bucket_markdown(figures)
+    if args.save:
+        save("deploy_bucket", figures, md)
+    print(md)
+
+
+def _bucket_cpu(weed, proxies, replicas) -> dict:
+    return {
+        "weed_cpu_s": _proc_cpu_s(weed.proc.pid),
+        "proxy_cpu_s": sum(_proc_cpu_s(p.pid) for p in proxies),
+        "serve_cpu_s": sum(_proc_cpu_s(r.proc.pid) for r in replicas),
+        "machine": _machine_busy_s(),
+    }
+
+
+def summarize_bucket(runs: list[dict]) -> dict:
+    """Medians per package and replica count, and 4 replicas' ratio to one."""
+
+    def med(values) -> float | None:
+        values = [v for v in values if v is not None]
+        return round(statistics.median(values), 2) if values else None
+
+    out: dict[str, dict] = {}
+    for case in dict.fromkeys(r["case"] for r in runs):
+        by: dict[str, dict] = {}
+        for n in sorted({r["replicas"] for r in runs if r["case"] == case}):
+            rows = [r for r in runs if r["case"] == case and r["replicas"] == n]
+            ok = [r for r in rows if r["code"] == 0]
+            by[str(n)] = {
+                "replicas": n,
+                "rounds": len(rows),
+                "failed": len(rows) - len(ok),
+                "package_mb": rows[0]["package_mb"],
+                **{
+                    k: med(r[k] for r in ok)
+                    for k in (
+                        "deploy_s",
+                        "wall_s",
+                        "upload_s",
+                        "to_available_s",
+                        "verify_s",
+                        "client_cpu_s",
+                        "weed_cpu_s",
+                        "proxy_cpu_s",
+                        "serve_cpu_s",
+                        "machine_busy_cores",
+                    )
+                },
+            }
+        one = by.get("1", {})
+        for m in by.values():
+            if m["replicas"] > 1 and one.get("deploy_s") and m["deploy_s"]:
+                m["ratio"] = round(m["deploy_s"] / one["deploy_s"], 2)
+        out[case] = by
+    return out
+
+
+def bucket_markdown(f: dict) -> str:
+    s = f["settings"]
+    cols = [
+        "package",
+        "replicas",
+        "deploy s",
+        "vs one replica",
+        "upload s",
+        "to AVAILABLE s",
+        "checks s",
+        "client CPU s",
+        "weed CPU s",
+        "links CPU s",
+        "servers CPU s",
+        "busy cores",
+    ]
+    rows = []
+    for case, by in f["summary"].items():
+        for m in by.values():
+            ratio = ""
+            if m.get("ratio") is not None:
+                ratio = f"**{m['ratio']:.2f}x**"
+                if case != "demo":
+                    ratio += f" ({'met' if m['ratio'] <= GOALS[4] else 'NOT met'}: <= 1.3x)"
+            cells = [
+                case,
+                str(m["replicas"]),
+                _x(m["deploy_s"]),
+                ratio,
+                _x(m["upload_s"]),
+                _x(m["to_available_s"]),
+                _x(m["verify_s"]),
+                _x(m["client_cpu_s"]),
+                _x(m["weed_cpu_s"]),
+                _x(m["proxy_cpu_s"]),
+                _x(m["serve_cpu_s"]),
+                _x(m["machine_busy_cores"]),
+            ]
+            failed = f" {m['failed']} of {m['rounds']} failed |" if m["failed"] else ""
+            rows.append(f"| {' | '.join(cells)} |{failed}")
+    header = f"| {' | '.join(cols)} |\n|{'---|' * len(cols)}"
+    intro = textwrap.fill(
+        "`tfship deploy --json` to an `s3://` model base path in one SeaweedFS bucket (`weed "
+        "server -s3`), read by `tfship serve --model_base_path s3://...` replicas (polling "
+        f"every {s['poll_s']} s) listed in `TF_SERVING_URL`. The client reaches the bucket "
+        f"through its own link, and each replica through its own ({s['mbit_each_way']:.0f} "
+        f"Mbit/s each way, {s['rtt_ms']:.0f} ms RTT, `bench/linkproxy.py`), which also carries "
+        "the checks' requests to it: the upload crosses the client's link once, every replica "
+        "downloads the version through its own. One replica and four read two base paths of "
+        "the same bucket. The deploy checks every replica in turn (the default checks, "
+        f"p95 gate {s['max_p95_ms'] or 250:.0f} ms); `--keep 1`; medians of {s['rounds']} "
+        f"rounds; a {s['load_rps_per_replica']:.0f} req/s load per replica. Everything "
+        "shares this machine's 2 cores.",
+        100,
+    )
+    notes = []
+    big = [c for c in f["summary"] if c != "demo"]
+    if big:
+        by = f["summary"][big[0]]
+        one, four = by.get("1"), by.get("4")
+        if one and four and one.get("deploy_s") and four.get("deploy_s"):
+            notes.append(
+                f"**Goal on {big[0]}** (issue 18 asks the fleet's for the bucket too: 4 "
+                f"replicas <= 1.3x one): {four.get('ratio', 0):.2f}x, "
+                f"{'met' if four.get('ratio', 9) <= GOALS[4] else 'NOT met'}. The upload "
+                f"crosses one link whatever the number of replicas ({_n(one['upload_s'])} s "
+                f"and {_n(four['upload_s'])} s); the replicas download in parallel, each on its "
+                f"own link (to AVAILABLE {_n(one['to_available_s'])} s vs "
+                f"{_n(four['to_available_s'])} s); the checks run on one replica after the "
+                f"other ({_n(one['verify_s'])} s vs {_n(four['verify_s'])} s)."
+            )
+    notes.append(
+        f"Load during all deploys: {f['load']['requests']} requests, **{f['load']['failed']}** "
+        f"failed, worst replica p99 {f['load']['p99_ms_worst_replica']} ms. Load average at "
+        f"start {f['loadavg']['at_start'][0]}, at end {f['loadavg']['at_end'][0]} on 2 cores "
+        "(other engineers' tests and benchmarks; this bench runs under `nice -n 19`)."
+    )
+    return (
+        "## Bucket deploy: replicas reading one bucket, each behind its own link\n\n"
+        f"{intro}\n\n{header}\n{chr(10).join(rows)}\n\n"
+        + "\n\n".join(textwrap.fill(n, 100) for n in notes)
+        + "\n"
+    )
+
+
 def render_fleet() -> None:
     """Write the deploy_fleet section again from bench/results/deploy_fleet.json."""
     from _common import RESULTS
@@ -1311,6 +1530,4 @@ def render_fleet() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == [STAGED_TOGETHER]:
-        tfship_staged_together(sys.argv[2:])
     main()
