@@ -10,8 +10,13 @@ table_stats section of BENCHMARKS.md. On one generated CSV (``table_memory.write
 - C, D, where B's time goes: ``table_io.read_table`` alone, with and without the sha256.
 
 Reported: the median of each, and B's throughput as a ratio to A's: the median over rounds
-of A time / B time.
+of A time / B time; the same ratio in CPU time (all threads), which a shared machine's
+other load disturbs far less than wall time; and the machine's load average meanwhile.
 Goal: >= 0.5x.
+
+The time is proportional to the file's size (a pass is a loop over 1 MiB blocks), so a
+smaller file (``--size 40``) gives the same ratios in a quarter of the time; the section
+says which size was measured.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import argparse
 import cProfile
 import hashlib
 import io
+import os
 import pstats
 import statistics
 import sys
@@ -77,7 +83,8 @@ def breakdown(path: Path) -> dict[str, float]:
     spent: dict[str, float] = {}
     steps = {
         "parse strings to numbers (FeatureStats._parse)": "_parse",
-        "distinct-value counts (FeatureStats._count)": "_count",
+        "number counts (FeatureStats._count_numbers)": "_count_numbers",
+        "string counts and tokens (FeatureStats._count_strings)": "_count_strings",
         "percentile sample (FeatureStats._reservoir)": "_reservoir",
         "statistics in all (FeatureStats.update)": "update",
     }
@@ -85,11 +92,11 @@ def breakdown(path: Path) -> dict[str, float]:
 
     def clocked(label: str, fn: object) -> object:
         def run(self: object, *a: object, **k: object) -> object:
-            start = time.process_time()
+            start = time.thread_time()  # columns run on several threads: each clocks its own
             try:
                 return fn(self, *a, **k)
             finally:
-                spent[label] = spent.get(label, 0.0) + time.process_time() - start
+                spent[label] = spent.get(label, 0.0) + time.thread_time() - start
 
         return run
 
@@ -120,6 +127,7 @@ def main() -> None:
     }
     times: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="tfship-bench-stats-", dir="/tmp") as tmp:
         path = Path(tmp) / "data.csv"
         rows = write_csv(path, args.size * MIB)
@@ -133,7 +141,10 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
                 cpu[name].append(time.process_time() - cpu_start)
                 assert got == rows, (name, got, rows)
-            print(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))
+            print(
+                f"round {i + 1}: "
+                + ", ".join(f"{k} {v[-1]:.2f} s ({cpu[k][-1]:.2f} s CPU)" for k, v in times.items())
+            )
         spent = breakdown(path)
         profile = ""
         if args.profile:
@@ -143,6 +154,7 @@ def main() -> None:
             pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(15)
             profile = out.getvalue()
             print(profile)
+    load = [round(load_before, 1), round(os.getloadavg()[0], 1)]
     med = {k: statistics.median(v) for k, v in times.items()}
     pairs = [a / b for a, b in zip(times["pyarrow"], times["ours"], strict=True)]
     ratio = statistics.median(pairs)  # per round: the two ran side by side
@@ -164,6 +176,8 @@ def main() -> None:
         "goal_ratio": GOAL,
         "goal_met": met,
         "breakdown_cpu_s": {k: round(v, 3) for k, v in spent.items()},
+        "load_average_1min": load,
+        "cores": os.cpu_count(),
     }
     whole = spent["the whole pass (tables.table_stats)"]
     steps = "\n".join(f"| {k} | {v:.2f} s | {v / whole:.0%} |" for k, v in spent.items())
@@ -192,16 +206,29 @@ the ratio is the median of the rounds' pyarrow / ours, {min(pairs):.2f}x-{max(pa
 **{"met" if met else "not met"}**.
 
 In CPU time (all of the process's threads; less sensitive to other load on a shared
-machine) the ratio is {cpu_ratio:.2f}x.
+machine) the ratio is {cpu_ratio:.2f}x. The machine's 1-minute load average was {load[0]}
+before and {load[1]} after the run, on {os.cpu_count()} cores: wall times here are those of
+a process that got a share of the cores, and the rounds' ratios spread accordingly.
 
 Where the time goes: the read itself (through a Python file that feeds the sha256) is
 {med["read_table+sha256"]:.2f} s of the pass's {med["ours"]:.2f} s; the statistics take the
-rest ({stats_s / med["ours"]:.0%}). One more pass with `FeatureStats`' steps clocked (CPU,
-all columns; the steps nest in `update`):
+rest ({stats_s / med["ours"]:.0%}). One more pass with `FeatureStats`' steps clocked (CPU
+of the thread each ran on, all columns; the steps nest in `update`; the whole pass is the
+process's CPU, the reader's threads included):
 
 | step | CPU | share of the pass |
 |---|---|---|
 {steps}
+
+How the pass keeps up (`stats.py`): each batch's strings are parsed to numbers once
+(`pyarrow.compute.cast`, checked on 64 values first, since a failing cast costs 50 times a
+good one); a number is counted only until it has more than 1,000 distinct values (then it is
+`many`, its counts are dropped: its schema and drift use its range and percentiles); strings
+are counted by their distinct values (`value_counts`, then trimming and tokens per distinct
+value); the percentile sample drops a batch's values whose random key cannot enter it before
+any merge; a batch's columns are folded in on a few threads. The parse (string to number) is
+the floor: pyarrow's reader hands every cell over as a string, and only the whole pass may
+decide a column's type.
 """
     print(md)
     if not args.no_save:

@@ -2,18 +2,37 @@
 
 A :class:`TableStats` takes batches of columns (``update``) and keeps, per feature: rows seen
 and missing, the narrowest type every present value fits (INT, then FLOAT, then BYTES, as
-TFDV's CSV decoder infers them), min/max/mean/std for numbers, the counts of the first
-:data:`MAX_DISTINCT` distinct values (strings, and small-domain numbers), token counts for
-text, and a uniform random sample of :data:`SAMPLE` numbers (random keys, so the sample is
-the same whatever the batch size) from which percentiles are taken. Memory is bounded by
+TFDV's CSV decoder infers them), min/max/mean/std for numbers, value counts, token counts
+for text, and a uniform random sample of :data:`SAMPLE` numbers (random keys, so the sample
+is the same whatever the batch size) from which percentiles are taken. Memory is bounded by
 those caps, not by the data's size. ``to_dict()`` is what the data manifest stores, and what
 drift (``schema.drift``) compares a new snapshot with.
+
+Value counts, and where they stop being exact: a feature's first :data:`MAX_DISTINCT`
+distinct values (in row order; for numbers, distinct numbers) are counted; one more marks
+it ``many``. Strings then go on
+counting those known values (validation needs them: the share of a categorical feature's
+values outside its domain), new ones are not counted. Numbers stop counting altogether and
+their counts are dropped: a number's counts serve only a small domain (an integer label's
+classes); a many-valued number is described by its range and percentiles (schema, drift),
+and counting it would cost a hash lookup per value for nothing.
+
+The pass is built for throughput (``bench/table_stats.py``): each batch's strings are
+parsed to numbers once (``pyarrow.compute.cast``), strings are counted by their distinct
+values (``value_counts``, then trimming and token counts on those few values only), and the
+sample admits a batch's numbers only under the current sample's largest key. No Python loop
+runs per value, only per new distinct value. A batch's columns are folded in on a few threads
+while the next batch is read (``TableStats.update``): each column has its own state and
+random stream, so the result is the same as one thread's.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,15 +64,19 @@ class FeatureStats:
     total: float = 0.0
     total_sq: float = 0.0
     numbers: int = 0  # present values that parsed as numbers
-    counts: dict[str, int] = field(default_factory=dict)  # first MAX_DISTINCT distinct values
-    many: bool = False  # more distinct values were seen (not counted)
+    counts: dict[str, int] = field(default_factory=dict)  # see the module's doc
+    many: bool = False  # more than MAX_DISTINCT distinct values were seen
     tokens: int = 0  # whitespace-separated tokens over present values
     percentiles: list[float] = field(default_factory=list)  # set by finish()
     seed: int = 0
     _rng: np.random.Generator | None = field(default=None, repr=False)
     _known: pa.Array | None = field(default=None, repr=False)  # counts' keys, once many
+    _number_keys: dict[float, str] = field(default_factory=dict, repr=False)  # counted numbers
     _keys: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
     _sample: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
+    _keys_max: float = field(default=1.0, repr=False)  # the largest kept key, once SAMPLE
+    _pending: list = field(default_factory=list, repr=False)  # (keys, numbers) not merged yet
+    _pending_n: int = field(default=0, repr=False)
 
     @property
     def present(self) -> int:
@@ -101,16 +124,18 @@ class FeatureStats:
             self._count_numbers(nums)
         elif pa.types.is_string(t) or pa.types.is_large_string(t):
             strings = arr.drop_null()
-            nums = self._parse(strings, final=False)  # most cells of a number parse as they are
-            if nums is None:  # spaces around, blanks, or strings
-                strings = pc.utf8_trim_whitespace(strings)
-                strings = strings.filter(pc.not_equal(strings, ""))
-                nums = self._parse(strings)
+            nums = None
+            if self.type != BYTES:
+                nums = self._parse(strings, final=False)  # a number's cells parse as they are
+                if nums is None:  # spaces around, blanks, or strings
+                    trimmed = pc.utf8_trim_whitespace(strings)
+                    trimmed = trimmed.filter(pc.not_equal(trimmed, ""))
+                    nums = self._parse(trimmed)
+                    if nums is not None:
+                        self.missing += len(strings) - len(trimmed)
             self.missing += n - len(strings)
             if nums is None:  # text or categorical: count the strings themselves
-                self.tokens += int(pc.sum(pc.count_substring(strings, " ")).as_py() or 0)
-                self.tokens += len(strings)
-                self._count(strings)
+                self._count_strings(strings)
             else:
                 self._count_numbers(nums)
         else:
@@ -130,12 +155,14 @@ class FeatureStats:
             return None
         if not len(strings):
             return np.empty(0)
-        if self.type == INT:
+        if self.type == INT and _casts(strings, pa.int64()):
             try:
                 return pc.cast(strings, pa.int64()).to_numpy().astype(np.float64)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 pass
         try:
+            if not _casts(strings, pa.float64()):
+                raise pa.ArrowInvalid("not numbers")
             nums = pc.cast(strings, pa.float64()).to_numpy()
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             if final:
@@ -149,28 +176,53 @@ class FeatureStats:
             self.type = to
 
     def _count_numbers(self, nums: np.ndarray) -> None:
-        """Count numbers by value; keys are written as a CSV would hold them (``3``, ``2.5``)."""
-        self._count(pa.array(nums, pa.float64()), numeric=True)
+        """Count numbers by value; keys are written as a CSV would hold them (``3``, ``2.5``).
+        More than MAX_DISTINCT distinct keys: many, and the counts are dropped (see the
+        module's doc). The keys are formatted once per new number, not once per batch."""
+        if self.many or not len(nums):
+            return
+        counted = pc.value_counts(pa.array(nums, pa.float64()))
+        values = counted.field(0).to_numpy(zero_copy_only=False).tolist()
+        keyof = self._number_keys  # every distinct number counted so far -> its key
+        # A continuous number is many on its first batch, without looking values up.
+        fresh = values if len(values) > MAX_DISTINCT else [v for v in values if v not in keyof]
+        if len(keyof) + len(fresh) > MAX_DISTINCT:
+            self.many = True
+            self.counts, self._number_keys = {}, {}
+            return
+        if fresh:
+            keyof.update(zip(fresh, number_keys(np.array(fresh)).tolist(), strict=True))
+        own = self.counts
+        for v, c in zip(values, counted.field(1).to_numpy().tolist(), strict=True):
+            k = keyof[v]
+            own[k] = own.get(k, 0) + c
 
-    def _count(self, values: pa.Array, numeric: bool = False) -> None:
-        """Count a batch's values; new ones are admitted in row order until MAX_DISTINCT (so
-        the table is the same whatever the batch size), after which only known values are
-        counted (``is_in`` on the frozen key set: a continuous number costs no Python loop)."""
+    def _count_strings(self, strings: pa.Array) -> None:
+        """Count strings (surrounding spaces ignored, blank = missing) and their tokens.
+        The batch is reduced to its distinct values first (``value_counts``): trimming,
+        blanks and tokens are then worked out once per distinct value, weighted by its count."""
+        if not len(strings):
+            return
+        counted = pc.value_counts(strings)  # in order of first appearance
+        values = pc.utf8_trim_whitespace(counted.field(0))
+        weights = counted.field(1)
+        blank = pc.equal(values, "")
+        if pc.any(blank).as_py():
+            self.missing += int(pc.sum(weights.filter(blank)).as_py())
+            keep = pc.invert(blank)
+            values, weights = values.filter(keep), weights.filter(keep)
         if not len(values):
             return
-        if self.many:
+        spaces = pc.count_substring(values, " ")  # tokens: spaces between, plus one
+        self.tokens += int(pc.sum(pc.multiply(pc.add(spaces, 1), weights)).as_py())
+        if self.many:  # only the values already counted are counted on
             if self._known is None:
-                keys = list(self.counts)
-                self._known = pa.array([float(k) for k in keys] if numeric else keys)
-            values = values.filter(pc.is_in(values, value_set=self._known))
-            if not len(values):
-                return
-        counts = pc.value_counts(values)  # in order of first appearance
-        uniq = counts.field(0)
-        keys = number_keys(uniq.to_numpy()).tolist() if numeric else uniq.to_pylist()
+                self._known = pa.array(list(self.counts), pa.string())
+            known = pc.is_in(values, value_set=self._known)
+            values, weights = values.filter(known), weights.filter(known)
         own = self.counts
-        for k, c in zip(keys, counts.field(1).to_pylist(), strict=True):
-            if k in own:
+        for k, c in zip(values.to_pylist(), weights.to_pylist(), strict=True):
+            if k in own:  # two raw values trimmed to one key add up here
                 own[k] += c
             elif len(own) < MAX_DISTINCT:
                 own[k] = c
@@ -178,17 +230,40 @@ class FeatureStats:
                 self.many = True
 
     def _reservoir(self, nums: np.ndarray) -> None:
+        """Keep the SAMPLE numbers with the smallest random keys (a uniform sample). Each
+        value draws its key from the feature's own stream, so the sample does not depend
+        on the batch size. A key at or above the largest kept one can never enter the
+        sample, so those values are dropped at once (after the first SAMPLE values, most
+        are); the few others wait in ``_pending`` and are merged (one ``argpartition``)
+        when there are SAMPLE of them, or by ``finish``."""
         if self._rng is None:  # one stream per feature: the sample ignores batch sizes
             self._rng = np.random.default_rng([self.seed, zlib.crc32(self.name.encode())])
-        keys = np.concatenate([self._keys, self._rng.random(len(nums))])
-        sample = np.concatenate([self._sample, nums])
+        keys = self._rng.random(len(nums))
+        admit = keys < self._keys_max
+        if not admit.all():
+            keys, nums = keys[admit], nums[admit]
+        if len(keys):
+            self._pending.append((keys, nums))
+            self._pending_n += len(keys)
+            if self._pending_n >= SAMPLE:
+                self._merge_sample()
+
+    def _merge_sample(self) -> None:
+        if not self._pending:
+            return
+        keys = np.concatenate([self._keys, *(k for k, _ in self._pending)])
+        sample = np.concatenate([self._sample, *(v for _, v in self._pending)])
+        self._pending, self._pending_n = [], 0
         if len(keys) > SAMPLE:
             keep = np.argpartition(keys, SAMPLE)[:SAMPLE]
             keys, sample = keys[keep], sample[keep]
         self._keys, self._sample = keys, sample
+        if len(keys) == SAMPLE:
+            self._keys_max = float(keys.max())
 
     def finish(self) -> None:
         """Percentiles from the sample (called once the pass is over)."""
+        self._merge_sample()
         if len(self._sample):
             self.percentiles = [float(v) for v in np.percentile(self._sample, PERCENTILES)]
 
@@ -231,6 +306,27 @@ class FeatureStats:
         return f
 
 
+def _workers() -> int:
+    """Threads for a batch's columns: the machine's cores, at most 4."""
+    return min(4, os.cpu_count() or 1)
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    """One pool for the process (its idle threads cost nothing between passes)."""
+    return ThreadPoolExecutor(_workers(), thread_name_prefix="tfship-stats")
+
+
+def _casts(strings: pa.Array, to: pa.DataType, head: int = 64) -> bool:
+    """Whether the first ``head`` strings cast to ``to``: a cast that fails costs far more than
+    one that succeeds (Arrow builds its error), so a column of words fails on its head."""
+    try:
+        pc.cast(strings.slice(0, head), to)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True
+
+
 def _to_arrow(values: np.ndarray) -> pa.Array:
     """A NumPy column as Arrow: numbers stay numbers (NaN = null), anything else strings."""
     if values.dtype.kind in "iufb":
@@ -252,18 +348,33 @@ class TableStats:
     features: dict[str, FeatureStats] = field(default_factory=dict)
     rows: int = 0
     seed: int = 0
+    _folding: list = field(default_factory=list, repr=False)  # the last batch's futures
 
     def update(self, batch: dict[str, np.ndarray]) -> None:
-        """Fold in one batch: every column the same length (a CSV chunk, a Parquet row group)."""
+        """Fold in one batch: every column the same length (a CSV chunk, a Parquet row group).
+
+        With more than one core, the batch's columns are folded in on the pool's threads and
+        this returns at once, so that the caller reads the next batch meanwhile; the next
+        ``update`` or ``finish`` waits for them (and raises their error, if any). Read the
+        statistics after ``finish()``."""
         lengths = {len(v) for v in batch.values()}
         if len(lengths) > 1:
             raise ValueError(f"columns of one batch differ in length: {sorted(lengths)}")
+        self._wait()
+        work = []
         for name, values in batch.items():
             f = self.features.get(name)
             if f is None:
                 f = self.features[name] = FeatureStats(name, seed=self.seed)
                 f.count = f.missing = self.rows  # a column that appears late was missing
-            f.update(values)
+            work.append((f, values))
+        if _workers() > 1:
+            # Columns are independent (each has its own state and random stream), and most
+            # of a column's work is in pyarrow.compute and NumPy, which release the GIL.
+            self._folding = [_pool().submit(f.update, values) for f, values in work]
+        else:
+            for f, values in work:
+                f.update(values)
         n = lengths.pop() if lengths else 0
         for name, f in self.features.items():
             if name not in batch:
@@ -271,12 +382,21 @@ class TableStats:
                 f.missing += n
         self.rows += n
 
+    def _wait(self) -> None:
+        """Wait for the last batch's columns; their first error (in column order) is raised."""
+        folding, self._folding = self._folding, []
+        for done in folding:
+            done.result()
+
     def finish(self) -> TableStats:
+        """Wait for the last batch, then each feature's percentiles."""
+        self._wait()
         for f in self.features.values():
             f.finish()
         return self
 
     def to_dict(self) -> dict:
+        self._wait()
         return {"rows": self.rows, "features": [f.to_dict() for f in self.features.values()]}
 
     @classmethod
