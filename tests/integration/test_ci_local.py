@@ -89,7 +89,7 @@ def test_a_push_continues_with_build_deploy_which_leaves_the_model_served_and_ve
     p, statuses, out, doc = site.first
     assert p.returncode == 0, p.stderr[-3000:]
     assert doc["workflow"] == "continue" and doc["setup"] is True
-    assert doc["continued"]["parameters"] == {"approve_deploy": False}
+    assert doc["continued"]["parameters"] == {}  # no trigger parameters; the job sent none
     assert [w["workflow"] for w in doc["continued"]["workflows"]] == ["build-deploy"]
     assert statuses == dict.fromkeys(
         ["continue", "build", "train", "test", "package", "deploy", "test_deployment"], "success"
@@ -108,9 +108,7 @@ def test_a_push_continues_with_build_deploy_which_leaves_the_model_served_and_ve
     assert "Executors are not containers here" in p.stderr
 
 
-def test_retrain_with_approval_deploys_the_challenger_and_unchanged_data_deploys_nothing(
-    site, tmp_path
-):
+def test_the_nightly_plan_retrains_on_new_data_and_ends_green_on_the_same_data(site, tmp_path):
     champion = site.serving()
     snap = tmp_path / "snap.npz"
     subprocess.run(
@@ -118,31 +116,25 @@ def test_retrain_with_approval_deploys_the_challenger_and_unchanged_data_deploys
         check=True,
         capture_output=True,
     )
-    p, statuses, _ = site.local(
-        "retrain-deploy",
-        "--param",
-        "retrain=true",
-        "--param",
-        f"data_uri={snap}",
-        "--approve",
-        "hold",
-    )
+    nightly = ("--param", "retrain=true", "--param", f"data_uri={snap}", "--approve", "hold")
+    p, statuses, _ = site.local(None, *nightly)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert set(statuses.values()) == {"success"}
+    doc = site.last
+    assert doc["workflow"] == "plan" and doc["setup"] is True
+    sent = doc["continued"]["parameters"]
+    # The trigger's carry over; the plan job sent only the snapshot it resolved.
+    assert sent["retrain"] is True and sent["data_uri"] == str(snap)
+    assert sent["new_data_uri"].startswith(f"{snap}#sha256=")
+    assert [w["workflow"] for w in doc["continued"]["workflows"]] == ["retrain-deploy"]
+    assert set(statuses.values()) == {"success"} and "hold" in statuses
     challenger = site.serving()
     assert challenger > champion
-    p, statuses, _ = site.local(
-        "retrain-deploy",
-        "--param",
-        "retrain=true",
-        "--param",
-        f"data_uri={snap}",
-        "--approve",
-        "hold",
-    )
+
+    p, statuses, _ = site.local(None, *nightly)  # the same snapshot again
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "no new data, nothing to do" in p.stderr
-    assert f"no new data since version {challenger}: nothing to deploy" in p.stderr
+    assert statuses == {"plan": "success"}  # no build, no retrain, no hold
+    assert site.last["continued"]["workflows"] == [] and site.last["continued"]["finished"]
+    assert f"no new data since the champion (v{challenger}" in p.stderr
     assert site.serving() == challenger
 
 
@@ -154,7 +146,7 @@ def test_reject_deploys_nothing_and_no_decision_leaves_the_hold_on_hold(site, tm
         check=True,
         capture_output=True,
     )
-    args = ("--param", "retrain=true", "--param", f"data_uri={snap}")
+    args = ("--param", "retrain=true", "--param", f"new_data_uri={snap}")
     loose = {"TFSHIP_RETRAIN_TOLERANCE": "0.05"}  # this test is about the hold, not the gate
     p, statuses, _ = site.local("retrain-deploy", *args, "--reject", "hold", **loose)
     assert p.returncode == 0, p.stderr[-3000:]
