@@ -81,11 +81,11 @@ main() {
   uv="$(command -v uv || true)"
   if [ -z "$uv" ] || [ "$("$uv" --version | cut -d' ' -f2)" != "${PARAM_UV_VERSION:?}" ]; then
     uv="$tools/uv/bin/uv"
-    if python3 -m pip --version >/dev/null 2>&1; then
+    if python3 -c 'import importlib.util as u, sys; sys.exit(u.find_spec("pip") is None)'; then
       # Into a folder: no venv to create (its pip bootstrap takes longer than uv's download),
-      # and PEP 668 does not refuse a --target.
-      python3 -m pip install -q --disable-pip-version-check --target "$tools/uv" \
-        "uv==${PARAM_UV_VERSION}"
+      # and PEP 668 does not refuse a --target. uv is one binary: nothing to compile.
+      python3 -m pip install -q --disable-pip-version-check --no-deps --no-compile \
+        --target "$tools/uv" "uv==${PARAM_UV_VERSION}"
     else
       python3 -m venv "$tools/uv"
       "$tools/uv/bin/pip" install -q --disable-pip-version-check "uv==${PARAM_UV_VERSION}"
