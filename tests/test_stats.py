@@ -90,3 +90,11 @@ def test_the_sample_of_a_uniform_stream_is_uniform():
     # standard error of a decile is 0.3%; fixed seed, so this is not a coin flip either)
     deciles = np.array(f.percentiles[10:100:10]) / 200_000
     assert np.allclose(deciles, np.arange(0.1, 1.0, 0.1), atol=0.015)
+
+
+def test_whole_numbers_in_a_small_range_or_a_wide_one_are_counted_alike():
+    """Small ranges are counted with a bincount, wide ones with value_counts: same result."""
+    small = fed("s", np.array(["-3", "7", "7", "-3", "7", "0"]), batch=4)
+    wide = fed("w", np.array(["-3", "7", "7", "-3", "7", "0", "100000"]), batch=4)
+    assert small.counts == {"-3": 2, "7": 3, "0": 1}
+    assert wide.counts == {"-3": 2, "7": 3, "0": 1, "100000": 1}
