@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -390,3 +391,99 @@ def test_the_local_continue_endpoint_takes_one_valid_key_once():
             api.continue_pipeline(loop.key, CONTINUED, {"data_uri": "s3://b/other/"})
         api.continue_pipeline(loop.key, CONTINUED, {"retrain": True})
         assert loop.continuation.parameters == {"data_uri": "s3://b/new/", "retrain": True}
+
+
+# --- orbs by registry reference, run from their source folder (--orb) ----------------------
+
+ORB_SOURCE = {
+    "@orb.yml": "version: 2.1\ndescription: A test orb.\n",
+    "commands/greet.yml": """
+parameters:
+  who: {type: string, default: world}
+steps:
+  - run:
+      name: Greet
+      environment: {PARAM_WHO: << parameters.who >>}
+      command: <<include(scripts/greet.sh)>>
+""",
+    "scripts/greet.sh": 'echo "hello ${PARAM_WHO} from the source (<< not substituted >>)"\n',
+    "jobs/hello.yml": """
+parameters:
+  who: {type: string, default: world}
+executor: small
+steps:
+  - greet: {who: << parameters.who >>}
+""",
+    "executors/small.yml": "docker: [{image: cimg/base:current}]\n",
+}
+
+USES_ORB = """
+version: 2.1
+orbs:
+  acme: acme/greeter@1.2.3
+workflows:
+  w:
+    jobs:
+      - acme/hello: {name: hi, who: team}
+"""
+
+
+def orb_project(tmp_path):
+    project = tmp_path / "project"
+    for rel, text in ORB_SOURCE.items():
+        path = project / "orb" / "src" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    (project / "config.yml").write_text(USES_ORB)
+    return project
+
+
+def local_orb(project, tmp_path, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "tfship", "ci", "local", "w", "--config", "config.yml"]
+        + ["--branch", "main", "--out", str(tmp_path / "out"), "--json", *args],
+        cwd=project,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_registry_orb_runs_from_its_source_folder_packed_as_pack_orb_packs_it(tmp_path):
+    project = orb_project(tmp_path)
+    p = local_orb(project, tmp_path, "--orb", "acme/greeter=orb/src")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout)["jobs"]["hi"]["status"] == "success"
+    # The script was included, its << escaped (left as text), the job's parameter passed on.
+    assert "[hi]   hello team from the source (<< not substituted >>)" in p.stderr
+
+    from tfship.ci.orbpack import pack_source
+    from tfship.ci.workflow import parse_orb_sources
+
+    orbs = {"acme/greeter": pack_source(project / "orb" / "src")}
+    (job,), _ = plan(yaml.safe_load(USES_ORB), "w", {}, "main", orbs=orbs)
+    assert job.steps[0]["run"]["environment"] == {"PARAM_WHO": "team"}
+    assert parse_orb_sources(("acme/greeter=orb/src",)) == {"acme/greeter": Path("orb/src")}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            (),
+            "orb 'acme' is a registry reference (acme/greeter@1.2.3); locally it runs from "
+            "its source: --orb acme/greeter=FOLDER (e.g. orb/src)",
+        ),
+        (("--orb", "acme/other=orb/src"), "--orb acme/greeter=FOLDER"),
+        (("--orb", "greeter=orb/src"), "--orb 'greeter=orb/src': expected NAMESPACE/ORB=FOLDER"),
+        (("--orb", "acme/greeter=nowhere"), "--orb acme/greeter=nowhere: no such folder"),
+        (("--orb", "acme/greeter=orb"), "@orb.yml not found"),
+    ],
+)
+def test_a_registry_orb_without_a_usable_source_is_refused_in_one_line(tmp_path, args, message):
+    project = orb_project(tmp_path)
+    p = local_orb(project, tmp_path, *args)
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert p.stderr.count("\n") == 1 and message in p.stderr, p.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything ran

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from tfship.ci.api import parse_params
 from tfship.ci.continuation import Continuation, Loopback
+from tfship.ci.orbpack import PackError, pack_source
 from tfship.ci.workflow import (
     Job,
     Unsupported,
@@ -41,6 +42,7 @@ from tfship.ci.workflow import (
     is_setup,
     load_config,
     parse_config,
+    parse_orb_sources,
     plan,
     workflow_names,
 )
@@ -512,6 +514,24 @@ def _extra_env(pairs: tuple[str, ...]) -> dict[str, str]:
     return extra
 
 
+def load_orbs(sources: dict[str, Path], project: Path) -> dict[str, dict]:
+    """Each ``namespace/orb`` -> its source folder (relative to ``project``) packed in
+    memory, as ``tools/pack_orb.py`` packs it (:func:`tfship.ci.orbpack.pack_source`)."""
+    orbs = {}
+    for name, folder in sources.items():
+        path = folder if folder.is_absolute() else project / folder
+        if not path.is_dir():
+            raise ConfigError(
+                f"--orb {name}={folder}: no such folder",
+                hint="name an orb source folder (@orb.yml, commands/, jobs/, ...), e.g. orb/src",
+            )
+        try:
+            orbs[name] = pack_source(path)
+        except PackError as exc:
+            raise ConfigError(f"--orb {name}={folder}: {exc.message}", hint=exc.hint) from None
+    return orbs
+
+
 def run_workflow(
     workflow: str | None,
     s,
@@ -534,14 +554,15 @@ def run_workflow(
     params = parse_params(s.params)
     env = {**environ, **_extra_env(s.envs)}
     decide = terminal_decider(set(s.approve), set(s.reject))
+    orbs = load_orbs(parse_orb_sources(s.orbs), project)
     if is_setup(doc):
-        return _run_setup(doc, workflow, params, s, project, env, branch, decide, echo)
+        return _run_setup(doc, workflow, params, s, project, env, branch, decide, echo, orbs)
     if not workflow:
         raise ConfigError(
             f"name the workflow to run (have: {', '.join(workflow_names(doc))})",
             hint=f"{s.config} is not a setup config, so there is no setup workflow to start from",
         )
-    jobs, runs = plan(doc, workflow, params, branch)
+    jobs, runs = plan(doc, workflow, params, branch, orbs=orbs)
     if not runs:
         return None
     runner = Runner(project, s.out, env, branch, decide, s.jobs, echo=echo)
@@ -558,6 +579,7 @@ def _run_setup(
     branch: str,
     decide: Callable[[str], str | None],
     echo: Callable[[str], None],
+    orbs: dict[str, dict],
 ) -> LocalRun | None:
     if workflow and workflow not in workflow_names(doc):
         raise ConfigError(
@@ -566,7 +588,7 @@ def _run_setup(
             "continuation config with --config (e.g. .circleci/continue.yml)",
         )
     names = [workflow] if workflow else workflow_names(doc)
-    planned = [(name, *plan(doc, name, params, branch)) for name in names]
+    planned = [(name, *plan(doc, name, params, branch, orbs=orbs)) for name in names]
     running = [(name, jobs) for name, jobs, runs in planned if runs]
     if not running:
         return None
@@ -584,7 +606,9 @@ def _run_setup(
     # The key expires with the setup workflow (the endpoint is closed); what it accepted runs.
     if loop.continuation is None or done._failed():
         return done
-    done.continued = _run_continuation(loop.continuation, s, project, env, branch, decide, echo)
+    done.continued = _run_continuation(
+        loop.continuation, s, project, env, branch, decide, echo, orbs
+    )
     return done
 
 
@@ -596,12 +620,13 @@ def _run_continuation(
     branch: str,
     decide: Callable[[str], str | None],
     echo: Callable[[str], None],
+    orbs: dict[str, dict],
 ) -> Continued:
     if cont.ends_pipeline():
         echo("continued with a configuration that has no workflow: the pipeline ends")
         return Continued(cont.parameters, [], [], finished=True)
     doc = parse_config(cont.configuration, "the continued configuration")
-    planned = [(n, *plan(doc, n, cont.parameters, branch)) for n in workflow_names(doc)]
+    planned = [(n, *plan(doc, n, cont.parameters, branch, orbs=orbs)) for n in workflow_names(doc)]
     idle = [n for n, _, runs in planned if not runs]
     runs = []
     for name, jobs, go in planned:

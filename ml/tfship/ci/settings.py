@@ -172,6 +172,14 @@ class LocalSettings:
         (), None, "Reject this approval job (repeatable).", multiple=True
     )
     jobs: int = setting(1, "TFSHIP_CI_JOBS", "Independent jobs to run at once.", min=1)
+    orbs: tuple[str, ...] = setting(
+        (),
+        None,
+        "Run a registry orb (orbs: {x: NAMESPACE/ORB@VERSION}) from an orb source folder: "
+        "NAMESPACE/ORB=FOLDER, e.g. tfship/tfship=orb/src (repeatable).",
+        flag="--orb",
+        multiple=True,
+    )
     out: Path = setting(
         Path(".tfship-ci"),
         "TFSHIP_CI_OUT",

@@ -29,6 +29,9 @@ from tfship.ci.vocabulary import (
 )
 from tfship.errors import ConfigError, TfshipError
 
+# An orb's registry name: namespace/orb (CircleCI: lowercase letters, digits, - and _).
+ORB_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*/[a-z0-9][a-z0-9_-]*")
+
 
 class Unsupported(ConfigError):
     """The config uses something the local runner does not do; nothing was run."""
@@ -180,18 +183,46 @@ class Job:
     serial_group: str | None = None  # accepted; locally nothing else runs to wait for
 
 
-class Config:
-    """A parsed config with its inline orbs."""
+def parse_orb_sources(pairs: tuple[str, ...] | list[str]) -> dict[str, Path]:
+    """``NAMESPACE/ORB=FOLDER`` pairs (``--orb``) as {"namespace/orb": folder}."""
+    out: dict[str, Path] = {}
+    for pair in pairs:
+        ref, sep, folder = pair.partition("=")
+        ref = ref.strip()
+        if not sep or not folder.strip() or not ORB_NAME.fullmatch(ref):
+            raise ConfigError(
+                f"--orb {pair!r}: expected NAMESPACE/ORB=FOLDER",
+                hint="e.g. --orb tfship/tfship=orb/src (an orb source folder: @orb.yml, "
+                "commands/, jobs/, ...)",
+            )
+        out[ref] = Path(folder.strip())
+    return out
 
-    def __init__(self, doc: dict, pipeline: dict) -> None:
+
+def registry_orb(ref: str) -> str:
+    """``namespace/orb`` of a registry reference (``namespace/orb@1.2.3``, ``@volatile``)."""
+    return ref.partition("@")[0].strip()
+
+
+class Config:
+    """A parsed config with its orbs: inline ones, and registry references resolved from
+    ``orbs`` (``namespace/orb`` -> the packed orb; ``--orb`` maps them to source folders)."""
+
+    def __init__(self, doc: dict, pipeline: dict, orbs: dict[str, dict] | None = None) -> None:
         self.doc = doc
         self.pipeline = pipeline
         self.orbs: dict[str, dict] = {}
         for name, orb in (doc.get("orbs") or {}).items():
+            if isinstance(orb, str):
+                key = registry_orb(orb)
+                if key not in (orbs or {}):
+                    raise Unsupported(
+                        f"orb {name!r} is a registry reference ({orb}); locally it runs from "
+                        f"its source: --orb {key}=FOLDER (e.g. orb/src)"
+                    )
+                orb = (orbs or {})[key]
             if not isinstance(orb, dict):
-                raise Unsupported(
-                    f"orb {name!r} is a registry reference ({orb}); only inline orbs run locally"
-                )
+                raise ConfigError(f"orb {name!r}: expected a registry reference or an inline orb")
             self.orbs[name] = orb
 
     def _lookup(self, kind: str, name: str, scope: str | None) -> tuple[dict, str | None]:
@@ -299,9 +330,15 @@ def branch_allowed(filters: dict | None, branch: str) -> bool:
 
 
 def plan(
-    doc: dict, workflow: str, params: dict, branch: str, extra_pipeline: dict | None = None
+    doc: dict,
+    workflow: str,
+    params: dict,
+    branch: str,
+    extra_pipeline: dict | None = None,
+    orbs: dict[str, dict] | None = None,
 ) -> tuple[list[Job], bool]:
-    """The workflow's jobs, expanded and checked; and whether its when/unless lets it run."""
+    """The workflow's jobs, expanded and checked; and whether its when/unless lets it run.
+    ``orbs``: packed orbs for the registry references (``namespace/orb`` -> orb)."""
     declared = doc.get("parameters") or {}
     unknown = set(params) - set(declared)
     if unknown:
@@ -329,7 +366,7 @@ def plan(
     runs = (truth(wf["when"]) if "when" in wf else True) and not (
         truth(wf["unless"]) if "unless" in wf else False
     )
-    cfg = Config(doc, pipeline)
+    cfg = Config(doc, pipeline, orbs)
     jobs = []
     for entry in wf.get("jobs") or []:
         name, args = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))

@@ -243,6 +243,11 @@ def ci_local(workflow: str | None, s: LocalSettings, as_json: bool) -> None:
     is refused by name before running.
 
     \b
+    An orb by registry reference (orbs: {tfship: tfship/tfship@1.2.3}) runs from its
+    source: --orb tfship/tfship=orb/src packs that folder in memory as tools/pack_orb.py
+    does (repeatable, one per orb); a reference with no --orb is refused.
+
+    \b
     A setup config (`setup: true`, dynamic configuration) needs no WORKFLOW: its setup
     workflow runs with CIRCLE_CONTINUATION_KEY set and CIRCLECI_API_URL at a local
     continuePipeline (the key works once); the workflows of the configuration it continues
