@@ -24,6 +24,23 @@ sys.exit(0 if pathlib.Path.cwd().resolve() in pathlib.Path(tfship.__file__).reso
 PY
 }
 
+# No lock, no package named: the release this orb installs (PARAM_CONSTRAINTS's tfship==X) is
+# what `python3` imports already, with TensorFlow if the job trains (a team's repository under
+# `tfship ci local`, a warm self-hosted runner).
+release_installed() {
+  [ -z "${PARAM_PACKAGE:-}" ] && [ ! -f uv.lock ] || return 1
+  RELEASE="$(printf '%s\n' "${PARAM_CONSTRAINTS:-}" | sed -n 's/^tfship==//p' | head -n 1)" \
+    python3 - <<'PY' 2>/dev/null
+import importlib.util, os, sys
+import tfship
+train = os.environ.get("PARAM_TRAIN") == "true"
+ok = tfship.__version__ == os.environ["RELEASE"] and (
+    not train or importlib.util.find_spec("tensorflow") is not None
+)
+sys.exit(0 if ok else 1)
+PY
+}
+
 # The project declares a `train` extra (tfship does; a team's project may mirror it).
 declares_train_extra() {
   python3 - <<'PY'
@@ -70,6 +87,10 @@ main() {
   if [ -z "${PARAM_PACKAGE:-}" ] && checkout_installed; then
     echo "tfship from this checkout is already installed"
     tfship --version
+    return 0
+  fi
+  if release_installed; then
+    echo "tfship $(python3 -c 'import tfship; print(tfship.__version__)') (this orb's release) is already installed"
     return 0
   fi
   local tools venv="$PWD/.venv" uv
