@@ -26,6 +26,7 @@ import secrets
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -416,20 +417,10 @@ def commit(st: Staged, s: DeploySettings) -> DeployResult:
         )
         try:
             t = time.monotonic()
-            for client in target.clients(model):  # every server reading the base path
-                checks, facts = verify_version(
-                    client, manifest, version, images, labels, s.verify, stage="deploy"
-                )
-                where = f" on {client.url}" if target.replicas else ""
-                if failed(checks):
-                    raise DeployError(f"verification failed{where}: {summary(checks)}")
-                if client.serving_version() != version:
-                    raise DeployError(
-                        f"version {version} is AVAILABLE{where} but version "
-                        f"{client.serving_version()} still answers by default"
-                    )
+            found = _verify_every_server(target, model, manifest, version, images, labels, s)
+            facts = found[-1]
             times["verify"] = round(time.monotonic() - t, 3)
-            times["to_available"] = facts.get("seconds_to_available", 0.0)
+            times["to_available"] = max(f.get("seconds_to_available", 0.0) for f in found)
         except (TfshipError, OSError, ValueError) as exc:
             raise _rolled_back(target, model, version, st.previous, exc, s) from exc
         except BaseException as exc:  # Ctrl-C / SIGTERM mid-verification: leave no half state
@@ -454,6 +445,48 @@ def commit(st: Staged, s: DeploySettings) -> DeployResult:
         facts,
         removed,
     )
+
+
+def _verify_every_server(
+    target: Target,
+    model: str,
+    manifest: dict,
+    version: int,
+    images: np.ndarray,
+    labels: np.ndarray,
+    s: DeploySettings,
+) -> list[dict]:
+    """Stage 7 checks on every server reading the base path; each one's facts, in order.
+
+    Replicas reading one bucket each load the version on their own (each downloads it), so
+    they are waited for and checked at once rather than one after the other; one server is
+    checked in this thread, so Ctrl-C interrupts its checks at once.
+    """
+
+    def one(client: ServingClient) -> dict:
+        checks, facts = verify_version(
+            client, manifest, version, images, labels, s.verify, stage="deploy"
+        )
+        where = f" on {client.url}" if target.replicas else ""
+        if failed(checks):
+            raise DeployError(f"verification failed{where}: {summary(checks)}")
+        if client.serving_version() != version:
+            raise DeployError(
+                f"version {version} is AVAILABLE{where} but version "
+                f"{client.serving_version()} still answers by default"
+            )
+        return facts
+
+    clients = target.clients(model)
+    if len(clients) == 1:
+        return [one(clients[0])]
+    with ThreadPoolExecutor(len(clients), thread_name_prefix="verify") as pool:
+        futures = [pool.submit(one, c) for c in clients]
+        errors = [f.exception() for f in futures]
+    for e in errors:  # the first failing replica, in the order TF_SERVING_URL lists them
+        if e is not None:
+            raise e
+    return [f.result() for f in futures]
 
 
 def deploy(target: Target, package_dir: Path, s: DeploySettings) -> DeployResult:
