@@ -122,6 +122,17 @@ def test_rejecting_a_hold_and_branch_filters(tmp_path):
     assert results["c"].status == "not_run"
 
 
+def test_an_approval_job_filtered_out_for_the_branch_holds_nothing(tmp_path):
+    doc = yaml.safe_load(yaml.safe_dump(CONFIG))
+    doc["workflows"]["w"]["jobs"][3]["hold"]["filters"] = {"branches": {"only": "main"}}
+    asked: list[str] = []
+    results, log, _ = run(tmp_path, decide=lambda n: asked.append(n), branch="feature", doc=doc)
+    assert results["hold"].status == "not_run" and results["c"].status == "not_run"
+    assert asked == [] and "[hold] filtered out for branch feature" in log
+    results, _, _ = run(tmp_path / "main", decide=lambda n: asked.append(n), doc=doc)
+    assert asked == ["hold"] and results["hold"].status == "on_hold"
+
+
 def test_workflow_when_false_and_undeclared_parameters(tmp_path):
     _, runs = plan(CONFIG, "w", {}, "main")
     assert runs is False

@@ -110,12 +110,12 @@ class Runner:
                     if state != "go":
                         self.results[name] = Result(name, state)
                         continue
-                    if job.kind == "approval":
-                        self.results[name] = self._approval(job)
-                        continue
-                    if job.skipped:
+                    if job.skipped:  # an approval job too: no hold on a filtered branch
                         self.results[name] = Result(name, "not_run")
                         self.echo(f"[{name}] filtered out for branch {self.branch}")
+                        continue
+                    if job.kind == "approval":
+                        self.results[name] = self._approval(job)
                         continue
                     if job.serial_group:
                         self.echo(

@@ -381,7 +381,9 @@ def plan(
         if args.get("type") is not None:
             if args["type"] != "approval":
                 raise ConfigError(f"job {alias}: unknown type {args['type']!r}")
-            jobs.append(Job(alias, "approval", requires))
+            hold = Job(alias, "approval", requires)
+            hold.skipped = not branch_allowed(args.get("filters"), branch)
+            jobs.append(hold)
             continue
         job = cfg.job(name, args, alias)
         job.requires = requires
