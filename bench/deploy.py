@@ -14,11 +14,14 @@
    (issue 18's goals on 100 MB: 4 hosts <= 1.3x one host, 16 hosts <= 2x). The rollout is
    tfship's: every host stages (upload + hash check) at once, --max-parallel at a time, the
    canary is committed and checked first, the rest after it passed.
+5. `--bucket-only`: a deploy to an `s3://` model base path (SeaweedFS) read by one replica vs
+   four, each replica and the client behind its own link (the same goal: 4 <= 1.3x one).
 
-Run by hand: `python bench/deploy.py [--upload-mb 200]` (1-3) or `python bench/deploy.py
---fleet-only [--rounds 3] [--wait-quiet 40]` (4). Needs sshd (tools/setup.sh --test).
-Writes bench/results/deploy.json and the deploy section of BENCHMARKS.md (1-3), or
-bench/results/deploy_fleet.json and the deploy_fleet section (4).
+Run by hand: `python bench/deploy.py [--upload-mb 200]` (1-3), `python bench/deploy.py
+--fleet-only [--rounds 3] [--wait-quiet 40]` (4) or `--bucket-only` (5). Needs sshd
+(tools/setup.sh --test). Writes bench/results/deploy.json and the deploy section of
+BENCHMARKS.md (1-3), bench/results/deploy_fleet.json and the deploy_fleet section (4), or
+deploy_bucket.json and the deploy_bucket section (5).
 """
 
 from __future__ import annotations
