@@ -712,9 +712,10 @@ class Forward:
                 chan = transport.open_channel(
                     "direct-tcpip", self.remote, peer, timeout=self.host.s.connect_timeout
                 )
-            except (*TRANSIENT, OSError, HostError) as exc:
-                # The host could not reach remote (or the link is down): refuse, as a closed
-                # port would. Logged once per connection, as one line.
+            except Exception as exc:  # noqa: BLE001 (this thread must outlive any one failure)
+                # The host could not reach remote, or the link is down (a reconnect racing a
+                # close included): refuse this connection, as a closed port would, and keep
+                # accepting. Logged once per connection, as one line.
                 event(
                     "ssh",
                     f"tunnel to {self.remote[0]}:{self.remote[1]}: {_why(exc)}",

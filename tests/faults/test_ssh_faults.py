@@ -36,7 +36,8 @@ class Site:
     def model_dir(self) -> Path:
         return self.base / "digits"
 
-    def target(self):
+    def target(self, tunnel: bool = False):
+        """The target; with ``tunnel``, TF Serving is reached through the SSH link."""
         from tfship.targets import make_target
 
         return make_target(
@@ -50,6 +51,7 @@ class Site:
                 "key_file": str(self.sshd.client_key),
                 "known_hosts": str(self.sshd.known_hosts),
             },
+            tunnel=tunnel,
         )
 
     def deploy_cli(self, version: int, sshd: Sshd | None = None):
@@ -97,11 +99,11 @@ def site(sshd, packaged, tmp_path):
     s.served.stop()
 
 
-def _deploy(site: Site, version: int):
+def _deploy(site: Site, version: int, tunnel: bool = False):
     from tfship.deploy import DeploySettings, deploy
     from tfship.verify import VerifySettings
 
-    target = site.target()
+    target = site.target(tunnel)
     try:
         return deploy(
             target,
@@ -109,7 +111,7 @@ def _deploy(site: Site, version: int):
             DeploySettings(verify=VerifySettings(latency_requests=3, wait_seconds=20)),
         )
     finally:
-        target.host.close()
+        target.close()
 
 
 @pytest.mark.parametrize("when", ["before the host got it", "after the host did it"])
@@ -162,6 +164,14 @@ def drop_in_the_wait(monkeypatch):
 
 def test_the_link_dropped_during_the_wait_still_verifies_and_cleans_up(site, drop_in_the_wait):
     result = _deploy(site, 3000)
+    assert result.state == "deployed" and site.serving() == 3000
+    site.assert_clean([2000, 3000])
+
+
+def test_a_tunnel_reopens_the_link_dropped_during_the_wait(site, drop_in_the_wait):
+    # TF Serving reached only through the SSH link: once it drops, the tunnel's next
+    # connection must bring up a new link, or the wait and the checks could not succeed.
+    result = _deploy(site, 3000, tunnel=True)
     assert result.state == "deployed" and site.serving() == 3000
     site.assert_clean([2000, 3000])
 
