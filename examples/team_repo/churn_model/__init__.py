@@ -1,0 +1,2 @@
+"""The churn team's model: its trainer (``churn_model.trainer``) and its snapshots
+(``churn_model.snapshot``)."""
