@@ -248,9 +248,9 @@ def _jobs(c, wf="retrain-deploy"):
         ),
         (
             lambda c: c["orbs"]["tfship"]["jobs"]["test"]["parameters"]["executor"].update(
-                default="gpu"
+                default="tpu"
             ),
-            "default 'gpu' is not a defined executor",
+            "default 'tpu' is not a defined executor",
         ),
     ],
 )

@@ -493,7 +493,11 @@ TRAIN = ["--python", "python3", "--compile-bytecode"]  # else each TensorFlow im
 
 def _project(folder: Path, *, lock: bool = True, train_extra: bool = True) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    extras = '[project.optional-dependencies]\ntrain = ["tensorflow"]\n' if train_extra else ""
+    extras = (
+        '[project.optional-dependencies]\ntrain = ["tensorflow"]\ncuda = ["tensorflow[and-cuda]"]\n'
+        if train_extra
+        else ""
+    )
     (folder / "pyproject.toml").write_text(f'[project]\nname = "team"\n{extras}')
     if lock:
         (folder / "uv.lock").write_text("version = 1\n")
@@ -515,6 +519,14 @@ def _project(folder: Path, *, lock: bool = True, train_extra: bool = True) -> Pa
             True,
             ["./dist/tfship-0.2.0-py3-none-any.whl", "tfship[train]"],
         ),
+        (
+            {"PARAM_TRAIN": "true", "PARAM_CUDA": "true"},
+            True,
+            True,
+            [*LOCKED, "--extra", "cuda", *TRAIN],
+        ),
+        # cuda implies training, whatever train says
+        ({"PARAM_CUDA": "true"}, False, True, ["--constraint", "PINS", "tfship[cuda]"]),
     ],
     ids=[
         "lock-slim",
@@ -524,6 +536,8 @@ def _project(folder: Path, *, lock: bool = True, train_extra: bool = True) -> Pa
         "release-train",
         "package-slim",
         "package-train",
+        "lock-cuda",
+        "release-cuda",
     ],
 )
 def test_install_chooses_lock_release_or_package_and_the_extra(
@@ -536,11 +550,11 @@ def test_install_chooses_lock_release_or_package_and_the_extra(
     got = _words(r.stdout)
     if got[0] == "pip":  # a requirement: into the venv, bytecode compiled, then what was asked
         assert got[:4] == ["pip", "install", "--python", "VENV/bin/python"]
-        compiled = params["PARAM_TRAIN"] == "true"
+        compiled = "true" in (params.get("PARAM_TRAIN"), params.get("PARAM_CUDA"))
         assert (got[4] == "--compile-bytecode") == compiled
         got = got[4 + compiled :]
     assert got == words
-    noted = lock and not train_extra and params["PARAM_TRAIN"] == "true"
+    noted = lock and not train_extra and params.get("PARAM_TRAIN") == "true"
     assert ("declares no 'train' extra" in r.stderr) == noted, r.stderr
 
 

@@ -7,13 +7,18 @@
 #     versions of its lock (PARAM_CONSTRAINTS: tools/orb_pins.py exports them from uv.lock).
 #   - PARAM_PACKAGE set: that pip requirement (tfship==0.2.0, a wheel, a git URL, `.`).
 # PARAM_TRAIN=true (the jobs that build, train, test, package or retrain) adds the train
-# extra: TensorFlow and the rest. Other jobs get the slim install (BENCHMARKS.md, install).
+# extra: TensorFlow and the rest; PARAM_CUDA=true (the gpu executor) the cuda extra instead,
+# TensorFlow with its CUDA libraries. Other jobs get the slim install (BENCHMARKS.md, install).
 # A venv, not the system Python: Ubuntu 24.04 machine images refuse system installs (PEP 668).
 # If this very checkout's tfship is already importable (a warm self-hosted runner,
 # `tfship ci local`), nothing is reinstalled.
 set -euo pipefail
 
-wants_train() { [ "${PARAM_TRAIN:-false}" = true ]; }
+wants_cuda() { [ "${PARAM_CUDA:-false}" = true ]; }
+# CUDA implies training: the cuda extra is the train extra plus TensorFlow's CUDA libraries.
+wants_train() { [ "${PARAM_TRAIN:-false}" = true ] || wants_cuda; }
+# The extra a training job installs: train, or cuda on a GPU executor.
+train_extra() { if wants_cuda; then echo cuda; else echo train; fi; }
 
 # This checkout's own tfship is what `python3` imports.
 checkout_installed() {
@@ -41,13 +46,14 @@ sys.exit(0 if ok else 1)
 PY
 }
 
-# The project declares a `train` extra (tfship does; a team's project may mirror it).
-declares_train_extra() {
-  python3 - <<'PY'
-import sys, tomllib
+# The project declares the extra $1 (tfship declares train and cuda; a team's project may
+# mirror them).
+declares_extra() {
+  EXTRA="$1" python3 - <<'PY'
+import os, sys, tomllib
 with open("pyproject.toml", "rb") as f:
     extras = tomllib.load(f).get("project", {}).get("optional-dependencies", {})
-sys.exit(0 if "train" in extras else 1)
+sys.exit(0 if os.environ["EXTRA"] in extras else 1)
 PY
 }
 
@@ -62,10 +68,10 @@ install_command() {
   if [ -z "${PARAM_PACKAGE:-}" ] && [ -f uv.lock ]; then
     INSTALL=(sync --locked --no-dev)
     if wants_train; then
-      if declares_train_extra; then
-        INSTALL+=(--extra train)
+      if declares_extra "$(train_extra)"; then
+        INSTALL+=(--extra "$(train_extra)")
       else
-        echo "NOTE: pyproject.toml declares no 'train' extra: installing what uv.lock holds" >&2
+        echo "NOTE: pyproject.toml declares no '$(train_extra)' extra: installing what uv.lock holds" >&2
       fi
     fi
     INSTALL+=(--python python3 "${compile[@]}")
@@ -75,10 +81,10 @@ install_command() {
   if [ -n "${PARAM_PACKAGE:-}" ]; then
     INSTALL+=("$PARAM_PACKAGE")
     # The extra of whatever tfship that requirement brings.
-    if wants_train; then INSTALL+=("tfship[train]"); fi
+    if wants_train; then INSTALL+=("tfship[$(train_extra)]"); fi
   else
     INSTALL+=(--constraint "$pins")
-    if wants_train; then INSTALL+=("tfship[train]"); else INSTALL+=(tfship); fi
+    if wants_train; then INSTALL+=("tfship[$(train_extra)]"); else INSTALL+=(tfship); fi
   fi
 }
 
