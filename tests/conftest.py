@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import http.server
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,10 +22,8 @@ def cli(tmp_path):
     return _run
 
 
-@pytest.fixture(scope="session")
-def packaged(tmp_path_factory) -> Path:
-    """A folder whose workspace/ and store/ hold a trained, tested, packaged model (stages 1-4)."""
-    root = tmp_path_factory.mktemp("pipeline")
+def _package_into(root: Path) -> None:
+    """Stages 1-4 in ``root``: build, train, test, package version 1000."""
     for stage in (
         ["build"],
         ["train", *FAST_TRAIN],
@@ -32,6 +32,30 @@ def packaged(tmp_path_factory) -> Path:
     ):
         r = run_cli(*stage, cwd=root)
         assert r.code == 0, f"{stage}: {r.err}"
+
+
+@pytest.fixture(scope="session")
+def packaged(tmp_path_factory, worker_id) -> Path:
+    """A folder whose workspace/ and store/ hold a trained, tested, packaged model (stages 1-4).
+
+    Under pytest-xdist the workers share one training (the first worker to ask trains, under
+    a lock, in the run's common temp folder) and each gets its own copy, as each had its own
+    folder before: a test that changes its copy changes nothing another worker sees.
+    """
+    root = tmp_path_factory.mktemp("pipeline")
+    if worker_id == "master":  # not under xdist
+        _package_into(root)
+        return root
+    shared = tmp_path_factory.getbasetemp().parent / "packaged"
+    with open(tmp_path_factory.getbasetemp().parent / "packaged.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (shared / ".complete").exists():
+            shutil.rmtree(shared, ignore_errors=True)
+            shared.mkdir()
+            _package_into(shared)
+            (shared / ".complete").touch()
+    shutil.copytree(shared, root, dirs_exist_ok=True, symlinks=True)
+    (root / ".complete").unlink()
     return root
 
 
