@@ -46,13 +46,17 @@ def deploy(
 
     \b
     Host: DEPLOY_SERVER_HOSTNAME / _USERNAME / _PATH / _PORT, key in DEPLOY_SERVER_SSH_KEY
-    (text) or DEPLOY_SERVER_SSH_KEY_FILE, host key checked against DEPLOY_SERVER_KNOWN_HOSTS.
-    Without a hostname the target is the local folder --base-path (tfship serve's).
+    (text or base64) or DEPLOY_SERVER_SSH_KEY_FILE, else the ssh-agent and ~/.ssh keys
+    (CircleCI's add_ssh_keys); host key checked against DEPLOY_SERVER_KNOWN_HOSTS and the
+    lines in DEPLOY_SERVER_KNOWN_HOSTS_LINES. Without a hostname the target is the local
+    folder --base-path (tfship serve's).
 
     \b
     A fleet (DEPLOY_SERVER_HOSTNAME=a,b,c or --hosts-file): every host reached first,
-    one version served by all, then a canary (full checks + --canary-seconds soak), then
-    batches of --max-parallel; any failure rolls back every host already moved.
+    one version served by all; every host uploads (--max-parallel at a time, the canary
+    first), the canary is placed and checked (full checks + --canary-seconds soak), then
+    the others are placed, --max-parallel at a time; any failure rolls back every host
+    already moved and removes every staged upload.
     """
     with open_fleet(where, fs.require_all) as fleet:
         try:
