@@ -27,6 +27,9 @@ CHECK_JSONSCHEMA = str(Path(sys.executable).parent / "check-jsonschema")
 # The continuation config holds the workflows; the setup config (config.yml) continues with it.
 CONFIG = yaml.safe_load((ROOT / ".circleci" / "continue.yml").read_text())
 SETUP = yaml.safe_load((ROOT / ".circleci" / "config.yml").read_text())
+# The orb's release pipeline: release.yml (setup) continues with release-test.yml.
+RELEASE = yaml.safe_load(check_orb.RELEASE.read_text())
+RELEASE_TEST = yaml.safe_load(check_orb.RELEASE_TEST.read_text())
 ORB = pack_orb.pack()
 
 
@@ -111,7 +114,16 @@ def test_unknown_source_folders_are_refused(tmp_path):
         pack_orb.pack(tmp_path / "src")
 
 
-@pytest.mark.parametrize("path", [".circleci/config.yml", ".circleci/continue.yml", "orb/orb.yml"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".circleci/config.yml",
+        ".circleci/continue.yml",
+        ".circleci/release.yml",
+        ".circleci/release-test.yml",
+        "orb/orb.yml",
+    ],
+)
 def test_circleci_schema_accepts_config_and_orb(path):
     r = subprocess.run(
         [CHECK_JSONSCHEMA, "--builtin-schema", "vendor.circle-ci", str(ROOT / path)],
@@ -131,6 +143,8 @@ def test_yamllint_is_clean():
             "parsable",
             ".circleci/config.yml",
             ".circleci/continue.yml",
+            ".circleci/release.yml",
+            ".circleci/release-test.yml",
             "orb/orb.yml",
             "orb/src",
         ],
@@ -148,6 +162,9 @@ def test_the_projects_own_checks_pass():
     assert check_orb.check_config(CONFIG) == []
     assert check_orb.check_config(SETUP) == []
     assert check_orb.check_phases(SETUP, CONFIG) == []
+    assert check_orb.check_config(RELEASE) == []
+    assert check_orb.check_config(check_orb.with_this_orb(RELEASE_TEST, ORB)) == []
+    assert check_orb.check_release(RELEASE, RELEASE_TEST) == []
     assert check_orb.check_phases(CONFIG, SETUP) == [
         "continue.yml: declares no new_data_uri (config.yml's pipeline parameters carry into "
         "the continuation)",
@@ -168,7 +185,11 @@ def test_workflows_are_wired_as_documented():
         "tfship/test_deployment",
     ]
     hold = wf["retrain-deploy"]["jobs"][2]["hold"]
-    assert hold == {"type": "approval", "requires": ["retrain"]}
+    assert hold == {
+        "type": "approval",
+        "requires": ["retrain"],
+        "filters": {"branches": {"only": "main"}},
+    }
     assert wf["retrain-deploy"]["when"] == "<< pipeline.parameters.retrain >>"
     assert (
         wf["retrain-deploy"]["jobs"][0]["tfship/build"]["data"]
@@ -256,6 +277,176 @@ def _jobs(c, wf="retrain-deploy"):
 )
 def test_each_config_check_fires(mutate, message):
     problems = _config(mutate)
+    assert any(message in p for p in problems), problems
+
+
+# --------------------------------------------------------------------------------------------
+# Branch filters, the project's own checks, and the orb release (issue #19)
+# --------------------------------------------------------------------------------------------
+
+DEPLOYING = {"hold", "deploy", "test_deployment"}
+
+
+def _planned(doc: dict, workflow: str, branch: str, slug: str = "gh/tfship/tfship", **params):
+    """The jobs `tfship ci local`'s planner gives a workflow (name -> filtered out?) and
+    whether its when/unless lets it run, for a CircleCI project slug."""
+    from tfship.ci.workflow import plan
+
+    jobs, runs = plan(doc, workflow, params, branch, extra_pipeline={"project_slug": slug})
+    return {j.name: j.skipped for j in jobs}, runs
+
+
+@pytest.mark.parametrize("workflow", ["build-deploy", "build-deploy-approved", "retrain-deploy"])
+def test_every_workflow_that_deploys_deploys_and_holds_on_main_only(workflow):
+    on_main, _ = _planned(CONFIG, workflow, "main")
+    on_branch, _ = _planned(CONFIG, workflow, "feature/x")
+    assert not any(on_main.values())  # main runs everything, the hold included
+    filtered = {name for name, skipped in on_branch.items() if skipped}
+    # package only feeds the deploy in retrain-deploy (after the hold); on a push it is a check.
+    expected = DEPLOYING | ({"package"} if workflow == "retrain-deploy" else set())
+    assert filtered == expected & set(on_branch)
+    assert "deploy" in filtered
+    if "hold" in on_branch:  # no hold waits where nothing would deploy after it
+        assert on_branch["hold"]
+
+
+def test_checks_run_on_every_push_but_not_on_a_retrain_or_under_tfship_ci_local():
+    assert _planned(CONFIG, "checks", "feature/x") == ({"checks": False}, True)
+    assert _planned(CONFIG, "checks", "main", approve_deploy=True)[1] is True
+    assert _planned(CONFIG, "checks", "main", retrain=True)[1] is False
+    # tfship ci local's slug: the tests that run continue.yml locally must not run the suite.
+    assert _planned(CONFIG, "checks", "main", slug="local/project")[1] is False
+
+
+def test_the_checks_job_runs_lint_the_orb_checks_and_the_tests_on_ubuntu_2404():
+    job = CONFIG["jobs"]["checks"]
+    assert job["machine"]["image"].startswith("ubuntu-2404:")
+    runs = [s["run"]["command"] for s in job["steps"] if isinstance(s, dict) and "run" in s]
+    text = "\n".join(runs)
+    for command in (
+        'git clone --depth 1 "$TFSHIP_SHARED_REPO" ../shared',  # the tests read ../shared
+        "tools/setup.sh --test",
+        ".venv/bin/ruff check ml tests bench examples tools",
+        ".venv/bin/ruff format --check ml tests bench examples",
+        ".venv/bin/python tools/pack_orb.py --check",
+        ".venv/bin/python tools/check_orb.py",
+        "--junitxml=test-results/",
+    ):
+        assert command in text, command
+    assert job["steps"][0] == "checkout"
+    assert job["steps"][-1] == {"store_test_results": {"path": "test-results"}}
+    assert SETUP["workflows"]["continue"]["unless"] == "<< pipeline.parameters.retrain >>"
+
+
+def _order(doc: dict) -> dict[str, tuple[str, dict]]:
+    (wf,) = doc["workflows"].values()
+    return check_orb._entries(wf)
+
+
+def test_the_release_publishes_dev_then_integration_tests_it_then_production_on_a_tag():
+    release, test = _order(RELEASE), _order(RELEASE_TEST)
+    assert RELEASE["setup"] is True and "setup" not in RELEASE_TEST
+    # release.yml: pack, review and shellcheck -> publish dev -> continue with release-test.yml
+    assert release["publish_dev"][1]["pub_type"] == "dev"
+    assert check_orb._upstream(release, "publish_dev") == {
+        "orb-tools/pack",
+        "orb-tools/review",
+        "shellcheck/check",
+    }
+    cont = release["orb-tools/continue"][1]
+    assert cont["requires"] == ["publish_dev"] and cont["inject_orb"] is False
+    assert cont["config_path"] == ".circleci/release-test.yml"
+    # release-test.yml loads the very dev version published, and tests it first
+    assert release["publish_dev"][1]["dev_tags"] == "dev:<< pipeline.git.revision >>"
+    assert RELEASE_TEST["orbs"]["tfship"] == "tfship/tfship@dev:<< pipeline.git.revision >>"
+    prod = test["publish_release"][1]
+    assert prod["pub_type"] == "production" and prod["orb_name"] == "tfship/tfship"
+    assert check_orb._upstream(test, "publish_release") == set(test) - {"publish_release"}
+    assert [test[n][0] for n in ("build", "train", "test", "package")] == [
+        "tfship/build",
+        "tfship/train",
+        "tfship/test",
+        "tfship/package",
+    ]
+    # production only on a semver tag; everything before it on every branch and tag
+    tags = {t: check_orb.runs_on_tag(prod["filters"], t) for t in ("v1.2.3", "v10.0.12")}
+    assert tags == {"v1.2.3": True, "v10.0.12": True}
+    for tag in ("v1.2", "1.2.3", "v1.2.3-rc.1", "vX.Y.Z"):
+        assert not check_orb.runs_on_tag(prod["filters"], tag), tag
+    assert not check_orb.runs_on_branch(prod["filters"], "main")
+    for name, (_, args) in [*release.items(), *test.items()]:
+        if name != "publish_release":
+            assert check_orb.runs_on_tag(args["filters"], "v1.2.3"), name
+            assert check_orb.runs_on_branch(args["filters"], "main"), name
+
+
+def _release_problems(mutate) -> list[str]:
+    release, test = copy.deepcopy(RELEASE), copy.deepcopy(RELEASE_TEST)
+    mutate(release, test)
+    problems = check_orb.check_release(release, test)
+    problems += check_orb.check_config(release)
+    return problems + check_orb.check_config(check_orb.with_this_orb(test, ORB))
+
+
+def _entry(doc: dict, name: str) -> dict:
+    (wf,) = doc["workflows"].values()
+    for entry in wf["jobs"]:
+        job, args = next(iter(entry.items()))
+        if args.get("name", job) == name:
+            return args
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda r, t: _entry(t, "publish_release").update(requires=["package"]),
+            "publish_release does not wait for plan_without_champion",
+        ),
+        (
+            lambda r, t: _entry(t, "publish_release").update(filters={"tags": {"only": "/.*/"}}),
+            "runs on tags other than vX.Y.Z",
+        ),
+        (
+            lambda r, t: _entry(t, "publish_release")["filters"].pop("branches"),
+            "runs on a branch",
+        ),
+        (
+            lambda r, t: _entry(t, "train").pop("filters"),
+            "waits for train, which does not run on v1.2.3",
+        ),
+        (
+            lambda r, t: _entry(r, "orb-tools/continue").update(requires=["orb-tools/pack"]),
+            "does not wait for publish_dev",
+        ),
+        (
+            lambda r, t: _entry(r, "publish_dev").update(requires=["orb-tools/pack"]),
+            "publish_dev does not wait for orb-tools/review",
+        ),
+        (
+            lambda r, t: _entry(r, "orb-tools/continue").update(inject_orb=True),
+            "inject_orb: false",
+        ),
+        (lambda r, t: t["orbs"].update(tfship="tfship/tfship@1.0"), "not a dev version"),
+        (lambda r, t: _entry(r, "shellcheck/check").pop("filters"), "does not run on a tag"),
+        (lambda r, t: r.pop("setup"), "release.yml: not a setup config"),
+        (
+            lambda r, t: _entry(r, "publish_dev").update({"pub-type": "dev"}),
+            "job 'orb-tools/publish' takes no argument 'pub-type'",  # v11's name
+        ),
+        (
+            lambda r, t: _entry(r, "orb-tools/continue").pop("pipeline_number"),
+            "needs argument 'pipeline_number'",
+        ),
+        (
+            lambda r, t: _entry(t, "train").update(epoch="6"),
+            "job 'tfship/train' takes no argument 'epoch'",
+        ),
+    ],
+)
+def test_each_release_check_fires(mutate, message):
+    problems = _release_problems(mutate)
     assert any(message in p for p in problems), problems
 
 

@@ -17,14 +17,22 @@
   continuation config (continue.yml) does not (CircleCI refuses to continue with a setup
   config), and the continuation declares every parameter the setup config declares (CircleCI
   carries a trigger's parameters into the continuation).
+- Jobs of the registry orbs the release pipeline uses (orb-tools@12, shellcheck@3): the
+  arguments each takes and needs, recorded from their source (EXTERNAL_JOBS).
+- The orb release (release.yml, release-test.yml): pack and review before the dev publish,
+  the dev publish before the continuation, the integration tests on the very dev version
+  published, and the production publish after every test and only on a tag vX.Y.Z.
+- The CircleCI JSON schema (check-jsonschema, a dev tool beside this interpreter) on every
+  file above.
 
-    python tools/check_orb.py     # checks orb/src, orb/orb.yml, .circleci/config.yml and
-                                  # .circleci/continue.yml
+    python tools/check_orb.py     # checks orb/src, orb/orb.yml and every config in .circleci/
 """
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -46,6 +54,57 @@ from tfship.ci.vocabulary import PIPELINE_PARAM_REF as PIPELINE_REF  # noqa: E40
 
 SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
 CRON_RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
+
+RELEASE = ROOT / ".circleci" / "release.yml"  # the orb release's setup config
+RELEASE_TEST = ROOT / ".circleci" / "release-test.yml"  # what it continues with
+ORB_NAME = "tfship/tfship"  # the orb's name in the registry
+RELEASE_TAG = "v1.2.3"  # a tag the production publish must take (publish's tag_pattern)
+NOT_RELEASE_TAGS = ("v1.2", "1.2.3", "v1.2.3-rc.1", "release")
+
+# Registry orbs cannot be read offline; their jobs' parameters are recorded here from the
+# source of the major version the configs pin: (every parameter, those without a default).
+# orb-tools: CircleCI-Public/orb-tools-orb v12.4.0 src/jobs/*.yml (v12 renamed v11's
+# hyphenated parameters: pub-type -> pub_type). shellcheck: CircleCI-Public/shellcheck-orb
+# v3.4.0 src/jobs/check.yml.
+_COMMON = {"checkout", "circleci_ip_ranges", "executor"}
+EXTERNAL_JOBS: dict[str, dict[str, tuple[set[str], set[str]]]] = {
+    "circleci/orb-tools@12": {
+        "pack": (
+            _COMMON
+            | {"circleci_api_host", "orb_dir", "orb_file_name", "org_id", "org_slug"}
+            | {"persist_to_workspace", "source_dir"},
+            set(),
+        ),
+        "review": (_COMMON | {"exclude", "max_command_length", "orb_name", "source_dir"}, set()),
+        "publish": (
+            _COMMON
+            | {"attach_workspace", "circleci_api_host", "circleci_token", "dev_tags"}
+            | {"enable_pr_comment", "github_token", "orb_dir", "orb_file_name", "orb_name"}
+            | {"pr_comment_graphql_url", "pub_type", "release_environment", "tag_pattern"}
+            | {"vcs_type"},
+            {"orb_name", "vcs_type"},
+        ),
+        "continue": (
+            _COMMON
+            | {"attach_workspace", "circleci_api_host", "circleci_app_host", "config_path"}
+            | {"inject_orb", "orb_dir", "orb_file_name", "orb_name", "pipeline_number"}
+            | {"vcs_type"},
+            {"pipeline_number", "vcs_type", "orb_name"},
+        ),
+        "lint": (
+            _COMMON | {"source_dir", "pip_break"},
+            set(),
+        ),
+    },
+    "circleci/shellcheck@3": {
+        "check": (
+            {"circleci_ip_ranges", "dir", "exclude", "external_sources", "format"}
+            | {"ignore-dirs", "image-name", "image-tag", "output", "pattern"}
+            | {"resource_class", "severity", "shell"},
+            set(),
+        ),
+    },
+}
 
 
 def _strings(value):
@@ -304,6 +363,8 @@ def check_config(config: dict) -> list[str]:
             orb = orbs.get(orb_name)
             if isinstance(orb, dict):
                 return (orb.get("jobs") or {}).get(job, False)
+            if isinstance(orb, str):
+                return external_job(orb, job)
             return orb is not None
         return False
 
@@ -346,6 +407,164 @@ def check_config(config: dict) -> list[str]:
     return out
 
 
+def external_job(reference: str, job: str) -> dict | bool:
+    """A registry orb's job as a declaration (its parameters, with a default where it has
+    one) when EXTERNAL_JOBS records that orb's major version; False when it records the orb
+    but not the job; True (cannot look inside) for any other orb."""
+    name, _, version = reference.partition("@")
+    known = EXTERNAL_JOBS.get(f"{name}@{version.split('.')[0]}")
+    if known is None:
+        return True
+    if job not in known:
+        return False
+    params, required = known[job]
+    return {"parameters": {p: ({} if p in required else {"default": ""}) for p in params}}
+
+
+def _pattern_allows(spec, value: str) -> bool:
+    """A filter's `only`/`ignore` value (a string or a list; /regex/ or an exact name)."""
+    specs = spec if isinstance(spec, list) else [spec]
+    return any(
+        re.fullmatch(s[1:-1], value) if s.startswith("/") and s.endswith("/") else s == value
+        for s in map(str, specs)
+    )
+
+
+def runs_on_tag(filters: dict | None, tag: str) -> bool:
+    """Whether a workflow job runs on a tag's pipeline: CircleCI runs none without a tag
+    filter whose `only` takes the tag."""
+    tags = (filters or {}).get("tags") or {}
+    if tags.get("only") is None or not _pattern_allows(tags["only"], tag):
+        return False
+    return not (tags.get("ignore") is not None and _pattern_allows(tags["ignore"], tag))
+
+
+def runs_on_branch(filters: dict | None, branch: str) -> bool:
+    """Whether a workflow job runs on a branch's pipeline (no branch filter: every branch)."""
+    b = (filters or {}).get("branches") or {}
+    if b.get("only") is not None and not _pattern_allows(b["only"], branch):
+        return False
+    return not (b.get("ignore") is not None and _pattern_allows(b["ignore"], branch))
+
+
+def _entries(workflow: dict) -> dict[str, tuple[str, dict]]:
+    """A workflow's jobs by the name they have in it: (the job it runs, its arguments)."""
+    out = {}
+    for entry in workflow.get("jobs") or []:
+        job, args = _step_name(entry)
+        out[args.get("name", job)] = (job, args)
+    return out
+
+
+def _upstream(entries: dict[str, tuple[str, dict]], name: str) -> set[str]:
+    """Every job a workflow job waits for, directly or through others."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        for req in entries.get(todo.pop(), ("", {}))[1].get("requires") or []:
+            req = next(iter(req)) if isinstance(req, dict) else req
+            if req not in seen:
+                seen.add(req)
+                todo.append(req)
+    return seen
+
+
+def _publishes(entries: dict, pub_type: str) -> list[str]:
+    return [
+        n
+        for n, (job, args) in entries.items()
+        if job == "orb-tools/publish" and args.get("pub_type", "dev") == pub_type
+    ]
+
+
+def check_release(release: dict, test: dict, test_path: str = ".circleci/release-test.yml"):
+    """The orb release's shape, orb-tools' flow: release.yml (a setup config) packs, reviews,
+    publishes a dev version and continues with release-test.yml, which tests that very dev
+    version and publishes the semver release after every test, only on a tag vX.Y.Z."""
+    out: list[str] = []
+    if release.get("setup") is not True:
+        out.append("release.yml: not a setup config (setup: true); orb-tools/continue needs one")
+    if test.get("setup") is True:
+        out.append("release-test.yml: a continuation config cannot itself be a setup config")
+    flows = list((release.get("workflows") or {}).values())
+    first = _entries(flows[0]) if len(flows) == 1 else {}
+    if len(flows) != 1:
+        out.append("release.yml: expected one workflow (pack, review, publish dev, continue)")
+    dev = _publishes(first, "dev")
+    cont = [n for n, (job, _) in first.items() if job == "orb-tools/continue"]
+    if len(dev) != 1 or len(cont) != 1:
+        out.append("release.yml: expected one orb-tools/publish (pub_type: dev) and one continue")
+    else:
+        (dev,), (cont,) = dev, cont
+        jobs = {job for job, _ in first.values()}
+        for need in ("orb-tools/pack", "orb-tools/review"):
+            if need not in jobs:
+                out.append(f"release.yml: no {need}")
+            elif need not in {first[n][0] for n in _upstream(first, dev)}:
+                out.append(f"release.yml: {dev} does not wait for {need}")
+        if dev not in _upstream(first, cont):
+            out.append(f"release.yml: {cont} does not wait for {dev} (test the dev version)")
+        args = first[cont][1]
+        if args.get("config_path") != test_path:
+            out.append(f"release.yml: {cont} continues with {args.get('config_path')!r}")
+        if args.get("inject_orb") is not False:
+            out.append(f"release.yml: {cont} injects the packed source (inject_orb: false)")
+        # `<< pipeline.git.revision >>` and `<<pipeline.git.revision>>` are one value.
+        tags = re.sub(r"\s+", "", str(first[dev][1].get("dev_tags", ""))).split(",")
+        loaded = str((test.get("orbs") or {}).get("tfship", ""))
+        version = re.sub(r"\s+", "", loaded.partition("@")[2])
+        if not loaded.startswith(f"{ORB_NAME}@") or version not in tags:
+            out.append(
+                f"release-test.yml: loads tfship as {loaded!r}, not a dev version {dev} "
+                f"publishes ({', '.join(tags)})"
+            )
+        if first[dev][1].get("orb_name") != ORB_NAME:
+            out.append(f"release.yml: {dev} publishes {first[dev][1].get('orb_name')!r}")
+    for name, (_, args) in first.items():
+        if not runs_on_tag(args.get("filters"), RELEASE_TAG):
+            out.append(f"release.yml: {name} does not run on a tag (filters: tags: only)")
+    for wname, wf in (test.get("workflows") or {}).items():
+        entries = _entries(wf)
+        for prod in _publishes(entries, "production"):
+            where = f"release-test.yml workflow {wname}: {prod}"
+            args = entries[prod][1]
+            if args.get("orb_name") != ORB_NAME:
+                out.append(f"{where} publishes {args.get('orb_name')!r}")
+            missing = set(entries) - {prod} - _upstream(entries, prod)
+            if missing:
+                out.append(f"{where} does not wait for {', '.join(sorted(missing))}")
+            f = args.get("filters")
+            if not runs_on_tag(f, RELEASE_TAG) or any(runs_on_tag(f, t) for t in NOT_RELEASE_TAGS):
+                out.append(f"{where} runs on tags other than vX.Y.Z (or not on {RELEASE_TAG})")
+            if runs_on_branch(f, "main") or runs_on_branch(f, "release"):
+                out.append(f"{where} runs on a branch (branches: ignore: /.*/)")
+            for up in _upstream(entries, prod):
+                if not runs_on_tag(entries.get(up, ("", {}))[1].get("filters"), RELEASE_TAG):
+                    out.append(
+                        f"{where} waits for {up}, which does not run on {RELEASE_TAG} "
+                        "(a tag pipeline would skip it and the release)"
+                    )
+    if not any(
+        _publishes(_entries(wf), "production") for wf in (test.get("workflows") or {}).values()
+    ):
+        out.append("release-test.yml: no orb-tools/publish with pub_type: production")
+    return out
+
+
+def check_schema(paths: list[Path]) -> list[str]:
+    """check-jsonschema's CircleCI schema on each file (the dev tool beside this interpreter)."""
+    tool = Path(sys.executable).parent / "check-jsonschema"
+    exe = str(tool) if tool.exists() else shutil.which("check-jsonschema")
+    if not exe:
+        return ["check-jsonschema not found (tools/setup.sh --test installs it)"]
+    r = subprocess.run(
+        [exe, "--builtin-schema", "vendor.circle-ci", *map(str, paths)],
+        capture_output=True,
+        text=True,
+    )
+    return [] if r.returncode == 0 else [f"schema: {line}" for line in r.stdout.splitlines()]
+
+
 def check_phases(setup: dict, continuation: dict) -> list[str]:
     """The setup config is one (``setup: true``); the continuation config is not, and
     declares every pipeline parameter the setup config declares."""
@@ -363,15 +582,28 @@ def check_phases(setup: dict, continuation: dict) -> list[str]:
     return out
 
 
+def with_this_orb(test: dict, orb: dict) -> dict:
+    """release-test.yml with its tfship reference (the dev version of this commit's orb)
+    replaced by the orb packed from orb/src, so its jobs' arguments are checked."""
+    return {**test, "orbs": {**(test.get("orbs") or {}), "tfship": orb}}
+
+
 def main() -> int:
-    from pack_orb import CONFIG, CONTINUATION, SRC, pack
+    from pack_orb import CONFIG, CONTINUATION, PACKED, SRC, pack
 
     problems = review(SRC)
-    problems += check_orb(pack(SRC), "orb/orb.yml")
+    orb = pack(SRC)
+    problems += check_orb(orb, "orb/orb.yml")
     docs = {path: yaml.safe_load(path.read_text()) for path in (CONFIG, CONTINUATION)}
     for path, doc in docs.items():
         problems += [f"{path.name}: {p}" for p in check_config(doc)]
     problems += check_phases(docs[CONFIG], docs[CONTINUATION])
+    release = yaml.safe_load(RELEASE.read_text())
+    test = yaml.safe_load(RELEASE_TEST.read_text())
+    problems += [f"release.yml: {p}" for p in check_config(release)]
+    problems += [f"release-test.yml: {p}" for p in check_config(with_this_orb(test, orb))]
+    problems += check_release(release, test)
+    problems += check_schema([PACKED, CONFIG, CONTINUATION, RELEASE, RELEASE_TEST])
     for p in problems:
         print(p)
     print(f"check_orb: {len(problems)} problem(s)", file=sys.stderr)
