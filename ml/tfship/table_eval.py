@@ -246,7 +246,7 @@ def _train_baseline(path: Path, label: str, task: str, classes: list[str] | None
     stats = TableStats()
     for batch in read_csv(path):
         stats.update({label: batch[label]})
-    return stats.features[label].mean
+    return stats.finish().features[label].mean  # finish: the last batch may still be folding
 
 
 def _num(v: float | None) -> str:
