@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import http.server
+import json
 import shutil
 from pathlib import Path
 
@@ -74,6 +75,28 @@ def http_dir(tmp_path):
 
     with loopback_http(Handler) as base:
         yield base, www
+
+
+@pytest.fixture
+def webhook():
+    """A Slack-like incoming webhook on loopback: yields (url, bodies), each POST's JSON body
+    recorded; it answers 200 "ok" as Slack does. The URL's path holds a secret part, as
+    Slack's do: tests check that it is never printed."""
+    bodies: list[dict] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *a) -> None:
+            pass
+
+    with loopback_http(Handler) as base:
+        yield f"{base}/services/T0000/B0000/secret-part", bodies
 
 
 @pytest.fixture

@@ -7,14 +7,12 @@ defined and main does not run (the slack orb's pattern)."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -237,27 +235,6 @@ def test_notify_arguments_pass_mentions_and_the_branch_pattern(tmp_path):
     ]
 
 
-@pytest.fixture
-def receiver():
-    """A webhook on loopback recording each POST's JSON body; yields (url, bodies)."""
-    bodies: list[dict] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/services/T0/B0/secret-part", bodies
-    server.shutdown()
-
-
 def _without_tfship(tmp_path: Path, tools: tuple[str, ...], **params: str) -> dict[str, str]:
     """The environment of a job whose install step failed: a PATH holding only ``tools``."""
     bin_dir = tmp_path / "bare-bin"
@@ -278,8 +255,8 @@ def _without_tfship(tmp_path: Path, tools: tuple[str, ...], **params: str) -> di
 
 
 @pytest.mark.parametrize("tool", ["python3", "curl"])
-def test_an_install_failure_still_posts_a_minimal_message(tmp_path, receiver, tool):
-    url, bodies = receiver
+def test_an_install_failure_still_posts_a_minimal_message(tmp_path, webhook, tool):
+    url, bodies = webhook
     env = _without_tfship(tmp_path, (tool,), PARAM_EVENT="fail", TFSHIP_WEBHOOK_URL=url)
     r = _run_as_circleci(NOTIFY, env, tmp_path)
     assert r.returncode == 0, r.stderr
@@ -294,8 +271,8 @@ def test_an_install_failure_still_posts_a_minimal_message(tmp_path, receiver, to
 
 
 @pytest.mark.parametrize("tool", ["python3", "curl"])
-def test_the_minimal_message_in_the_generic_json_format(tmp_path, receiver, tool):
-    url, bodies = receiver
+def test_the_minimal_message_in_the_generic_json_format(tmp_path, webhook, tool):
+    url, bodies = webhook
     env = _without_tfship(
         tmp_path, (tool,), PARAM_EVENT="always", PARAM_FORMAT="json", TFSHIP_WEBHOOK_URL=url
     )
@@ -305,8 +282,8 @@ def test_the_minimal_message_in_the_generic_json_format(tmp_path, receiver, tool
     assert body["build_url"] == "https://circleci.com/gh/acme/models/77"
 
 
-def test_the_minimal_message_keeps_to_the_branch_pattern(tmp_path, receiver):
-    url, bodies = receiver
+def test_the_minimal_message_keeps_to_the_branch_pattern(tmp_path, webhook):
+    url, bodies = webhook
     env = _without_tfship(
         tmp_path,
         ("python3",),
@@ -322,8 +299,8 @@ def test_the_minimal_message_keeps_to_the_branch_pattern(tmp_path, receiver):
     assert _run_as_circleci(NOTIFY, env, tmp_path).returncode == 0 and len(bodies) == 1
 
 
-def test_without_tfship_there_is_no_approval_to_announce(tmp_path, receiver):
-    url, bodies = receiver
+def test_without_tfship_there_is_no_approval_to_announce(tmp_path, webhook):
+    url, bodies = webhook
     env = _without_tfship(
         tmp_path,
         ("python3",),

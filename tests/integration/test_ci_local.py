@@ -4,11 +4,9 @@ config's workflows by name."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import subprocess
 import sys
-import threading
 
 import pytest
 import requests
@@ -157,26 +155,6 @@ def test_reject_deploys_nothing_and_no_decision_leaves_the_hold_on_hold(site, tm
     assert p.returncode == 0
     assert statuses["hold"] == "on_hold" and statuses["package"] == "blocked"
     assert site.serving() == before
-
-
-@pytest.fixture
-def webhook():
-    received = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
-    server.shutdown()
 
 
 def test_a_failed_gate_stops_the_workflow_and_the_hook_reports_it(site, webhook):

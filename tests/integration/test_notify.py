@@ -6,38 +6,14 @@ case runs the real command against a real HTTP receiver on loopback."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
 import shutil
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from helpers import clean_env, free_port, run_cli, train_failing_model
-
-
-@pytest.fixture
-def webhook():
-    received = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append(json.loads(body))
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/T0000/B0000/secret", received
-    server.shutdown()
 
 
 def _check(name, value, op, threshold):
