@@ -212,10 +212,13 @@ def fleet_deploy(
             return
         try:
             st = stage(t, package_dir, s)
-        except TfshipError as exc:
-            h.result, h.checks, h.error = "failed before any change", "not run", str(exc)
-            failed_with(exc)
-            raise
+        except Exception as exc:
+            # An unexpected error (an SFTP permission error, a full disk) fails this host as a
+            # TfshipError does: the rollout stops and is reverted, and the user reads one line.
+            err = _as_deploy_error(t, exc)
+            h.result, h.checks, h.error = "failed before any change", "not run", str(err)
+            failed_with(err)
+            raise err from None if err is exc else exc
         except BaseException as exc:
             failed_with(exc)
             raise
@@ -236,13 +239,14 @@ def fleet_deploy(
                 _soak(t, package_dir, manifest, version, soak, s)
             h.result, h.checks = r.state, "passed"
             h.verified_s = round(time.monotonic() - started, 3)
-        except TfshipError as exc:
+        except Exception as exc:
+            err = _as_deploy_error(t, exc)
             # commit() rolls its own host back when its checks fail; a failed soak does not.
-            undone = t not in moved and "did not complete" not in str(exc)
+            undone = t not in moved and "did not complete" not in str(err)
             h.result = "failed, rolled back" if undone else "failed"
-            h.checks, h.error = "failed", str(exc)
-            failed_with(exc)
-            raise
+            h.checks, h.error = "failed", str(err)
+            failed_with(err)
+            raise err from None if err is exc else exc
         except BaseException as exc:
             failed_with(exc)
             raise
@@ -307,6 +311,13 @@ def _settle(*groups: list[Future]) -> None:
         for f in futures:
             if not f.cancel():
                 f.exception()
+
+
+def _as_deploy_error(t: Target, exc: Exception) -> TfshipError:
+    """``exc`` itself if it is tfship's; else a DeployError naming the host and the error."""
+    if isinstance(exc, TfshipError):
+        return exc
+    return DeployError(f"{t.host.name}: {type(exc).__name__}: {exc}")
 
 
 def _first_error(futures: list) -> None:
