@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import clean_env, digits_arrays, run_cli, write_npz
+from helpers import clean_env, digits_arrays, free_port, run_cli, write_npz
 from tfship.ci.watch import newest_snapshot
+from tfship.errors import ApiError
 from tfship.sources import data_uri, split_sha256
 from tfship.targets import SSHAccess
 
@@ -168,3 +169,25 @@ def test_build_refuses_two_different_checksums(tmp_path):
     uri = data_uri(str(snap_file), sha256(snap_file))
     r = build(tmp_path / "w", uri, "--data-sha256", "f" * 64)
     assert r.code == 2 and "differ" in r.err_lines[-1], r.err
+
+
+def test_a_listings_sha256_is_read_in_lower_case_as_manifests_record_it(http_dir):
+    """An upper-case digest in a listing is the same data: it must compare equal to the
+    champion's data_sha256, or the nightly plan would retrain on unchanged data."""
+    base, www = http_dir
+    new = images(www / "2026-11-02.npz", 2)
+    (www / "listing.txt").write_text(f"{base}/2026-11-02.npz {sha256(new).upper()}\n")
+    snap = newest_snapshot(f"{base}/listing.txt")
+    assert snap is not None and snap.sha256 == sha256(new)
+
+
+def test_a_listing_line_whose_digest_is_no_sha256_is_refused_in_one_line(http_dir):
+    base, www = http_dir
+    (www / "listing.txt").write_text(f"{base}/2026-11-02.npz deadbeef\n")
+    with pytest.raises(ApiError, match="'deadbeef' is not a sha256"):
+        newest_snapshot(f"{base}/listing.txt")
+
+
+def test_an_unreachable_listing_is_an_api_error_not_a_traceback():
+    with pytest.raises(ApiError, match="ConnectionError"):
+        newest_snapshot(f"http://127.0.0.1:{free_port()}/listing.txt")

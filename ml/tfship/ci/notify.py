@@ -396,7 +396,8 @@ def send(url: str, payload: dict, timeout: float = 10.0, strict: bool = False) -
     except (requests.RequestException, ApiError) as exc:
         # The URL is a secret (it authorises posting): name only the failure.
         if strict:
-            raise ApiError(f"notification not delivered ({type(exc).__name__})") from exc
+            # from None: the chained requests error's text holds the URL (--debug prints it)
+            raise ApiError(f"notification not delivered ({type(exc).__name__})") from None
         event(
             "notify",
             f"WARNING: notification not delivered ({type(exc).__name__}); the job's result stands",

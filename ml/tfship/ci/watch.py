@@ -22,6 +22,7 @@ import fcntl
 import glob
 import json
 import os
+import re
 import shlex
 import time
 from collections.abc import Iterator, Mapping
@@ -77,7 +78,10 @@ def newest_snapshot(
     if source.startswith(("https://", "http://")):
         import requests  # only https listings pay for it
 
-        resp = requests.get(source, timeout=30)
+        try:
+            resp = requests.get(source, timeout=30)
+        except requests.RequestException as exc:
+            raise ApiError(f"{source}: {type(exc).__name__}", hint="is the listing up?") from None
         if resp.status_code != 200:
             raise ApiError(f"{source}: HTTP {resp.status_code}")
         lines = [ln.split() for ln in resp.text.splitlines() if ln.strip()]
@@ -92,7 +96,13 @@ def newest_snapshot(
                 f"{source}: listing line for {uri} has no sha256",
                 hint="list snapshots as '<url> <sha256>' lines",
             )
-        return Snapshot(uri, digest)
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+            raise ApiError(
+                f"{source}: listing line for {uri}: {digest!r} is not a sha256",
+                hint="list snapshots as '<url> <sha256>' lines (64 hex digits)",
+            )
+        # lower case, as manifests record it: else the same data would look new every night
+        return Snapshot(uri, digest.lower())
     if source.startswith("ssh://"):
         return _checked(_newest_over_ssh(source, access or SSHAccess()), given)
     local = source.removeprefix("file://")
