@@ -12,7 +12,6 @@ nothing; a command that does reach the extra on a slim install gets one line nam
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from types import ModuleType
 
 from tfship.errors import MissingExtra
@@ -45,11 +44,6 @@ def missing_extra(exc: ModuleNotFoundError, what: str = "this command") -> Missi
     return MissingExtra(
         f"{what} needs tfship's train extra ({exc.name} is not installed)", hint=INSTALL_TRAIN
     )
-
-
-def has_train_extra() -> bool:
-    """Whether the train extra is installed (without importing TensorFlow)."""
-    return importlib.util.find_spec("tensorflow") is not None
 
 
 class LazyModule(ModuleType):
