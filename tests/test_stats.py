@@ -98,3 +98,31 @@ def test_whole_numbers_in_a_small_range_or_a_wide_one_are_counted_alike():
     wide = fed("w", np.array(["-3", "7", "7", "-3", "7", "0", "100000"]), batch=4)
     assert small.counts == {"-3": 2, "7": 3, "0": 1}
     assert wide.counts == {"-3": 2, "7": 3, "0": 1, "100000": 1}
+
+
+def test_reading_the_features_waits_for_the_batch_still_being_folded_in(monkeypatch):
+    """``update`` returns while the pool folds the batch in; whoever reads ``features`` then
+    (a regression baseline's mean did) must get the whole batch, not a count short of it."""
+    import threading
+
+    from tfship import stats as st
+
+    go = threading.Event()
+    fold = st.FeatureStats.update
+
+    def held(self, values):
+        go.wait(30)
+        return fold(self, values)
+
+    monkeypatch.setattr(st, "_workers", lambda: 2)
+    monkeypatch.setattr(st.FeatureStats, "update", held)
+    table = TableStats()
+    table.update({"x": pa.array(["1", "2", "3"], pa.string())})
+    read: list[int] = []
+    reader = threading.Thread(target=lambda: read.append(table.features["x"].count))
+    reader.start()
+    reader.join(0.3)
+    assert reader.is_alive(), "features was read before the batch was folded in"
+    go.set()
+    reader.join(30)
+    assert read == [3]

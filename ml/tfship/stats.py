@@ -355,10 +355,18 @@ def number_keys(nums: np.ndarray) -> np.ndarray:
 class TableStats:
     """Statistics of every column of a table, in its column order."""
 
-    features: dict[str, FeatureStats] = field(default_factory=dict)
     rows: int = 0
     seed: int = 0
+    _features: dict[str, FeatureStats] = field(default_factory=dict, repr=False)
     _folding: list = field(default_factory=list, repr=False)  # the last batch's futures
+
+    @property
+    def features(self) -> dict[str, FeatureStats]:
+        """Every column's statistics, by name. Reading them waits for the batch still being
+        folded in (a count read meanwhile would be short and a mean NaN); percentiles are
+        set by ``finish()``."""
+        self._wait()
+        return self._features
 
     def update(self, batch: dict[str, np.ndarray]) -> None:
         """Fold in one batch: every column the same length (a CSV chunk, a Parquet row group).
@@ -373,9 +381,9 @@ class TableStats:
         self._wait()
         work = []
         for name, values in batch.items():
-            f = self.features.get(name)
+            f = self._features.get(name)
             if f is None:
-                f = self.features[name] = FeatureStats(name, seed=self.seed)
+                f = self._features[name] = FeatureStats(name, seed=self.seed)
                 f.count = f.missing = self.rows  # a column that appears late was missing
             work.append((f, values))
         if _workers() > 1:
@@ -386,7 +394,7 @@ class TableStats:
             for f, values in work:
                 f.update(values)
         n = lengths.pop() if lengths else 0
-        for name, f in self.features.items():
+        for name, f in self._features.items():
             if name not in batch:
                 f.count += n
                 f.missing += n
