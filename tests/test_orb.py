@@ -96,6 +96,34 @@ def test_parameters_that_feed_a_setting_take_its_declared_help():
     )
 
 
+def _passes(steps: list, command: str) -> dict:
+    """The parameters a job's steps hand to the orb command ``command``."""
+    for step in steps:
+        if isinstance(step, dict) and command in step:
+            return step[command] or {}
+    raise AssertionError(f"no {command} step")
+
+
+@pytest.mark.parametrize(
+    ("job", "command"),
+    [
+        ("plan", "plan"),
+        ("retrain", "retrain"),
+        ("deploy", "deploy_model"),
+        ("test_deployment", "test_deployment"),
+    ],
+)
+def test_every_job_that_reaches_the_serving_host_takes_its_keys_and_tunnel(job, command):
+    """plan and retrain ask TF Serving which version serves, as deploy and verify do: a host
+    whose TF Serving is on its loopback only (install_server.sh --tunnel) and whose key comes
+    from add_ssh_keys must be reachable from all four."""
+    for name in ("ssh_fingerprints", "serving_tunnel"):
+        assert name in ORB["commands"][command]["parameters"], (command, name)
+        assert name in ORB["jobs"][job]["parameters"], (job, name)
+        handed = _passes(ORB["jobs"][job]["steps"], command)
+        assert handed.get(name) == f"<< parameters.{name} >>", (job, name)
+
+
 def test_a_hand_written_description_of_a_setting_fed_parameter_is_refused(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(ROOT / "orb" / "src", src)
