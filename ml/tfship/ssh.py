@@ -218,7 +218,9 @@ class SSHHost:
         self.name = s.label
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
-        self._lock = threading.Lock()  # a tunnel's thread may reconnect while we do
+        # A tunnel's thread may reconnect while this one uses or closes the connection: every
+        # read or change of _client and _sftp holds it (reentrant: sftp() closes, then connects).
+        self._lock = threading.RLock()
         self.bytes_sent = 0
 
     # --- connection --------------------------------------------------------------------------
@@ -227,7 +229,8 @@ class SSHHost:
         attempt = 0
         while True:
             try:
-                self._connect_once()
+                with self._lock:
+                    self._connect_once()
                 return self
             except HostError:
                 raise
@@ -394,21 +397,27 @@ class SSHHost:
         return Forward(self, remote_host, remote_port)
 
     def sftp(self) -> paramiko.SFTPClient:
-        if self._sftp is not None and not self._sftp.get_channel().get_transport().is_active():
-            self.close()  # the link dropped since: start a new one
-        if self._sftp is None:
-            self._sftp = self._ssh().open_sftp()
-            self._sftp.get_channel().settimeout(self.s.read_timeout)
-        return self._sftp
+        """The host's SFTP session, opened (and the link reconnected) when there is none."""
+        with self._lock:
+            sftp = self._sftp
+            if sftp is not None and not sftp.get_channel().get_transport().is_active():
+                self.close()  # the link dropped since: start a new one
+                sftp = None
+            if sftp is None:
+                sftp = self._sftp = self._ssh().open_sftp()
+                sftp.get_channel().settimeout(self.s.read_timeout)
+            return sftp
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            if self._sftp:
-                self._sftp.close()
-        with contextlib.suppress(Exception):
-            if self._client:
-                self._client.close()
-        self._client = self._sftp = None
+        """Close the SFTP session and the connection; the next use reconnects."""
+        with self._lock:
+            with contextlib.suppress(Exception):
+                if self._sftp:
+                    self._sftp.close()
+            with contextlib.suppress(Exception):
+                if self._client:
+                    self._client.close()
+            self._client = self._sftp = None
 
     def _retry(self, what: str, fn: Callable):
         """Run an idempotent operation; reconnect and retry on transient errors (bounded)."""
