@@ -130,7 +130,7 @@ def load_source(
         return load_bucket(spec, sha256, cache_dir, max_bytes)
     if scheme == "ssh":
         with over_ssh(spec, access, cache_dir, max_bytes, sha256, (".npz", ".csv")) as got:
-            raw = load_path(got, max_bytes)
+            raw = load_path(got, max_bytes, known_sha256=sha256)  # checked as it streamed
         raw.origin = shown_url(spec)
         return raw
     if scheme and len(scheme) > 1 and scheme != "file":
@@ -141,7 +141,7 @@ def load_source(
     path = Path(spec[7:] if spec.startswith("file://") else spec).expanduser()
     raw = load_path(path, max_bytes)
     if sha256:
-        check_sha256(snapshot_path(path), sha256)
+        check_sha256(snapshot_path(path), sha256, got=raw.sha256)
     return raw
 
 
@@ -253,8 +253,11 @@ def load_image_folder(path: Path, classes: list[Path], max_bytes: int) -> RawDat
     )
 
 
-def load_path(path: Path, max_bytes: int = MAX_DATA_BYTES.default) -> RawData:
-    """Load a local ``.npz`` or ``.csv`` file, or the newest snapshot in a folder."""
+def load_path(
+    path: Path, max_bytes: int = MAX_DATA_BYTES.default, known_sha256: str | None = None
+) -> RawData:
+    """Load a local ``.npz`` or ``.csv`` file, or the newest snapshot in a folder.
+    ``known_sha256``: the file's sha256, already checked (a download's), not computed again."""
     if not path.exists():
         raise DataError(f"{path}: no such file or folder", hint="check --data")
     classes = image_classes(path)
@@ -268,7 +271,7 @@ def load_path(path: Path, max_bytes: int = MAX_DATA_BYTES.default) -> RawData:
         raise DataError(f"{path}: {size} bytes is over the {max_bytes} byte limit", hint=TOO_BIG)
     if path.suffix in (".npz", ".csv"):
         raw = _load_npz(path, max_bytes) if path.suffix == ".npz" else _load_csv(path)
-        raw.sha256 = hash_files([path])
+        raw.sha256 = known_sha256.lower() if known_sha256 else hash_files([path])
         return raw
     raise DataError(
         f"{path}: images come as .npz, .csv or an image folder, not {path.suffix or 'no suffix'}",
@@ -392,7 +395,8 @@ def load_url(
 ) -> RawData:
     """Download an ``.npz``/``.csv`` over HTTP(S), check its size and sha256, then load it."""
     with downloaded(url, sha256, cache_dir, max_bytes, (".npz", ".csv")) as target:
-        raw = load_path(target, max_bytes)
+        # ``downloaded`` checked the bytes against ``sha256`` as they streamed in
+        raw = load_path(target, max_bytes, known_sha256=sha256)
         raw.origin = shown_url(url)
         return raw
 
@@ -446,7 +450,7 @@ def downloaded(
                 raise DataError(
                     f"{shown}: {declared} bytes is over the {max_bytes} byte limit", hint=TOO_BIG
                 )
-            got = 0
+            got, digest = 0, hashlib.sha256()
             try:
                 with open(target, "wb") as fh:
                     for chunk in resp.iter_content(1 << 20):
@@ -455,12 +459,13 @@ def downloaded(
                             raise DataError(
                                 f"{shown}: more than the {max_bytes} byte limit", hint=TOO_BIG
                             )
+                        digest.update(chunk)  # hashed as it streams: the file is not read again
                         fh.write(chunk)
             except requests.RequestException as exc:
                 raise _truncated(shown, got, declared, type(exc).__name__) from exc
             if declared is not None and resp.raw.tell() != declared:
                 raise _truncated(shown, resp.raw.tell(), declared, "short body")
-        check_sha256(target, expected, name=shown)
+        check_sha256(target, expected, name=shown, got=digest.hexdigest())
         yield target
     finally:
         for p in tmpdir.glob("*"):
@@ -497,8 +502,12 @@ def _truncated(shown: str, got: int, declared: int | None, why: str) -> DataErro
     )
 
 
-def check_sha256(path: Path, expected: str, name: str | None = None) -> None:
-    h = hashlib.sha256(path.read_bytes()).hexdigest()
+def check_sha256(
+    path: Path, expected: str, name: str | None = None, got: str | None = None
+) -> None:
+    """Refuse ``path`` unless its sha256 (``got`` when already computed, else streamed from
+    the file, never read whole) is ``expected``."""
+    h = got or hash_files([path])
     if h != expected.lower():
         raise DataError(
             f"{name or path}: sha256 mismatch: expected {expected}, got {h}",
