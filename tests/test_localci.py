@@ -498,3 +498,22 @@ def test_a_registry_orb_without_a_usable_source_is_refused_in_one_line(tmp_path,
     assert p.returncode == 2, p.stderr[-3000:]
     assert p.stderr.count("\n") == 1 and message in p.stderr, p.stderr
     assert not (tmp_path / "out").exists()  # refused before anything ran
+
+
+def test_a_continuation_that_uses_an_orb_by_reference_is_compiled_with_it(tmp_path):
+    """CircleCI compiles a continuation with the orbs it references: an orb job given a
+    parameter it does not declare is refused (400), a good one accepted. Locally the orb
+    comes from ``--orb``'s folder; without it the config cannot be checked, not passed."""
+    from tfship.ci.api import CircleCI
+    from tfship.ci.continuation import Loopback
+    from tfship.ci.orbpack import pack_source
+    from tfship.errors import ApiError
+
+    orbs = {"acme/greeter": pack_source(orb_project(tmp_path) / "orb" / "src")}
+    wrong = USES_ORB.replace("who: team", "whom: team")
+    with Loopback("main", orbs=orbs) as loop:
+        api = CircleCI.for_continuation(loop.url, timeout=5)
+        with pytest.raises(ApiError, match="HTTP 400: config compilation failed: .*whom"):
+            api.continue_pipeline(loop.key, wrong, {})
+        api.continue_pipeline(loop.key, USES_ORB, {})
+        assert loop.continuation.configuration == USES_ORB

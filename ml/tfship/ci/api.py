@@ -158,6 +158,10 @@ def _made_after(p: dict, ref: Ref, mark: Mark) -> bool:
     )
 
 
+# CircleCI sets it in a setup workflow's jobs: continuePipeline's single-use key (a secret).
+CONTINUATION_KEY_ENV = "CIRCLE_CONTINUATION_KEY"
+
+
 @dataclass
 class CircleCI:
     """A thin, careful client over ``requests``."""
@@ -440,7 +444,7 @@ class CircleCI:
         """
         if not continuation_key:
             raise ConfigError(
-                "CIRCLE_CONTINUATION_KEY is not set",
+                f"{CONTINUATION_KEY_ENV} is not set",
                 hint="continuePipeline runs only in a setup workflow (`setup: true` config)",
             )
         if not isinstance(configuration, str) or not configuration.strip():

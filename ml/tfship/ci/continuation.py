@@ -32,6 +32,7 @@ from pathlib import Path
 
 import yaml
 from tfship.ci.api import (
+    CONTINUATION_KEY_ENV,
     MAX_PARAMETER_KEY,
     MAX_PARAMETER_VALUE,
     MAX_PARAMETERS,
@@ -89,8 +90,13 @@ def body_problems(body: object) -> list[str]:
     return problems
 
 
-def compile_problem(configuration: str, parameters: dict, branch: str) -> str | None:
+def compile_problem(
+    configuration: str, parameters: dict, branch: str, orbs: dict[str, dict] | None = None
+) -> str | None:
     """Why CircleCI would refuse to continue with this configuration, or None.
+
+    ``orbs``: the orbs a config may use by reference (``tfship ci local --orb``), compiled
+    with it as CircleCI compiles them with the registry's.
 
     It must be a 2.1 config that is not itself a setup config, declare every parameter sent
     (with its type), and plan: jobs, commands and executors defined, parameters bound. A
@@ -109,7 +115,7 @@ def compile_problem(configuration: str, parameters: dict, branch: str) -> str | 
         if doc.get("setup") is True:
             return "a continuation configuration cannot itself be a setup configuration"
         for name in workflow_names(doc):  # binds (and checks) the parameters for each
-            plan(doc, name, parameters, branch)
+            plan(doc, name, parameters, branch, orbs=orbs)
     except Unsupported:
         return None
     except ConfigError as exc:
@@ -124,13 +130,19 @@ class Loopback:
     ``CIRCLE_CONTINUATION_KEY``; ``continuation`` is what was accepted (None: not continued).
     ``triggered`` are the parameters the pipeline was triggered with (given explicitly, not
     defaults): they are carried into the continuation. Closing it is the key expiring, as
-    when CircleCI's setup workflow ends.
+    when CircleCI's setup workflow ends. ``orbs``: those a continuation may use by reference.
     """
 
-    def __init__(self, branch: str, triggered: dict | None = None) -> None:
+    def __init__(
+        self,
+        branch: str,
+        triggered: dict | None = None,
+        orbs: dict[str, dict] | None = None,
+    ) -> None:
         self.key = str(uuid.uuid4())
         self.branch = branch
         self.triggered = dict(triggered or {})
+        self.orbs = orbs or {}
         self.continuation: Continuation | None = None
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -157,7 +169,7 @@ class Loopback:
             if set(sent) & set(self.triggered):
                 return 400, {"message": "Conflicting pipeline parameters."}
             params = {**self.triggered, **sent}
-            problem = compile_problem(body["configuration"], params, self.branch)
+            problem = compile_problem(body["configuration"], params, self.branch, self.orbs)
             if problem:
                 return 400, {"message": f"config compilation failed: {problem}"}
             self.continuation = Continuation(body["configuration"], params)
@@ -205,7 +217,6 @@ def _handler(loop: Loopback) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-KEY_ENV = "CIRCLE_CONTINUATION_KEY"  # CircleCI sets it in a setup workflow's jobs
 API_URL = dict(fields_of(ApiSettings))["api_url"].metadata["setting"]
 
 
@@ -219,7 +230,7 @@ def continue_as_is(path: Path, parameters: dict, environ: Mapping[str, str]) -> 
             f"{path}: cannot read the configuration to continue with ({exc})"
         ) from None
     api = CircleCI.for_continuation(environ.get(API_URL.env) or API_URL.default)
-    return api.continue_pipeline(environ.get(KEY_ENV, ""), text, parameters)
+    return api.continue_pipeline(environ.get(CONTINUATION_KEY_ENV, ""), text, parameters)
 
 
 def main(argv: list[str] | None = None) -> int:

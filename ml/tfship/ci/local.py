@@ -31,8 +31,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from tfship.ci.api import parse_params
-from tfship.ci.continuation import Continuation, Loopback
+from tfship.ci.api import CONTINUATION_KEY_ENV, parse_params
+from tfship.ci.continuation import API_URL, Continuation, Loopback
 from tfship.ci.orbpack import PackError, pack_source
 from tfship.ci.workflow import (
     Job,
@@ -598,9 +598,9 @@ def _run_setup(
             "locally one setup workflow continues the pipeline: name it"
         )
     ((name, jobs),) = running
-    with Loopback(branch, triggered=params) as loop:
-        echo(f"setup workflow {name}: CIRCLE_CONTINUATION_KEY set, continuePipeline at {loop.url}")
-        setup_env = {**env, "CIRCLE_CONTINUATION_KEY": loop.key, "CIRCLECI_API_URL": loop.url}
+    with Loopback(branch, triggered=params, orbs=orbs) as loop:
+        echo(f"setup workflow {name}: {CONTINUATION_KEY_ENV} set, continuePipeline at {loop.url}")
+        setup_env = {**env, CONTINUATION_KEY_ENV: loop.key, API_URL.env: loop.url}
         runner = Runner(project, s.out, setup_env, branch, decide, s.jobs, echo=echo)
         done = LocalRun(name, runner.run(jobs), s.out, setup=True)
     # The key expires with the setup workflow (the endpoint is closed); what it accepted runs.

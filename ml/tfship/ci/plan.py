@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
-from tfship.ci.api import CircleCI, check_parameters
+from tfship.ci.api import CONTINUATION_KEY_ENV, CircleCI, check_parameters
 from tfship.ci.watch import Snapshot, newest_snapshot
 from tfship.errors import ConfigError, StoreError
 from tfship.log import event
@@ -38,7 +38,6 @@ from tfship.sources import DATA
 from tfship.store import MANIFEST, ArtifactStore
 from tfship.targets import TargetSettings, open_fleet
 
-CONTINUATION_KEY_ENV = "CIRCLE_CONTINUATION_KEY"  # CircleCI sets it in a setup workflow's jobs
 # What the continuation orb's `finish` sends: a configuration with no workflow to run.
 FINISH_CONFIG = "{version: 2, jobs: {}, workflows: {version: 2}}"
 CONTINUE, END = "continue", "end"
