@@ -25,7 +25,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,8 +335,17 @@ class Staged:
     done: bool = False
 
 
-def stage(target: Target, package_dir: Path, s: DeploySettings) -> Staged:
-    """Lock, check, upload and hash-check ``package_dir`` on the host; nothing is served yet."""
+def stage(
+    target: Target,
+    package_dir: Path,
+    s: DeploySettings,
+    slot: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> Staged:
+    """Lock, check, upload and hash-check ``package_dir`` on the host; nothing is served yet.
+
+    ``slot``: entered around the transfer alone (see :func:`~tfship.store.stage_version`); the
+    time spent waiting for it is ``times["wait_for_upload"]``, not part of ``times["upload"]``.
+    """
     manifest = load_package(package_dir)
     model = check_model_name(manifest["model_name"])
     version = check_version(manifest["version"])
@@ -365,11 +374,23 @@ def stage(target: Target, package_dir: Path, s: DeploySettings) -> Staged:
                 hint="package a new version (the default version is the current time)",
             )
         event("deploy", "uploading", model=model, version=version, host=host, serving=previous)
+        waited = 0.0
+
+        @contextlib.contextmanager
+        def timed_slot() -> Iterator[None]:
+            nonlocal waited
+            start = time.monotonic()
+            with slot():
+                waited = time.monotonic() - start
+                yield
+
         t = time.monotonic()
         incoming, sent = stage_version(
-            target.host, target.base, model, version, Path(package_dir), manifest
+            target.host, target.base, model, version, Path(package_dir), manifest, slot=timed_slot
         )
-        times["upload"] = round(time.monotonic() - t, 3)
+        times["upload"] = round(time.monotonic() - t - waited, 3)
+        if waited:
+            times["wait_for_upload"] = round(waited, 3)
     except BaseException:
         lock.close()
         raise

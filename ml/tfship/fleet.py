@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -163,14 +165,56 @@ def _soak(
     event("fleet", "canary soak passed", host=target.host.name, rounds=rounds, s=seconds)
 
 
+class RolloutStopped(Exception):
+    """A host waiting for an upload slot when the rollout stopped: it stays untouched."""
+
+
+class UploadSlots:
+    """At most ``n`` transfers at once, begun in the hosts' order (the canary first).
+
+    Host ``i`` may start once ``i - n + 1`` hosts are done with their slot (their transfer
+    ended, or they will not transfer: a failure, a version already there), so whichever hosts
+    are transferring number at most ``n``, and a host whose checks before the upload were slow
+    does not lose its turn. A host that is waiting when ``stop`` is set raises
+    :class:`RolloutStopped`.
+    """
+
+    def __init__(self, n: int, stop: threading.Event) -> None:
+        self.n, self.stop = max(1, n), stop
+        self.done: set[int] = set()
+        self.cond = threading.Condition()
+
+    @contextmanager
+    def slot(self, i: int) -> Iterator[None]:
+        """Wait for host ``i``'s turn, hold a slot for the transfer, free it after."""
+        with self.cond:
+            while i >= len(self.done) + self.n:
+                if self.stop.is_set():
+                    raise RolloutStopped
+                self.cond.wait(0.25)  # woken by a freed slot; the timeout notices a stop
+        try:
+            yield
+        finally:
+            self.release(i)
+
+    def release(self, i: int) -> None:
+        """Host ``i`` is done with its slot (or never takes one); idempotent."""
+        with self.cond:
+            if i not in self.done:
+                self.done.add(i)
+                self.cond.notify_all()
+
+
 def fleet_deploy(
     targets: list[Target], package_dir: Path, s: DeploySettings, fs: FleetSettings
 ) -> FleetResult:
     """Stage everywhere, commit the canary, soak, commit the rest; undo all on any failure.
 
     Staging (lock, upload, sha256 check into ``.incoming-*``, which TF Serving ignores) starts
-    on the canary and the other hosts at once, ``max_parallel`` hosts at a time, the canary
-    first: on real links the upload is most of a deploy, and a staged upload changes nothing a
+    on the canary and the other hosts at once: ``max_parallel`` uploads at a time, begun in the
+    hosts' order, the canary first (:class:`UploadSlots`), while the next hosts take their lock
+    and run the checks before an upload meanwhile, and the finished ones their sha256 check:
+    on real links the upload is most of a deploy, and a staged upload changes nothing a
     server can load. Committing (the rename into place, the wait, the checks) is what the
     canary guards: no other host is committed before the canary passed its checks and soak.
     After that each host is committed as soon as its upload is done, at most ``max_parallel``
@@ -206,12 +250,16 @@ def fleet_deploy(
         errors.append(exc)
         stop.set()
 
-    def stage_one(t: Target) -> None:
+    slots = UploadSlots(max_parallel, stop)
+
+    def stage_one(i: int, t: Target) -> None:
         h = by_host[t.host.name]
-        if stop.is_set():  # the rollout already stopped: do not upload for nothing
-            return
         try:
-            st = stage(t, package_dir, s)
+            if stop.is_set():  # the rollout already stopped: do not upload for nothing
+                return
+            st = stage(t, package_dir, s, slot=lambda: slots.slot(i))
+        except RolloutStopped:
+            return  # it stopped while this host waited for a slot: untouched
         except Exception as exc:
             # An unexpected error (an SFTP permission error, a full disk) fails this host as a
             # TfshipError does: the rollout stops and is reverted, and the user reads one line.
@@ -222,6 +270,8 @@ def fleet_deploy(
         except BaseException as exc:
             failed_with(exc)
             raise
+        finally:
+            slots.release(i)  # a host that failed or skipped its transfer frees its turn
         staged[t.host.name] = st
         h.upload_s = st.times.get("upload")
         h.staged_s = round(time.monotonic() - started, 3)
@@ -253,9 +303,11 @@ def fleet_deploy(
 
     canary, rest = targets[0], targets[1:]
     event("fleet", "canary", host=canary.host.name, version=version)
-    uploading = ThreadPoolExecutor(max_parallel, thread_name_prefix="stage")
+    # Twice the uploads' threads: the next hosts lock and check while the others transfer.
+    uploading = ThreadPoolExecutor(min(len(targets), 2 * max_parallel), thread_name_prefix="stage")
     committing = ThreadPoolExecutor(max_parallel, thread_name_prefix="commit")
-    uploads = [uploading.submit(stage_one, t) for t in targets]  # in order: the canary first
+    # in order: the canary first
+    uploads = [uploading.submit(stage_one, i, t) for i, t in enumerate(targets)]
     commits: list[Future] = []
     try:
         uploads[0].result()

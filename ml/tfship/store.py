@@ -245,8 +245,12 @@ def stage_version(
     local: Path,
     manifest: dict,
     progress: Callable[[int], None] | None = None,
+    slot: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> tuple[str | None, int]:
     """Upload ``local`` next to ``<base>/<model>/<version>``, hash-checked, not yet visible.
+
+    ``slot``: entered around the transfer alone (a fleet's limit on uploads at once); the
+    checks before it and the hash check after it run outside it.
 
     Returns (the ``.incoming-*`` folder to rename into place, bytes sent), or (None, 0) when an
     identical version is already there. A version with other content is never rewritten.
@@ -270,7 +274,8 @@ def stage_version(
     host.makedirs(model_dir)
     incoming = f"{model_dir}/.incoming-{version}-{secrets.token_hex(4)}"
     try:
-        sent = host.put_tree(local, incoming, progress)
+        with slot():
+            sent = host.put_tree(local, incoming, progress)
         verify_tree(host.hash_tree(incoming), manifest, f"{host.name}:{incoming}")
     except BaseException:
         discard_staged(host, incoming)
