@@ -488,7 +488,7 @@ def _verify_every_server(
         checks, facts = verify_version(
             client, manifest, version, images, labels, s.verify, stage="deploy"
         )
-        where = f" on {client.url}" if target.replicas else ""
+        where = f" on {client.shown}" if target.replicas else ""
         if failed(checks):
             raise DeployError(f"verification failed{where}: {summary(checks)}")
         if client.serving_version() != version:
@@ -601,7 +601,7 @@ def rollback(target: Target, model: str, to: int | None, s: DeploySettings) -> R
             )
             if failed(checks):
                 raise DeployError(
-                    f"rolled back to {to}, but it fails verification on {client.url}: "
+                    f"rolled back to {to}, but it fails verification on {client.shown}: "
                     f"{summary(checks)}"
                 )
     event("rollback", "done", model=model, version=to, previous=serving, host=target.host.name)

@@ -434,7 +434,7 @@ def retrain(
     try:
         champion = find_champion(
             lambda: fleet.serving_version(model),
-            client.url,
+            client.shown,
             store,
             from_host,
             model,

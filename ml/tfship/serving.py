@@ -122,7 +122,10 @@ class ServingClient:
         retries: int = 3,
         backoff: float = 0.2,
         transport: str = "rest",
+        shown: str | None = None,
     ) -> None:
+        """``shown``: the server as messages and reports name it, when ``url`` is not what a
+        person knows it by (an SSH tunnel's local end)."""
         if transport not in ("rest", "grpc"):
             raise ValueError(f"transport must be rest or grpc, not {transport}")
         if transport == "grpc" and not _has_grpc_api():
@@ -133,6 +136,7 @@ class ServingClient:
                 "(TFSHIP_SERVING_TRANSPORT=rest) with the url http://host:8501",
             )
         self.url = url.rstrip("/")
+        self.shown = shown or self.url
         self.model = check_model_name(model)  # it becomes part of every URL path
         self.timeout = timeout
         self.retries = retries
@@ -162,7 +166,8 @@ class ServingClient:
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if attempt >= self.retries:
                     raise ServingUnreachable(
-                        f"{self.url} unreachable after {attempt + 1} tries ({type(exc).__name__})",
+                        f"{self.shown} unreachable after {attempt + 1} tries "
+                        f"({type(exc).__name__})",
                         hint="is TF Serving running, and is TF_SERVING_URL right? (it opens its "
                         "ports only once a version has loaded)",
                     ) from exc

@@ -145,6 +145,7 @@ class Target:
     transport: str = "rest"
     replicas: tuple[str, ...] = ()  # more servers reading the same base path (a bucket)
     tunnel: Forward | None = None  # serving_url is its local end (TFSHIP_SERVING_TUNNEL)
+    shown_url: str | None = None  # serving_url as people know it (a tunnel's far end)
 
     def close(self) -> None:
         """Close the tunnel, then the host's link."""
@@ -161,11 +162,15 @@ class Target:
         return [self.serving_url, *self.replicas]
 
     def client(self, model: str) -> ServingClient:
-        return ServingClient(self.serving_url, model, transport=self.transport)
+        return self.clients(model)[0]
 
     def clients(self, model: str) -> list[ServingClient]:
         """One client per server reading this base path: each is waited for and verified."""
-        return [ServingClient(u, model, transport=self.transport) for u in self.urls]
+        shown = [self.shown_url, *self.replicas]
+        return [
+            ServingClient(u, model, transport=self.transport, shown=where)
+            for u, where in zip(self.urls, shown, strict=True)
+        ]
 
     def versions(self, model: str) -> list[int]:
         """The version folders on the host."""
@@ -179,7 +184,7 @@ class Target:
         path holds no version is a fresh host waiting for its first deploy, not a failure.
         With versions on disk, silence means the server is down or still loading.
         """
-        answers = {c.url: self._serving_version(c, model) for c in self.clients(model)}
+        answers = {c.shown: self._serving_version(c, model) for c in self.clients(model)}
         if len(set(answers.values())) > 1:
             listing = ", ".join(f"{url}={v}" for url, v in answers.items())
             raise DeployError(
@@ -203,7 +208,7 @@ class Target:
                 )
                 return None
             raise ServingUnreachable(
-                f"{client.url} does not answer, but {self.model_dir(model)} holds versions "
+                f"{client.shown} does not answer, but {self.model_dir(model)} holds versions "
                 f"{', '.join(map(str, versions))}",
                 hint="is TF Serving running? A server still loading (or retrying) a version "
                 "keeps its ports closed; its log says why",
@@ -278,12 +283,14 @@ def make_target(
     host = SSHHost(SSHSettings(hostname=hostname, **ssh)).connect()
     if not tunnel:
         return Target(host, base, serving_url or f"http://{hostname}:{config.REST_PORT}", transport)
+    far = serving_url or host_side_url(transport)
     try:
-        forward, local = tunnel_url(host, serving_url or host_side_url(transport), transport)
+        forward, local = tunnel_url(host, far, transport)
     except BaseException:
         host.close()
         raise
-    return Target(host, base, local, transport, tunnel=forward)
+    shown = f"{far} on {host.name} (SSH tunnel)"
+    return Target(host, base, local, transport, tunnel=forward, shown_url=shown)
 
 
 @dataclass
@@ -452,12 +459,12 @@ def open_fleet(s: TargetSettings, require_all: bool = True) -> Fleet:
 
 
 @contextmanager
-def reach_serving(s: TargetSettings) -> Iterator[ServingSettings]:
+def reach_serving(s: TargetSettings) -> Iterator[tuple[ServingSettings, str | None]]:
     """The serving settings to query TF Serving with, for commands that only talk to it
     (``test-deployed``): as given, or, with a tunnel, pointing at the tunnel's local end for
-    as long as the ``with`` block lasts."""
+    as long as the ``with`` block lasts; and how reports name that server (None: its URL)."""
     if not s.serving_tunnel:
-        yield s.serving
+        yield s.serving, None
         return
     if s.several:
         raise ConfigError(
@@ -465,7 +472,7 @@ def reach_serving(s: TargetSettings) -> Iterator[ServingSettings]:
             hint="set DEPLOY_SERVER_HOSTNAME to the one host to verify",
         )
     with open_fleet(s) as fleet:
-        yield replace(s.serving, url=fleet.single.serving_url)
+        yield replace(s.serving, url=fleet.single.serving_url), fleet.single.shown_url
 
 
 def status_table(rows: list[dict]) -> str:

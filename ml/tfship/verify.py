@@ -144,7 +144,7 @@ def verify_version(
 ) -> tuple[list[Check], dict]:
     """Run every stage-7 check against ``version``; return (checks, measurements)."""
     checks: list[Check] = []
-    facts: dict = {"version": version, "model": client.model, "url": client.url}
+    facts: dict = {"version": version, "model": client.model, "url": client.shown}
 
     waited = client.wait_available(version, timeout=s.wait_seconds)
     facts["seconds_to_available"] = round(waited, 3)
@@ -259,21 +259,23 @@ def test_deployed(
     model_name: str,
     s: VerifySettings,
     which: VersionSettings | None = None,
+    shown: str | None = None,
 ) -> VerifyResult:
-    """Stage 7: verify the served model; write ``deployed/``; raise VerificationFailed."""
+    """Stage 7: verify the served model; write ``deployed/``; raise VerificationFailed.
+    ``shown``: how reports name the server, when its URL is a tunnel's local end."""
     which = which or VersionSettings()
     ws = Workspace(ws_root)
     manifest, package_dir = package_manifest(ws, which.manifest)
     version = which.version if which.version is not None else int(manifest["version"])
     images, labels = load_test_split(package_dir)
     url = serving.resolved_url()
-    client = ServingClient(url, model_name, transport=serving.transport)
+    client = ServingClient(url, model_name, transport=serving.transport, shown=shown)
     started = time.monotonic()
     try:
         checks, facts = verify_version(client, manifest, version, images, labels, s)
     except ServingError as exc:
         checks = [Check("available", 0.0, "==", 1.0, str(exc))]
-        facts = {"version": version, "model": model_name, "url": url, "error": str(exc)}
+        facts = {"version": version, "model": model_name, "url": client.shown, "error": str(exc)}
     finally:
         client.close()
     result = {"passed": not failed(checks), "checks": [c.to_dict() for c in checks], **facts}

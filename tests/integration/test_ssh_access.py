@@ -326,7 +326,10 @@ def test_deploy_status_and_test_deployed_through_the_tunnel(sshd, served, packag
         env=env,
     )
     assert r.code == 0, r.err
-    assert json.loads(r.out)["passed"] and json.loads(r.out)["url"] != served.rest
+    # The report names the server as the host knows it, not the tunnel's ephemeral local end.
+    assert json.loads(r.out)["passed"]
+    where = f"{sshd.user}@127.0.0.1:{sshd.port}"
+    assert json.loads(r.out)["url"] == f"{served.rest} on {where} (SSH tunnel)", r.out
 
 
 def test_with_forwarding_off_in_sshd_the_tunnel_fails_as_unreachable(sshd, served, tmp_path):

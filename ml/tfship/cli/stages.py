@@ -104,6 +104,6 @@ def test_deployed(
     if default_package and (skip := skipped(ws.workspace, "verify")):
         emit(skip, as_json, skip.summary())
         return
-    with reach_serving(target) as serving:
-        result = verify_deployed(ws.workspace, serving, where.model_name, s, which)
+    with reach_serving(target) as (serving, shown):
+        result = verify_deployed(ws.workspace, serving, where.model_name, s, which, shown)
     emit(result, as_json, result.summary())
