@@ -29,15 +29,25 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
-def save(name: str, figures: dict, markdown: str) -> None:
-    """Write ``bench/results/<name>.json`` and replace the ``name`` section of BENCHMARKS.md."""
+def save(
+    name: str,
+    figures: dict,
+    markdown: str,
+    date: str | None = None,
+    on: str | None = None,
+) -> None:
+    """Write ``bench/results/<name>.json`` and replace the ``name`` section of BENCHMARKS.md.
+
+    ``date`` and ``on`` (the machine): those of the measurement when a section is written
+    again from saved figures; by default today and this machine."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y-%m-%d", time.gmtime())
-    doc = {"date": stamp, "machine": machine(), **figures}
+    stamp = date or time.strftime("%Y-%m-%d", time.gmtime())
+    where = on or machine()
+    doc = {"date": stamp, "machine": where, **figures}
     (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     section = (
         f"<!-- bench:{name} -->\n{markdown.strip()}\n\n"
-        f"_Measured {stamp} on {machine()}; raw figures in `bench/results/{name}.json`._\n"
+        f"_Measured {stamp} on {where}; raw figures in `bench/results/{name}.json`._\n"
         f"<!-- /bench:{name} -->"
     )
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
