@@ -448,6 +448,21 @@ def test_stage_step_sets_the_serving_tunnel_only_when_asked(
     assert stub_tfship()["env"].get("TFSHIP_SERVING_TUNNEL") == seen
 
 
+@pytest.mark.parametrize(("stage", "param", "seen"), [
+    ("retrain", "", None),  # the workspace's snapshot, which build resolved, not the project's
+    ("retrain", "s3://b/new/", "s3://b/new/"),  # the job's own parameter wins
+    ("build", "", "s3://b/snapshots/"),  # build reads the project's setting
+])  # fmt: skip
+def test_retrain_uses_the_workspace_snapshot_not_a_project_wide_tfship_data(
+    tmp_path, stub_tfship, stage, param, seen
+):
+    env = _stage_env(tmp_path, PARAM_STAGE=stage, PARAM_DATA=param)
+    env["TFSHIP_DATA"] = "s3://b/snapshots/"  # set in the project or a context, for build
+    r = _run_as_circleci(RUN_STAGE, env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert stub_tfship()["env"].get("TFSHIP_DATA") == seen
+
+
 def test_stage_step_fails_on_malformed_extra_args_before_running_tfship(tmp_path, stub_tfship):
     env = _stage_env(tmp_path, PARAM_STAGE="test", PARAM_EXTRA_ARGS='--min-accuracy "0.9')
     r = _run_as_circleci(RUN_STAGE, env, tmp_path)

@@ -11,6 +11,13 @@ export_settings() {
   set_if TFSHIP_WORKSPACE "${PARAM_WORKSPACE:-}"
   set_if MODEL_NAME "${PARAM_MODEL_NAME:-}"
   set_if TFSHIP_DATA "${PARAM_DATA:-}"
+  # retrain works on the snapshot the build job resolved, validated and left in the
+  # workspace (the plan's new_data_uri): a TFSHIP_DATA set for build in the project or a
+  # context (a folder of snapshots) would make it build again, maybe from a newer snapshot
+  # than the one the pipeline planned and the approver sees. Its data parameter still wins.
+  if [ "${PARAM_STAGE:-}" = retrain ] && [ -z "${PARAM_DATA:-}" ]; then
+    unset TFSHIP_DATA
+  fi
   set_if TFSHIP_EPOCHS "${PARAM_EPOCHS:-}"
   set_if TFSHIP_MIN_ACCURACY "${PARAM_MIN_ACCURACY:-}"
   set_if TF_SERVING_URL "${PARAM_SERVING_URL:-}"
