@@ -550,6 +550,27 @@ def test_install_chooses_lock_release_or_package_and_the_extra(
     assert ("declares no 'train' extra" in r.stderr) == noted, r.stderr
 
 
+@pytest.mark.parametrize(("on_path", "used"), [
+    ("0.13.9", True),  # the pinned release
+    ("0.13.10", True),  # newer (compared as versions, not as text)
+    ("0.21.0", True),  # an image's latest (cimg/python ships uv)
+    ("0.12.4", False),  # older: pip installs the pinned one
+    (None, False),  # none on PATH
+])  # fmt: skip
+def test_install_uses_an_images_uv_at_the_pinned_release_or_newer(tmp_path, on_path, used):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if on_path:
+        fake = bin_dir / "uv"
+        fake.write_text(f"#!/bin/sh\necho 'uv {on_path} (x86_64-unknown-linux-gnu)'\n")
+        fake.chmod(0o755)
+    env = _env(tmp_path, PARAM_UV_VERSION="0.13.9")
+    env["PATH"] = f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin"
+    r = _source(INSTALL, "usable_uv", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (f"{bin_dir / 'uv'}\n" if used else "")
+
+
 def test_install_step_skips_when_this_checkout_is_already_installed(tmp_path):
     # `tfship ci local` and warm self-hosted runners: the project's .venv imports this tfship.
     env = _env(tmp_path, PARAM_APP_DIR=str(ROOT), PARAM_UV_VERSION="0.0.0", PARAM_TRAIN="true")

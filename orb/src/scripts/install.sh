@@ -46,6 +46,20 @@ sys.exit(0 if ok else 1)
 PY
 }
 
+# The uv on PATH, if it is the pinned release or a newer one: CircleCI's cimg/python images
+# ship uv (their latest at build time), and a newer uv installs the same pinned versions (the
+# lock or the release's pins fix what is installed, not the installer). Else nothing.
+usable_uv() {
+  local uv have
+  uv="$(command -v uv || true)"
+  [ -n "$uv" ] || return 0
+  have="$("$uv" --version 2>/dev/null | cut -d' ' -f2)"
+  [ -n "$have" ] || return 0
+  local lowest
+  lowest="$(printf '%s\n%s\n' "${PARAM_UV_VERSION:?}" "$have" | sort -V | head -n 1)"
+  if [ "$lowest" = "$PARAM_UV_VERSION" ]; then echo "$uv"; fi
+}
+
 # The project declares the extra $1 (tfship declares train and cuda; a team's project may
 # mirror them).
 declares_extra() {
@@ -103,10 +117,10 @@ main() {
   tools="$(mktemp -d)"
   # shellcheck disable=SC2064  # expand now: $tools is local to main
   trap "rm -rf '$tools'" EXIT
-  # uv, at the pinned version: the one on PATH if it is that one (an image that has it), else
-  # pip installs it. uv installs in seconds what pip takes a minute for.
-  uv="$(command -v uv || true)"
-  if [ -z "$uv" ] || [ "$("$uv" --version | cut -d' ' -f2)" != "${PARAM_UV_VERSION:?}" ]; then
+  # uv: the image's if it is the pinned release or newer (usable_uv), else pip installs the
+  # pinned one. uv installs in seconds what pip takes a minute for.
+  uv="$(usable_uv)"
+  if [ -z "$uv" ]; then
     uv="$tools/uv/bin/uv"
     if python3 -c 'import importlib.util as u, sys; sys.exit(u.find_spec("pip") is None)'; then
       # Into a folder: no venv to create (its pip bootstrap takes longer than uv's download),
