@@ -74,10 +74,27 @@ def test_a_tag_trigger_runs_on_the_tag(api):
     assert made["vcs"]["tag"] == "v1.2.0" and "branch" not in made["vcs"]
 
 
-def test_an_undeclared_parameter_fails_the_pipeline_as_on_circleci(api):
-    r = ci(api, "trigger", "--param", "retrian=true", "--wait")
+def test_an_undeclared_parameter_fails_the_pipeline_as_on_circleci(api, tmp_path):
+    # From a folder without the config (a data pipeline's host): nothing to check it against.
+    r = ci(api, "trigger", "--param", "retrian=true", "--wait", cwd=tmp_path)
     assert r.code == 7
     assert "has errors: Unexpected argument(s): retrian" in r.err_lines[-1]
+
+
+def test_trigger_parameters_take_the_types_the_config_declares(api, tmp_path):
+    (tmp_path / ".circleci").mkdir()
+    (tmp_path / ".circleci" / "config.yml").write_text(
+        "version: 2.1\nparameters:\n  retrain: {type: boolean, default: false}\n"
+        '  data_uri: {type: string, default: ""}\n'
+    )
+    r = ci(api, "trigger", "--param", "retrain=true", "--param", "data_uri=42", cwd=tmp_path)
+    assert r.code == 0, r.err
+    [post] = sent(api, "triggerPipeline")
+    # "42" stays a string: CircleCI refuses a number for a string parameter.
+    assert json.loads(post["body"])["parameters"] == {"retrain": True, "data_uri": "42"}
+    r = ci(api, "trigger", "--param", "retrian=true", cwd=tmp_path)
+    assert r.code == 2 and "declares no pipeline parameter 'retrian'" in r.err_lines[-1]
+    assert len(sent(api, "triggerPipeline")) == 1  # refused before anything was sent
 
 
 def test_parameters_circleci_would_refuse_are_refused_before_sending(api):

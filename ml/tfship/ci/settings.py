@@ -69,7 +69,15 @@ class TriggerSettings:
     project: str = PROJECT.field()
     branch: str | None = BRANCH.field()
     tag: str | None = setting(None, "TFSHIP_CI_TAG", "Tag to run on, instead of a branch.")
-    params: tuple[str, ...] = PARAMS.field()
+    params: tuple[str, ...] = PARAMS.field(
+        help="Pipeline parameter k=v (repeatable). Each value takes the type --config "
+        "declares (a string parameter stays a string, even 'true' or '42'); with no config "
+        "file here, true/false are sent as booleans and digits as integers."
+    )
+    config: Path = CONFIG.field(
+        help="The CircleCI config whose top-level parameters: give each --param its type "
+        "(read when the file exists)."
+    )
     definition_id: str | None = setting(
         None,
         "TFSHIP_DEFINITION_ID",

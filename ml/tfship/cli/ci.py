@@ -56,7 +56,10 @@ def ci() -> None:
 def ci_trigger(api: ApiSettings, s: TriggerSettings, as_json: bool) -> None:
     """Trigger a pipeline (e.g. --param retrain=true --param data_uri=...)."""
     client = api.client()
-    parameters = parse_params(s.params)
+    # Typed as the config declares them where it is at hand (CircleCI refuses a string
+    # parameter sent as a boolean or a number); a caller outside the repository guesses.
+    declared = declared_parameters(s.config) if Path(s.config).is_file() else None
+    parameters = parse_params(s.params, declared)
     if s.definition_id:
         p = client.run_pipeline(s.project, s.definition_id, s.branch, s.tag, parameters)
     else:
