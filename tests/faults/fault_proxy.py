@@ -19,14 +19,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import requests
 
 
-class FaultProxy:
-    def __init__(self, upstream: str, version: int, mode: str) -> None:
+class ForwardingProxy:
+    """An HTTP forwarder on 127.0.0.1 in front of ``upstream``: :meth:`handle` answers each
+    request (by default it forwards it as is; an upstream that fails is a 502)."""
+
+    def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
-        self.version = version
-        self.mode = mode
-        self.broken = 0  # answers the proxy changed
-        self._count = 0
-        self._lock = threading.Lock()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -57,6 +55,31 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
+    def forward(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        """The upstream's answer to the request, or 502 when it cannot be reached."""
+        try:
+            r = requests.request(method, self.upstream + path, data=body or None, timeout=30)
+        except requests.RequestException:
+            return 502, b'{"error": "proxy: upstream failed"}'
+        return r.status_code, r.content
+
+    def handle(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        return self.forward(method, path, body)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class FaultProxy(ForwardingProxy):
+    def __init__(self, upstream: str, version: int, mode: str) -> None:
+        self.version = version
+        self.mode = mode
+        self.broken = 0  # answers the proxy changed
+        self._count = 0
+        self._lock = threading.Lock()
+        super().__init__(upstream)
+
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         targeted = re.search(rf"/versions/{self.version}:predict$", path) is not None
         if targeted and self.mode.startswith("503"):
@@ -66,9 +89,8 @@ class FaultProxy:
             if fail:
                 self.broken += 1
                 return 503, b'{ "error": "injected: upstream unavailable" }'
-        resp = requests.request(method, self.upstream + path, data=body or None, timeout=30)
-        payload = resp.content
-        if targeted and resp.status_code == 200 and self.mode in ("nan", "shape"):
+        status, payload = self.forward(method, path, body)
+        if targeted and status == 200 and self.mode in ("nan", "shape"):
             doc = json.loads(payload)
             key = "predictions" if "predictions" in doc else "outputs"  # row / columnar format
             if isinstance(doc[key], dict):
@@ -77,13 +99,9 @@ class FaultProxy:
                 doc[key] = self._break(doc[key])
             payload = json.dumps(doc).encode()  # json writes NaN, as TF Serving does
             self.broken += 1
-        return resp.status_code, payload
+        return status, payload
 
     def _break(self, rows: list) -> list:
         if self.mode == "nan":
             return [[float("nan")] * len(r) for r in rows]
         return [r[:-1] for r in rows]
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()

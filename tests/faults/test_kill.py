@@ -17,11 +17,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
+from fault_proxy import ForwardingProxy
 from helpers import FAST_TRAIN, clean_env, make_version, run_cli, serve_model, start_sshd
 from tfship.retrain import DECISION_FILE
 from tfship.store import MANIFEST, verify_tree
@@ -41,7 +41,7 @@ def _versions_are_whole(model_dir: Path) -> list[int]:
     return versions
 
 
-class HoldingProxy:
+class HoldingProxy(ForwardingProxy):
     """An HTTP forwarder in front of `tfship serve` that can hold one chosen request.
 
     ``hold(pattern, nth)``: the ``nth`` request whose ``METHOD path`` matches ``pattern``
@@ -49,47 +49,16 @@ class HoldingProxy:
     """
 
     def __init__(self, upstream: str) -> None:
-        self.upstream = upstream.rstrip("/")
         self.held = threading.Event()
         self._release = threading.Event()
         self._rule: tuple[re.Pattern, int] | None = None
         self._seen = 0
         self._lock = threading.Lock()
-        proxy = self
+        super().__init__(upstream)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                self._forward("GET")
-
-            def do_POST(self) -> None:
-                self._forward("POST")
-
-            def _forward(self, method: str) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                proxy._maybe_hold(f"{method} {self.path}")
-                try:
-                    r = requests.request(
-                        method, proxy.upstream + self.path, data=body or None, timeout=30
-                    )
-                    status, payload = r.status_code, r.content
-                except requests.RequestException:
-                    status, payload = 502, b'{"error": "proxy: upstream failed"}'
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+    def handle(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        self._maybe_hold(f"{method} {path}")
+        return self.forward(method, path, body)
 
     def hold(self, pattern: str, nth: int = 1) -> None:
         with self._lock:
@@ -114,8 +83,7 @@ class HoldingProxy:
 
     def close(self) -> None:
         self.release()
-        self._server.shutdown()
-        self._server.server_close()
+        super().close()
 
 
 class Watched:
