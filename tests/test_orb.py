@@ -754,3 +754,37 @@ def test_the_orbs_pins_are_uv_locks_and_reach_the_install_step():
     version = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M)
     assert pins.splitlines()[1] == f"tfship=={version.group(1)}"  # the release itself first
     assert re.search(r"^tensorflow==", pins, re.M) and re.search(r"^boto3==", pins, re.M)
+
+
+def test_the_configs_teams_copy_deploy_and_hold_on_main_only_in_a_serial_group():
+    """Every orb example and the example team repository: deploys and holds on main only,
+    in a serial-group, with a context; a retrain that announces a hold on main only."""
+    examples = check_orb.example_configs(ORB)
+    assert "orb example nightly_retrain_with_approval" in examples
+    assert "examples/team_repo/.circleci/continue.yml" in examples
+    for label, config in examples.items():
+        assert check_orb.check_deploy_rules(config, label) == [], label
+    assert check_orb.check_deploy_rules(CONFIG, "continue.yml", contexts=False) == []
+
+
+@pytest.mark.parametrize(
+    ("alias", "mutate", "message"),
+    [
+        ("tfship/deploy", lambda a: a.pop("filters"), "runs on every branch"),
+        ("tfship/deploy", lambda a: a.pop("serial-group"), "deploys without a serial-group"),
+        ("tfship/deploy", lambda a: a.pop("context"), "takes no context"),
+        ("hold", lambda a: a.pop("context"), "takes no context"),
+        ("hold", lambda a: a["filters"]["branches"].update(only="/.*/"), "every branch"),
+        ("tfship/retrain", lambda a: a.pop("filters"), "runs on every branch"),
+    ],
+)
+def test_each_deploy_rule_fires(alias, mutate, message):
+    import copy
+
+    usage = copy.deepcopy(ORB["examples"]["nightly_retrain_with_approval"]["usage"])
+    for entry in usage["workflows"]["retrain-deploy"]["jobs"]:
+        if isinstance(entry, dict) and alias in entry:
+            mutate(entry[alias])
+    problems = check_orb.check_deploy_rules(usage, "example")
+    assert len(problems) == 1 and message in problems[0], problems
+    assert f"job {alias}:" in problems[0]

@@ -407,6 +407,49 @@ def check_config(config: dict) -> list[str]:
     return out
 
 
+FEATURE_BRANCH = "feature/probe"  # a branch that is not main: deploys and holds skip it
+TEAM_CONFIGS = ROOT / "examples" / "team_repo" / ".circleci"  # the example team repository
+
+
+def check_deploy_rules(config: dict, label: str, contexts: bool = True) -> list[str]:
+    """What every workflow that deploys must do (issue 19): its deploy jobs run on main only
+    and in a serial-group (two pipelines never deploy one model at once); its approval jobs
+    run on main only, and so does a retrain that posts "approval waiting" (approval_hold):
+    on another branch the hold is filtered out and the notice would wait for nothing. With
+    ``contexts`` (examples for teams), deploys and approvals also take a context."""
+    out = []
+    for wname, wf in (config.get("workflows") or {}).items():
+        if not isinstance(wf, dict):
+            continue
+        for alias, (job, args) in _entries(wf).items():
+            w = f"{label}: workflow {wname} job {alias}"
+            kind = job.rpartition("/")[2]
+            deploys = kind == "deploy" and "/" in job
+            holds = args.get("type") == "approval"
+            notices = kind == "retrain" and args.get("approval_hold") is True
+            if (deploys or holds or notices) and runs_on_branch(
+                args.get("filters"), FEATURE_BRANCH
+            ):
+                out.append(f"{w}: runs on every branch (filter it to main)")
+            if deploys and not args.get("serial-group"):
+                out.append(f"{w}: deploys without a serial-group")
+            if contexts and (deploys or holds) and not args.get("context"):
+                out.append(f"{w}: takes no context (restrict who may deploy or approve)")
+    return out
+
+
+def example_configs(orb: dict) -> dict[str, dict]:
+    """The configs teams copy: each orb example's usage, the example team repository's."""
+    out = {
+        f"orb example {name}": ex["usage"]
+        for name, ex in (orb.get("examples") or {}).items()
+        if isinstance(ex, dict) and isinstance(ex.get("usage"), dict)
+    }
+    for path in sorted(TEAM_CONFIGS.glob("*.yml")):
+        out[f"examples/team_repo/.circleci/{path.name}"] = yaml.safe_load(path.read_text())
+    return out
+
+
 def external_job(reference: str, job: str) -> dict | bool:
     """A registry orb's job as a declaration (its parameters, with a default where it has
     one) when EXTERNAL_JOBS records that orb's major version; False when it records the orb
@@ -598,6 +641,9 @@ def main() -> int:
     for path, doc in docs.items():
         problems += [f"{path.name}: {p}" for p in check_config(doc)]
     problems += check_phases(docs[CONFIG], docs[CONTINUATION])
+    problems += check_deploy_rules(docs[CONTINUATION], CONTINUATION.name, contexts=False)
+    for label, example in example_configs(orb).items():
+        problems += check_deploy_rules(example, label)
     release = yaml.safe_load(RELEASE.read_text())
     test = yaml.safe_load(RELEASE_TEST.read_text())
     problems += [f"release.yml: {p}" for p in check_config(release)]
