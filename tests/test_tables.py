@@ -276,11 +276,22 @@ def test_a_table_is_packaged_deployed_and_served_through_tf_servings_apis(
 
 
 def test_tfship_run_takes_a_table_through_the_whole_loop(cli, tmp_path):
-    r = cli("run", "--data", "wine", "--stop-serving", "--json", timeout=400)
+    # The retrain cycle reads its snapshot as the first build read the bundled set (label
+    # `target`); the same rows again are no new data: nothing trains, nothing ships.
+    again = write_bundled("wine", tmp_path / "wine-again.csv")
+    r = cli(
+        "run", "--data", "wine", "--retrain", "--retrain-data", str(again),
+        "--stop-serving", "--json", timeout=400,
+    )  # fmt: skip
     assert r.code == 0, r.err
     doc = json.loads(r.out)
     assert doc["results"]["test-deployed"]["checks"][-2]["name"] == "served accuracy"
     assert doc["request"]["instances"][0].keys() >= {"alcohol", "proline"}
+    assert doc["results"]["retrain:build"]["rows"] == doc["results"]["build"]["rows"]
+    assert doc["results"]["retrain"]["decision"] == "no-new-data", doc["results"]["retrain"]
+    # Without a new snapshot a table has nothing to retrain on: refused before any work.
+    r = cli("run", "--data", "wine", "--retrain", "--stop-serving", timeout=60)
+    assert r.code == 2 and "--retrain on a table (wine) needs --retrain-data" in r.err_lines[-1]
 
 
 def test_retrain_on_a_table_compares_on_the_same_rows_and_reports_drift(cli, tmp_path):

@@ -16,12 +16,12 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tfship.data import SEED, Checks, DataSettings, build, make_snapshot
 from tfship.deploy import DeploySettings
-from tfship.errors import ServingError
+from tfship.errors import ConfigError, ServingError
 from tfship.evaluate import Gates, evaluate
 from tfship.fleet import FleetSettings, deploy_workspace
 from tfship.log import event
@@ -31,7 +31,7 @@ from tfship.serving import ServingSettings
 from tfship.settings import setting
 from tfship.sources import DATA, DATA_SHA256
 from tfship.store import MANIFEST, MODEL_NAME, STORE, open_store
-from tfship.tables import TableSettings
+from tfship.tables import LABEL, TableSettings, is_table
 from tfship.targets import Fleet, make_target
 from tfship.train import EPOCHS, TrainSettings, train
 from tfship.verify import VerifySettings, test_deployed
@@ -213,6 +213,14 @@ class RunResult:
 
 def run_all(s: RunSettings) -> RunResult:
     """The whole loop; returns each stage's result, timings and where things are."""
+    table = is_table(s.data or DATA.default, s.table.label)
+    if s.retrain and table and s.retrain_data is None:
+        # The default new data is a shifted snapshot of the digits: a table has none.
+        raise ConfigError(
+            f"--retrain on a table ({s.data}) needs --retrain-data",
+            hint="give a newer snapshot of the same table (same columns and label), e.g. "
+            "--retrain-data snapshots/2026-12-01.csv",
+        )
     timings: dict[str, float] = {}
     results: dict[str, dict] = {}
     store = open_store(s.store)
@@ -274,7 +282,12 @@ def run_all(s: RunSettings) -> RunResult:
                     "snapshot", lambda: make_snapshot(snap, "shift", int(time.time()) % 100_000)
                 )
                 spec = made["path"]
-            data = DataSettings(data=spec, seed=s.seed, checks=s.checks)
+            # A table's new snapshot is read as the first one was: same label (a bundled
+            # set's is `target`), same settings.
+            retrain_table = TableSettings()
+            if table:
+                retrain_table = replace(s.table, label=s.table.label or LABEL)
+            data = DataSettings(data=spec, seed=s.seed, checks=s.checks, table=retrain_table)
             step("retrain:build", lambda: build(s.workspace, data))
             step(
                 "retrain",
@@ -305,8 +318,10 @@ def run_all(s: RunSettings) -> RunResult:
 
 def _example_request(results: dict) -> dict | None:
     """For a table, the first golden row as TF Serving's row format (``instances``)."""
-    last = results.get("retrain:package") or results.get("package") or {}
-    if not last.get("path"):
+    # the version serving: the retrain's package, unless it skipped (no new data)
+    packaged = [results.get(k) or {} for k in ("retrain:package", "package")]
+    last = next((p for p in packaged if p.get("path")), None)
+    if last is None:
         return None
     golden = read_json(Path(last["path"]) / MANIFEST).get("golden", {})
     if golden.get("input_name") is not None or not golden.get("inputs"):
