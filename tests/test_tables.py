@@ -271,6 +271,19 @@ def test_a_table_is_packaged_deployed_and_served_through_tf_servings_apis(
             (value,) = row["predictions"]
             assert ex["results"] == [pytest.approx(value, abs=1e-3)]
             assert 25 < value < 346  # within the target's range
+            # A number missing from an Example is the training mean inside the graph, as
+            # training filled it: the same answer as the row with the mean written in.
+            stats = json.loads((tmp_path / "workspace" / "data" / "stats.json").read_text())
+            mean = next(f["mean"] for f in stats["features"] if f["name"] == "bmi")
+            without = {k: v for k, v in example.items() if k != "bmi"}
+            ex = requests.post(
+                f"{url}:regress", json={"signature_name": api, "examples": [without]}, timeout=10
+            ).json()
+            row = requests.post(
+                f"{url}:predict", json={"instances": [{**example, "bmi": mean}]}, timeout=10
+            ).json()
+            assert ex["results"] == [pytest.approx(row["predictions"][0], abs=1e-3)], ex
+            assert row["predictions"][0] != pytest.approx(value, abs=1e-3)  # bmi matters
     finally:
         served.stop()
 

@@ -320,7 +320,7 @@ def _package_table(
         vdir = out / str(version)
         schema = sch.read_schema(ws.data / sch.SCHEMA_FILE)
         ints = {f.name for f in schema.feature if sch.feature_type(f) == "INT"}
-        export_table(model, vdir, kinds, classes, ints)
+        export_table(model, vdir, kinds, classes, ints, means)
         loaded = tf.saved_model.load(str(vdir))
         sig = signature_of(loaded)
         output_name = "scores" if classes is not None else "prediction"

@@ -220,23 +220,49 @@ def export_table(
     kinds: dict[str, str],
     classes: list[str] | None,
     int_features: set[str] = frozenset(),
+    means: dict[str, float] | None = None,
 ) -> None:
     """Export the SavedModel TF Serving loads: ``serving_default`` on the raw named features
     (``classes`` and ``scores`` for a classifier, ``prediction`` for regression), and
     ``classify`` or ``regress`` on serialized ``tf.Example`` (input ``inputs``), whose
     features are parsed with the schema's types (an INT feature is an ``int64_list``, as a
-    JSON example's whole number is; a FLOAT one a ``float_list``)."""
+    JSON example's whole number is; a FLOAT one a ``float_list``).
+
+    ``means``: each numeric feature's training mean. A missing number (NaN in a Predict
+    request, a feature absent from a ``tf.Example``) becomes it inside the graph, as the
+    training pipeline (:func:`dataset`) filled it: no training/serving skew."""
     from tensorflow.core.protobuf import saved_model_pb2
 
+    means = means or {}
     specs = {
         n: tf.TensorSpec([None], tf.float32 if k == NUMERIC else tf.string, name=n)
         for n, k in kinds.items()
     }
     parse = {}
     for n, spec in specs.items():
-        dtype = tf.int64 if n in int_features else spec.dtype
-        default = "" if dtype == tf.string else tf.zeros([], dtype)
-        parse[n] = tf.io.FixedLenFeature([], dtype, default_value=default)
+        if spec.dtype == tf.string:
+            parse[n] = tf.io.FixedLenFeature([], tf.string, default_value="")
+        else:  # ragged: an absent value is told apart from any number
+            parse[n] = tf.io.RaggedFeature(tf.int64 if n in int_features else tf.float32)
+
+    def filled(name: str, values: tf.Tensor, present: tf.Tensor | None = None) -> tf.Tensor:
+        """``values`` with a missing number (NaN, or not ``present``) as the training mean."""
+        if name not in means:
+            return values
+        missing = tf.math.is_nan(values)
+        if present is not None:
+            missing = tf.logical_or(missing, tf.logical_not(present))
+        return tf.where(missing, tf.constant(means[name], tf.float32), values)
+
+    def from_parsed(parsed: dict) -> dict:
+        feats = {}
+        for n, v in parsed.items():
+            if isinstance(v, tf.RaggedTensor):
+                first = tf.cast(v.to_tensor(default_value=0, shape=[None, 1])[:, 0], tf.float32)
+                feats[n] = filled(n, first, v.row_lengths() > 0)
+            else:
+                feats[n] = v
+        return feats
 
     def heads(out_: tf.Tensor) -> dict[str, tf.Tensor]:
         if classes is None:
@@ -245,11 +271,11 @@ def export_table(
         return {"classes": names, "scores": out_}
 
     def serve(features: dict) -> dict:
+        features = {n: filled(n, v) for n, v in features.items()}
         return heads(model(features, training=False))
 
     def from_examples(inputs: tf.Tensor) -> dict:
-        feats = tf.io.parse_example(inputs, parse)
-        feats = {n: tf.cast(v, tf.float32) if n in int_features else v for n, v in feats.items()}
+        feats = from_parsed(tf.io.parse_example(inputs, parse))
         out_ = model(feats, training=False)
         if classes is None:
             return {"outputs": tf.squeeze(out_, -1)}
