@@ -395,3 +395,25 @@ def test_a_bad_slice_is_one_line_exit_2_and_leaves_the_last_evaluation(reviews, 
     assert line.startswith(f"tfship test: bad setting: {needle}")
     assert line.endswith("(slice by a categorical feature: channel)")
     assert (metrics.read_bytes() if metrics.exists() else None) == before
+
+
+def test_retrain_scores_a_bounded_number_of_the_new_snapshots_test_rows(tmp_path, monkeypatch):
+    """However big the new snapshot, retrain holds at most RETRAIN_EVAL_ROWS of its test rows
+    (the first ones of test.csv, itself a random split), not the whole split."""
+    from tfship import config
+    from tfship.table_retrain import eval_rows
+    from tfship.tables import table_stats
+    from tfship.workspace import Workspace, write_json
+
+    ws = Workspace(tmp_path / "workspace")
+    ws.data.mkdir(parents=True)
+    rows = "".join(f"{i},{'ab'[i % 2]},{i % 2}\n" for i in range(500))
+    (ws.data / "test.csv").write_text("x,c,target\n" + rows)
+    stats, _ = table_stats(ws.data / "test.csv")
+    write_json(ws.data / "stats.json", stats.to_dict())
+    kinds = {"x": "numeric", "c": "categorical"}
+    info = {"inputs": kinds, "label": "target", "classes": ["0", "1"]}
+    monkeypatch.setattr(config, "RETRAIN_EVAL_ROWS", 120)
+    cols, labels = eval_rows(ws, info, None, None)
+    assert len(labels) == len(cols["x"]) == len(cols["c"]) == 120
+    assert cols["x"][:3].tolist() == [0.0, 1.0, 2.0]  # the first rows, in order

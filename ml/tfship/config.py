@@ -23,6 +23,9 @@ PIXEL_BINS = 16
 # --- Packaging and verification. ------------------------------------------------------------
 GOLDEN_BATCH = 8
 HELD_OUT_ROWS = 10_000  # test rows a table's package carries for retrain to re-score
+# The new snapshot's test rows retrain scores champion and challenger on (the first ones of
+# test.csv, itself a random split): memory bounded however big the snapshot.
+RETRAIN_EVAL_ROWS = 100_000
 EXPORT_TOLERANCE = 1e-5  # package: SavedModel vs Keras on the golden batch
 SERVING_TOLERANCE = 1e-4  # stage 7: served outputs vs manifest
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfship import config
 from tfship import schema as sch
 from tfship.errors import DataError
 from tfship.evaluate import classification_metrics, cross_entropy
@@ -30,12 +31,15 @@ def eval_rows(
     champion_test: tuple[dict, np.ndarray] | None,
     champion_manifest: dict | None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The new snapshot's test rows, plus the champion's own held-out rows when it has the
-    same inputs and classes (else the comparison would be meaningless: exit 2)."""
+    """The new snapshot's test rows (at most ``config.RETRAIN_EVAL_ROWS``: memory does not
+    grow with the data), plus the champion's own held-out rows when it has the same inputs
+    and classes (else the comparison would be meaningless: exit 2)."""
     kinds, label, classes = train_info["inputs"], train_info["label"], train_info["classes"]
     stats = TableStats.from_dict(read_json(ws.data / "stats.json"))
     means = numeric_means(stats, kinds)
-    cols, labels = typed_rows(ws.data / "test.csv", kinds, means, label, classes)
+    cols, labels = typed_rows(
+        ws.data / "test.csv", kinds, means, label, classes, limit=config.RETRAIN_EVAL_ROWS
+    )
     if champion_test is None:
         return cols, labels
     old_cols, old_labels = champion_test
