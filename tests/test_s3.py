@@ -85,9 +85,50 @@ def test_mkdir_is_a_lock_only_one_caller_gets(bucket):
     host.mkdir("m/.lock")
 
 
+def test_the_service_is_checked_once_to_enforce_conditional_writes(bucket):
+    """SeaweedFS enforces If-None-Match: * (the probe's second write is refused and the probe
+    removed); a service that accepts both writes would let two deploys hold the lock, so it
+    is refused in one line before any lock or record is written."""
+    from tfship.errors import StoreError as Refused
+
+    host = s3.S3Host(bucket)
+    host.mkdir("m/.lock")
+    assert host._conditional_checked
+    assert [o["Key"] for o in host.keys("m")] == ["m/.lock/" + s3.DIR_MARKER]  # probe gone
+
+    class IgnoresConditions:
+        """Stands for a service without conditional writes (none such runs here): every
+        PUT succeeds."""
+
+        def __init__(self) -> None:
+            self.objects: dict[str, bytes] = {}
+
+        def put_object(self, Bucket, Key, Body, **kw):  # noqa: N803 (boto3's names)
+            self.objects[Key] = Body
+
+        def delete_object(self, Bucket, Key):  # noqa: N803
+            self.objects.pop(Key, None)
+
+        def head_bucket(self, Bucket):  # noqa: N803
+            return {}
+
+    lax = IgnoresConditions()
+    with pytest.raises(Refused, match=r"ignores conditional writes \(If-None-Match: \*\)"):
+        s3.S3Host("lax", s3=lax).mkdir("m/.lock")
+    assert lax.objects == {}  # no lock taken, the probe removed
+    with pytest.raises(Refused, match="ignores conditional writes"):
+        s3.S3Host("lax", s3=lax).create("m/history/0001.json", b"{}")
+    assert lax.objects == {}
+
+
 def test_wrong_credentials_and_a_missing_bucket_are_one_line_each(weed, bucket, monkeypatch):
     with pytest.raises(StoreError, match="does not exist"):
         s3.S3Host("no-such-bucket-here").listdir("x")
+    # SeaweedFS would create the bucket on a first PUT: a write checks it exists first.
+    with pytest.raises(StoreError, match="the bucket does not exist"):
+        s3.S3Host("no-such-bucket-either").mkdir("m/.lock")
+    with pytest.raises(StoreError, match="does not exist"):
+        s3.S3Host("no-such-bucket-either").listdir("x")  # and it was not created
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
     with pytest.raises(ConfigError, match="refused the credentials") as info:
         s3.S3Host(bucket).listdir("x")

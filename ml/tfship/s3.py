@@ -52,6 +52,8 @@ SAVED_MODEL_PB = "saved_model.pb"
 DIR_MARKER = ".dir"  # the object mkdir() writes: the prefix exists, and only once
 CHUNK = 1 << 20
 # Error codes an S3 service answers with for credentials it refuses.
+# What a conditional write (If-None-Match: *) that lost answers: the key exists already.
+CONFLICT_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 AUTH_CODES = {
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
@@ -277,6 +279,7 @@ class S3Host:
         self.bucket = bucket
         self.name = f"{SCHEME}{bucket}"
         self._s3 = s3
+        self._conditional_checked = False  # see _check_conditional_writes
 
     @property
     def s3(self) -> Any:
@@ -331,14 +334,63 @@ class S3Host:
 
     def mkdir(self, path: str) -> None:
         """Claim ``path`` once: a conditional write of its marker (``If-None-Match: *``)."""
-        key = join(path, DIR_MARKER)
-        with errors(self._where(path)):
+        self._put_new(join(path, DIR_MARKER), b"", self._where(path))
+
+    def _put_new(self, key: str, data: bytes, where: str) -> None:
+        """PUT ``key`` only if no object has it (``If-None-Match: *``); FileExistsError if
+        one does. The lock and the append-only records rest on it, so the first use on this
+        bucket checks that the service enforces it (:meth:`_check_conditional_writes`)."""
+        self._check_conditional_writes(key)
+        with errors(where):
             try:
-                self.s3.put_object(Bucket=self.bucket, Key=key, Body=b"", IfNoneMatch="*")
+                self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
             except Exception as exc:
-                if error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                    raise FileExistsError(self._where(path)) from exc
+                if error_code(exc) in CONFLICT_CODES:
+                    raise FileExistsError(where) from exc
                 raise
+
+    def _check_conditional_writes(self, key: str) -> None:
+        """Before the first write: the bucket must exist (some services, SeaweedFS among them,
+        create a bucket on a first PUT, so a typo in its name would deploy into a new bucket no
+        server reads); then write a probe object twice with ``If-None-Match: *`` next to
+        ``key`` (where the credentials may write) and refuse a service that accepts the second
+        write: on it two deploys would both hold the lock and a record could be overwritten.
+        Once per host."""
+        if self._conditional_checked:
+            return
+        with errors(self.name):
+            try:
+                self.s3.head_bucket(Bucket=self.bucket)
+            except Exception as exc:
+                if error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
+                    raise StoreError(
+                        f"{self.name}: the bucket does not exist",
+                        hint="create it (aws s3 mb) or fix the s3:// URI",
+                    ) from exc
+                raise
+        parent = key.rpartition("/")[0]
+        probe = join(parent, f".tfship-conditional-probe-{os.urandom(4).hex()}")
+        where = self._where(probe)
+        with errors(where):
+            try:
+                self.s3.put_object(Bucket=self.bucket, Key=probe, Body=b"", IfNoneMatch="*")
+                try:
+                    self.s3.put_object(Bucket=self.bucket, Key=probe, Body=b"", IfNoneMatch="*")
+                except Exception as exc:
+                    if error_code(exc) not in CONFLICT_CODES:
+                        raise
+                else:
+                    raise StoreError(
+                        f"{self.name}: the S3 service ignores conditional writes "
+                        "(If-None-Match: *): tfship's deploy lock and its append-only history "
+                        "need them",
+                        hint="use a service that enforces them (AWS S3, MinIO, Ceph RGW, "
+                        "Cloudflare R2, SeaweedFS) or an SSH target",
+                    )
+            finally:
+                with contextlib.suppress(Exception):
+                    self.s3.delete_object(Bucket=self.bucket, Key=probe)
+        self._conditional_checked = True
 
     def rename(self, src: str, dst: str) -> None:
         """Copy every object under ``src`` to ``dst`` (``saved_model.pb`` last), then delete
@@ -452,13 +504,7 @@ class S3Host:
     def create(self, path: str, data: bytes) -> None:
         """Write an object that must not exist yet (``If-None-Match: *``); FileExistsError
         if it does: the append-only records are made of these."""
-        with errors(self._where(path)):
-            try:
-                self.s3.put_object(Bucket=self.bucket, Key=join(path), Body=data, IfNoneMatch="*")
-            except Exception as exc:
-                if error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                    raise FileExistsError(self._where(path)) from exc
-                raise
+        self._put_new(join(path), data, self._where(path))
 
     def close(self) -> None:
         pass
