@@ -95,16 +95,19 @@ class DeployResult:
     bytes_sent: int
     previous: int | None
     seconds: dict[str, float]
-    verification: dict
+    verification: dict  # the first server's checks (TF_SERVING_URL's order)
     removed: list[int]
+    # every server's, when several read the base path (a bucket's replicas), in that order
+    replicas: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
 
     def summary(self) -> str:
+        on = f" on {len(self.replicas)} replicas" if self.replicas else ""
         return (
             f"{self.state}: {self.model} version {self.version} on {self.host} "
-            f"(was {self.previous}); verified in {self.seconds['total']:.1f} s"
+            f"(was {self.previous}); verified{on} in {self.seconds['total']:.1f} s"
         )
 
 
@@ -439,7 +442,7 @@ def commit(st: Staged, s: DeploySettings) -> DeployResult:
         try:
             t = time.monotonic()
             found = _verify_every_server(target, model, manifest, version, images, labels, s)
-            facts = found[-1]
+            facts = found[0]
             times["verify"] = round(time.monotonic() - t, 3)
             times["to_available"] = max(f.get("seconds_to_available", 0.0) for f in found)
         except (TfshipError, OSError, ValueError) as exc:
@@ -465,6 +468,7 @@ def commit(st: Staged, s: DeploySettings) -> DeployResult:
         times,
         facts,
         removed,
+        found if len(found) > 1 else [],
     )
 
 

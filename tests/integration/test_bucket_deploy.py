@@ -94,6 +94,9 @@ def test_a_bucket_deploy_serves_on_every_replica_and_is_recorded(buck):
     assert r.code == 0, r.err
     result = json.loads(r.out)
     assert result["state"] == "deployed" and result["previous"] is None
+    # every replica's own checks, in TF_SERVING_URL's order
+    assert [f["url"] for f in result["replicas"]] == [x.rest for x in buck.replicas]
+    assert all(f["golden_max_abs_diff"] <= 1e-4 for f in result["replicas"])
     assert buck.serving() == [2000, 2000]
     objects = buck.keys("models/digits")
     assert objects and all(k.startswith("models/digits/2000/") for k in objects)  # no leftovers
@@ -132,3 +135,21 @@ def test_a_bucket_target_needs_the_replicas_urls(buck):
     del env["TF_SERVING_URL"]
     r = buck.cli("deploy", "--package", str(buck.pkgs / "2000"), env=env)
     assert r.code == 2 and "TF_SERVING_URL" in r.err and len(r.err_lines) == 1
+
+
+def test_wrong_credentials_or_a_missing_bucket_stop_a_deploy_in_one_line(buck):
+    """Through `tfship deploy` to a bucket, as a CircleCI job with a wrong secret or a typo in
+    the bucket's name meets them: one line naming the problem and the fix, its exit code,
+    the secret never printed, nothing placed or recorded."""
+    assert buck.deploy(2000).code == 0
+    before = buck.keys("")
+    env = buck.env(AWS_SECRET_ACCESS_KEY="wrong-secret-value")
+    r = buck.cli("deploy", "--package", str(buck.pkgs / "3000"), *FAST, env=env)
+    assert r.code == 2, r.err
+    assert "refused the credentials" in r.err_lines[-1] and "AWS_SECRET_ACCESS_KEY" in r.err
+    assert "wrong-secret-value" not in r.out + r.err and "Traceback" not in r.err
+    env = {**buck.env(), "DEPLOY_SERVER_PATH": "s3://no-such-deploy-bucket/models"}
+    r = buck.cli("deploy", "--package", str(buck.pkgs / "3000"), *FAST, env=env)
+    assert r.code == 8 and "the bucket does not exist" in r.err_lines[-1], r.err
+    assert "Traceback" not in r.err
+    assert buck.keys("") == before and buck.serving() == [2000, 2000]
