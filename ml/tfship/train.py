@@ -261,7 +261,9 @@ def train(
 
     from tfship.model import build_model, check_interface
 
-    strategy = distribute.strategy(cluster) if table else None  # before any other TF op
+    # Before any other TF op. Images too: MirroredStrategy over the GPUs when there are any
+    # (one process: a multi-worker TF_CONFIG was refused above), TF's default otherwise.
+    strategy = distribute.strategy(cluster)
     keras.utils.set_random_seed(s.seed)
     tf.config.experimental.enable_op_determinism()  # same seed, same data -> same model
     if table:
@@ -270,12 +272,13 @@ def train(
     val_split = load_split(data_dir / "val.npz")
     shape = tuple(train_split.images.shape[1:])
     num_classes = int(data_manifest["num_classes"])
-    if init_model is not None:
-        model = keras.models.load_model(init_model)
-        check_interface(model, str(init_model))
-        model.optimizer.learning_rate.assign(s.learning_rate)
-    else:
-        model = build_model(shape, num_classes, s.model_fn, s.learning_rate)
+    with strategy.scope():  # variables (model and optimizer) mirrored on every GPU
+        if init_model is not None:
+            model = keras.models.load_model(init_model)
+            check_interface(model, str(init_model))
+            model.optimizer.learning_rate.assign(s.learning_rate)
+        else:
+            model = build_model(shape, num_classes, s.model_fn, s.learning_rate)
     if tuple(model.inputs[0].shape[1:]) != shape:
         raise ConfigError(
             f"model input shape {tuple(model.inputs[0].shape[1:])}"
@@ -287,6 +290,7 @@ def train(
         rows=len(train_split),
         epochs=s.epochs,
         data=data_manifest["data_hash"][:19],
+        strategy=distribute.name_of(strategy),
     )
     started = time.monotonic()
     history = fit(model, train_split, val_split, s, stage)
