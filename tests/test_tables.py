@@ -255,6 +255,8 @@ def test_a_table_is_packaged_deployed_and_served_through_tf_servings_apis(
         checks = {c["name"]: c for c in json.loads(r.out)["checks"]}
         quality = "served accuracy" if api == "classify" else "served r2"
         assert checks[quality]["passed"] and checks["golden outputs max abs diff"]["passed"]
+        # the classify/regress signature, through TF Serving's Classify/Regress API
+        assert checks[f"{api} API max abs diff"]["passed"], checks
         url = f"{served.rest}/v1/models/digits"
         row = requests.post(f"{url}:predict", json={"instances": [example]}, timeout=10).json()
         ex = requests.post(
@@ -298,7 +300,8 @@ def test_tfship_run_takes_a_table_through_the_whole_loop(cli, tmp_path):
     )  # fmt: skip
     assert r.code == 0, r.err
     doc = json.loads(r.out)
-    assert doc["results"]["test-deployed"]["checks"][-2]["name"] == "served accuracy"
+    checks = {c["name"]: c for c in doc["results"]["test-deployed"]["checks"]}
+    assert checks["served accuracy"]["passed"] and checks["classify API max abs diff"]["passed"]
     assert doc["request"]["instances"][0].keys() >= {"alcohol", "proline"}
     assert doc["results"]["retrain:build"]["rows"] == doc["results"]["build"]["rows"]
     assert doc["results"]["retrain"]["decision"] == "no-new-data", doc["results"]["retrain"]

@@ -356,6 +356,8 @@ def _package_table(
                 "input_name": None,
                 "output_name": output_name,
                 "inputs": {k: _plain(v) for k, v in golden.items()},
+                # INT inputs: a tf.Example carries them as int64 (Classify/Regress)
+                "int_inputs": sorted(ints & set(golden)),
                 "outputs": served.tolist(),
                 "max_abs_diff_vs_keras": diff,
             },

@@ -397,6 +397,18 @@ class ServingClient:
             return {k: np.asarray(v) for k, v in outputs.items()}
         return np.asarray(outputs)
 
+    def classify_or_regress(
+        self, api: str, examples: list[dict], version: int | None = None
+    ) -> list:
+        """TF Serving's Classify or Regress API over REST (``api``: ``classify`` or
+        ``regress``) on ``examples`` (feature name -> value, as its JSON examples take them:
+        a whole number is an int64 feature, a float a float one, a string bytes), through the
+        signature of the same name; its ``results``."""
+        if api not in ("classify", "regress"):
+            raise ValueError(f"api must be classify or regress, not {api}")
+        body = {"signature_name": api, "examples": examples}
+        return self._rest("POST", self._path(version) + f":{api}", body)["results"]
+
     def close(self) -> None:
         if self._session is not None:
             self._session.close()

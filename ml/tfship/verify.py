@@ -194,6 +194,10 @@ def verify_version(
     facts["accuracy_rows"] = int(n)
     checks.append(Check(name, accuracy, ">=", gate, detail))
 
+    examples = _examples_check(client, manifest, version, s)
+    if examples is not None:
+        checks.append(examples)
+
     times = []
     for i in range(s.latency_requests):
         row = take(images, [idx[i % max(n, 1)] if n else 0])  # a batch of one
@@ -212,6 +216,40 @@ def verify_version(
         p95_ms=f"{p95:.1f}",
     )
     return checks, facts
+
+
+def _examples_check(
+    client: ServingClient, manifest: dict, version: int, s: VerifySettings
+) -> Check | None:
+    """A table's ``classify`` (or ``regress``) signature, through TF Serving's Classify (or
+    Regress) API on the golden rows as ``tf.Example``s: the same outputs as Predict's golden
+    ones. None (no such check) for images, over gRPC (REST's JSON examples only), and for a
+    package whose manifest predates ``int_inputs``."""
+    golden = manifest["golden"]
+    ints = golden.get("int_inputs")
+    if manifest.get("kind") != "table" or client.transport != "rest" or ints is None:
+        return None
+    api = "classify" if manifest.get("classes") else "regress"
+    columns = golden["inputs"]
+    rows = len(next(iter(columns.values())))
+    examples = [
+        {n: (int(v[i]) if n in ints else v[i]) for n, v in columns.items()} for i in range(rows)
+    ]
+    try:
+        results = client.classify_or_regress(api, examples, version=version)
+    except ServingError as exc:
+        return Check(f"{api} API max abs diff", float("inf"), "<=", s.tolerance, str(exc))
+    try:
+        if api == "classify":  # per example: [[class, score], ...] in the classes' order
+            got = np.asarray([[score for _, score in r] for r in results], dtype=float)
+        else:
+            got = np.asarray(results, dtype=float)
+    except (TypeError, ValueError):
+        return Check(f"{api} API max abs diff", float("inf"), "<=", s.tolerance, "bad results")
+    exp = np.asarray(golden["outputs"], dtype=float)
+    detail = _unusable(got, exp.shape)
+    diff = float("inf") if detail else float(np.max(np.abs(got - exp)))
+    return Check(f"{api} API max abs diff", diff, "<=", s.tolerance, detail or f"{rows} examples")
 
 
 def _unusable(out: np.ndarray, shape: tuple[int, ...]) -> str:
