@@ -157,3 +157,68 @@ def test_a_sigkill_at_every_step_of_a_bucket_deploy_leaves_nothing_loadable_half
         serving = version
         assert _serving(replica) == version, step
         assert _leftovers(bucket) == [], step
+
+
+def _deploy_in_background(pkg, env, pkgs) -> tuple[subprocess.Popen, list[str]]:
+    """`tfship deploy` running, its stderr lines collected as they come."""
+    import threading
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tfship", "deploy", "--package", str(pkg), *FAST],
+        cwd=pkgs,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
+    return proc, lines
+
+
+def test_a_sigkill_while_verifying_or_rolling_back_leaves_whole_versions_and_a_rerun_settles(
+    site, packaged
+):
+    """The two steps after placement. Killed while the placed version is verified: it is
+    whole (it may serve), and a re-run verifies it and ends deployed. Killed while a version
+    that fails to load is moved to .rejected/: the previous keeps serving, and a re-run of
+    the same deploy fails again, rolls back and leaves nothing behind."""
+    import time
+
+    proxy, replica, env, pkgs, bucket = site
+    assert run_cli("deploy", "--package", str(make_version(packaged, pkgs, 2000)), *FAST,
+                   env=env, cwd=pkgs).code == 0  # fmt: skip
+
+    pkg = make_version(packaged, pkgs, 3000)
+    proc, lines = _deploy_in_background(pkg, env, pkgs)
+    try:
+        deadline = time.monotonic() + 120
+        while not any("[deploy] installed" in line for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, lines
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    whole = _loadable_versions_are_whole(bucket)
+    assert 3000 in whole and _serving(replica) in whole
+    r = run_cli("deploy", "--package", str(pkg), *FAST, env=env, cwd=pkgs)
+    assert r.code == 0, r.err[-2000:]
+    assert _serving(replica) == 3000 and _leftovers(bucket) == []
+
+    bad = make_version(packaged, pkgs, 4000, corrupt=True)
+    proxy.rule = lambda m, p, h: (
+        "hold" if "x-amz-copy-source" in h and "/.rejected/" in unquote(p) else "pass"
+    )
+    proc, lines = _deploy_in_background(bad, env, pkgs)
+    try:
+        assert proxy.held.wait(180), lines
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proxy.release()
+    assert _serving(replica) == 3000
+    assert 3000 in _loadable_versions_are_whole(bucket)
+    r = run_cli("deploy", "--package", str(bad), *FAST, env=env, cwd=pkgs)
+    assert r.code == 4 and "Serving now: version 3000" in r.err_lines[-1], r.err[-2000:]
+    assert _serving(replica) == 3000 and _leftovers(bucket) == []
+    assert 4000 not in _loadable_versions_are_whole(bucket)
