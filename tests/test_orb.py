@@ -403,8 +403,12 @@ def test_the_release_publishes_dev_then_integration_tests_it_then_production_on_
     for tag in ("v1.2", "1.2.3", "v1.2.3-rc.1", "vX.Y.Z"):
         assert not check_orb.runs_on_tag(prod["filters"], tag), tag
     assert not check_orb.runs_on_branch(prod["filters"], "main")
+    # the Python package the orb installs by default goes to PyPI first, on the tag alone
+    python = test["publish_python"][1]
+    assert python["filters"] == prod["filters"] and python["context"] == "pypi-publishing"
+    assert "publish_python" in check_orb._upstream(test, "publish_release")
     for name, (_, args) in [*release.items(), *test.items()]:
-        if name != "publish_release":
+        if name not in ("publish_release", "publish_python"):
             assert check_orb.runs_on_tag(args["filters"], "v1.2.3"), name
             assert check_orb.runs_on_branch(args["filters"], "main"), name
 
@@ -431,7 +435,13 @@ def _entry(doc: dict, name: str) -> dict:
     [
         (
             lambda r, t: _entry(t, "publish_release").update(requires=["package"]),
-            "publish_release does not wait for plan_without_champion",
+            "publish_release does not wait for plan_without_champion, publish_python",
+        ),
+        (
+            lambda r, t: _entry(t, "publish_release").update(
+                requires=["package", "plan_without_champion"]
+            ),
+            "does not wait for a job that publishes the Python package",
         ),
         (
             lambda r, t: _entry(t, "publish_release").update(filters={"tags": {"only": "/.*/"}}),

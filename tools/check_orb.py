@@ -581,6 +581,16 @@ def check_release(release: dict, test: dict, test_path: str = ".circleci/release
                 out.append(f"{where} runs on tags other than vX.Y.Z (or not on {RELEASE_TAG})")
             if runs_on_branch(f, "main") or runs_on_branch(f, "release"):
                 out.append(f"{where} runs on a branch (branches: ignore: /.*/)")
+            python = [
+                n
+                for n, (job, _) in entries.items()
+                if "uv publish" in "".join(_strings((test.get("jobs") or {}).get(job, {})))
+            ]
+            if not set(python) & _upstream(entries, prod):
+                out.append(
+                    f"{where} does not wait for a job that publishes the Python package (uv "
+                    "publish): the orb installs that release of tfship by default"
+                )
             for up in _upstream(entries, prod):
                 if not runs_on_tag(entries.get(up, ("", {}))[1].get("filters"), RELEASE_TAG):
                     out.append(
