@@ -334,13 +334,14 @@ class S3Host:
 
     def mkdir(self, path: str) -> None:
         """Claim ``path`` once: a conditional write of its marker (``If-None-Match: *``)."""
-        self._put_new(join(path, DIR_MARKER), b"", self._where(path))
+        # the probe goes beside the claimed folder, never into it (a lock's reader lists it)
+        self._put_new(join(path, DIR_MARKER), b"", self._where(path), join(path).rpartition("/")[0])
 
-    def _put_new(self, key: str, data: bytes, where: str) -> None:
+    def _put_new(self, key: str, data: bytes, where: str, probe_dir: str | None = None) -> None:
         """PUT ``key`` only if no object has it (``If-None-Match: *``); FileExistsError if
         one does. The lock and the append-only records rest on it, so the first use on this
         bucket checks that the service enforces it (:meth:`_check_conditional_writes`)."""
-        self._check_conditional_writes(key)
+        self._check_conditional_writes(key.rpartition("/")[0] if probe_dir is None else probe_dir)
         with errors(where):
             try:
                 self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
@@ -349,11 +350,11 @@ class S3Host:
                     raise FileExistsError(where) from exc
                 raise
 
-    def _check_conditional_writes(self, key: str) -> None:
+    def _check_conditional_writes(self, parent: str) -> None:
         """Before the first write: the bucket must exist (some services, SeaweedFS among them,
         create a bucket on a first PUT, so a typo in its name would deploy into a new bucket no
-        server reads); then write a probe object twice with ``If-None-Match: *`` next to
-        ``key`` (where the credentials may write) and refuse a service that accepts the second
+        server reads); then write a probe object twice with ``If-None-Match: *`` in ``parent``
+        (where the credentials may write) and refuse a service that accepts the second
         write: on it two deploys would both hold the lock and a record could be overwritten.
         Once per host."""
         if self._conditional_checked:
@@ -368,7 +369,6 @@ class S3Host:
                         hint="create it (aws s3 mb) or fix the s3:// URI",
                     ) from exc
                 raise
-        parent = key.rpartition("/")[0]
         probe = join(parent, f".tfship-conditional-probe-{os.urandom(4).hex()}")
         where = self._where(probe)
         with errors(where):
