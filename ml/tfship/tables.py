@@ -112,16 +112,6 @@ class TableSettings:
     )
 
 
-def refuse_table(data_manifest: dict, what: str) -> None:
-    """DataError if the workspace's data is a table and ``what`` does not handle tables yet."""
-    if data_manifest.get("kind") == "table":
-        raise DataError(
-            f"workspace/data holds a table ({data_manifest['task']}): {what} tables is not "
-            "built yet (build, train and test are)",
-            hint="tables reach package, deploy and retrain with the rest of issue #17",
-        )
-
-
 def is_table(data: str, label: str | None) -> bool:
     """Whether ``--data``/``--label`` name a table (else images, as before)."""
     return label is not None or data in TABULAR_SETS
