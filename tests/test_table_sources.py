@@ -201,6 +201,16 @@ def test_an_image_folder_builds_with_its_class_names(cli, tmp_path):
     assert m["num_classes"] == 3
     assert m["image_shape"] == [8, 8, 1]
     assert sum(m["rows"].values()) == 120
+    # The whole loop from the folder: train, gate, package, deploy to the local TF Serving,
+    # verify what it serves. What is judged is the route, not the model: gates at 0.
+    r = cli(
+        "run", "--data", str(root), "--epochs", "3", "--min-accuracy", "0",
+        "--min-class-recall", "0", "--stop-serving", "--json", timeout=400,
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    assert doc["results"]["test-deployed"]["passed"], doc["results"]["test-deployed"]
+    assert doc["results"]["deploy"]["state"] == "deployed"
 
 
 def test_a_table_format_without_label_is_told_to_name_one(cli, tmp_path):
