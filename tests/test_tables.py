@@ -353,6 +353,19 @@ def test_retrain_on_a_table_compares_on_the_same_rows_and_reports_drift(cli, tmp
         assert r.code == 3, r.err
         assert "drift[channel] (L-inf)" in r.err_lines[-1] and "<= 0.2 FAILED" in r.err_lines[-1]
         assert not (tmp_path / "workspace" / "model").exists()  # nothing left to package
+
+        # A category the champion never saw (within the schema's 1% out-of-domain bound):
+        # the build takes it and the retrain fine-tunes and scores it (the lookup's
+        # out-of-vocabulary bucket), whatever its decision: it never crashes.
+        rows = rows_of(write_reviews(tmp_path / "later.csv", seed=9))
+        for i, row in enumerate(rows):
+            if i % 200 == 0:
+                row["channel"] = "kiosk"
+        write_rows(snaps / "2026-03.csv", rows)
+        assert cli("build", "--data", "snaps", "--label", "target").code == 0
+        r = cli("retrain", *target, "--epochs", "30", "--json")
+        assert r.code in (0, 3) and "Traceback" not in r.err, r.err
+        assert (tmp_path / "workspace" / "retrain" / "report.md").exists()
     finally:
         served.stop()
 
