@@ -417,3 +417,36 @@ def test_retrain_scores_a_bounded_number_of_the_new_snapshots_test_rows(tmp_path
     cols, labels = eval_rows(ws, info, None, None)
     assert len(labels) == len(cols["x"]) == len(cols["c"]) == 120
     assert cols["x"][:3].tolist() == [0.0, 1.0, 2.0]  # the first rows, in order
+
+
+def test_auc_rmse_and_mae_are_gated_only_when_asked():
+    from tfship.evaluate import Gates
+    from tfship.table_eval import table_checks
+
+    cls = {
+        "accuracy": 0.9,
+        "baseline_accuracy": 0.5,
+        "auc": 0.8,
+        "per_class": {"recall": [0.9, 0.9], "support": [5, 5]},
+    }
+    names = [c.name for c in table_checks(cls, "classification", ["a", "b"], Gates())]
+    assert "auc" not in names  # reported, not gated, by default
+    (auc,) = [
+        c
+        for c in table_checks(cls, "classification", ["a", "b"], Gates(min_auc=0.85))
+        if c.name == "auc"
+    ]
+    assert not auc.passed and auc.value == 0.8
+    one_class = {**cls, "auc": None}  # a split with one class has no AUC: it cannot pass
+    checks = table_checks(one_class, "classification", ["a", "b"], Gates(min_auc=0.5))
+    assert not next(c for c in checks if c.name == "auc").passed
+
+    reg = {"r2": 0.5, "rmse": 40.0, "mae": 30.0, "baseline_rmse": 60.0}
+    assert [c.name for c in table_checks(reg, "regression", None, Gates())] == [
+        "r2",
+        "rmse vs baseline (train mean)",
+    ]
+    checks = table_checks(reg, "regression", None, Gates(max_rmse=50, max_mae=25))
+    verdict = {c.name: c.passed for c in checks}
+    assert verdict["rmse"] is True and verdict["mae"] is False
+    assert checks[-1].name == "rmse vs baseline (train mean)"  # the baseline stays last

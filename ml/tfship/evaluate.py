@@ -51,6 +51,30 @@ class Gates:
         0.75, "TFSHIP_MIN_CLASS_RECALL", "Every class's recall must reach this.", min=0, max=1
     )
     min_r2: float = MIN_R2.field()
+    min_auc: float | None = setting(
+        None,
+        "TFSHIP_MIN_AUC",
+        "Tables, classification: test AUC (one-vs-rest, averaged) must reach this. Default: "
+        "reported, not gated.",
+        value_type=float,
+        min=0,
+        max=1,
+    )
+    max_rmse: float | None = setting(
+        None,
+        "TFSHIP_MAX_RMSE",
+        "Tables, regression: test RMSE must stay at or under this (the target's units). "
+        "Default: reported, not gated (the baseline gate still applies).",
+        value_type=float,
+        min=0,
+    )
+    max_mae: float | None = setting(
+        None,
+        "TFSHIP_MAX_MAE",
+        "Tables, regression: test MAE must stay at or under this. Default: reported, not gated.",
+        value_type=float,
+        min=0,
+    )
     slices: tuple[str, ...] = SLICES.field()
     min_slice_rows: int = setting(
         20,

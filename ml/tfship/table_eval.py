@@ -18,6 +18,7 @@ The metric functions are plain NumPy; only :func:`evaluate_table` loads the mode
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -128,6 +129,13 @@ def table_checks(
         for name, recall, support in zip(classes, pc["recall"], pc["support"], strict=True):
             if support:
                 checks.append(Check(f"recall[{name}]", recall, ">=", gates.min_class_recall))
+        if gates.min_auc is not None:  # None (one class in the split) fails it: NaN
+            auc_ = metrics.get("auc")
+            checks.append(Check("auc", math.nan if auc_ is None else auc_, ">=", gates.min_auc))
+    else:
+        for name, limit in (("rmse", gates.max_rmse), ("mae", gates.max_mae)):
+            if limit is not None:
+                checks.append(Check(name, metrics[name], "<=", limit))
     return [*checks, baseline]
 
 
