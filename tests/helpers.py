@@ -51,6 +51,11 @@ def clean_env(**extra: str) -> dict[str, str]:
         if not k.startswith(("TFSHIP_", "DEPLOY_SERVER_", "CIRCLE_")) and k != "MODEL_NAME"
     }
     env["PYTHONUNBUFFERED"] = "1"
+    # Stage 7's p95 latency gate (250 ms) times a handful of requests; on CI's 2 shared
+    # cores with two test workers one slow request fails it (a fleet test did, at 459 ms).
+    # Tests judge routes and outcomes; latency is measured by bench/serving.py. A test that
+    # judges the gate passes --max-p95-ms (or this variable) itself.
+    env["TFSHIP_MAX_P95_MS"] = "10000"
     env.update(extra)
     return env
 

@@ -242,7 +242,12 @@ def _fleet_deploy(fleet, version, **kw):
         return fleet_deploy(
             targets,
             fleet.pkgs / str(version),
-            DeploySettings(verify=VerifySettings(latency_requests=3, wait_seconds=8)),
+            # What these tests judge is the rollout's order and its undoing, not the speed:
+            # the latency gate stays out of the way on shared CI cores (a p95 of 3 requests
+            # failed at 459 ms once); every other check applies.
+            DeploySettings(
+                verify=VerifySettings(latency_requests=3, wait_seconds=8, max_p95_ms=10_000)
+            ),
             FleetSettings(**kw),
         )
     finally:
