@@ -66,3 +66,14 @@ def test_regress_images_grpc_and_older_packages():
     assert _examples_check(client, old, 1, VerifySettings()) is None
     client.transport = "grpc"
     assert _examples_check(client, m, 1, VerifySettings()) is None
+
+
+def test_an_int_input_that_was_missing_is_left_out_for_the_graph_to_fill():
+    """A golden row's INT input that is not whole is the training mean filled in for a
+    missing value: the example omits it (the graph fills the same mean) rather than sending a
+    truncated number."""
+    client = Answers([[["<=50K", 0.9], [">50K", 0.1]], [["<=50K", 0.2], [">50K", 0.8]]])
+    golden = {"inputs": {**GOLDEN["inputs"], "age": [39.0, 41.37]}}
+    _examples_check(client, manifest(**golden), 7, VerifySettings())
+    ((_, examples, _),) = client.sent
+    assert examples[0]["age"] == 39 and "age" not in examples[1]
