@@ -1,9 +1,10 @@
 """A bucket deploy under faults (a real S3 service behind a proxy that fails chosen requests).
 
 The link dropped mid-upload, and a SIGKILL at every step of a bucket deploy (the lock, the
-upload, the hash read-back, the copy into place before and at saved_model.pb, the clean-up):
-whatever happened, nothing half-placed is ever loadable, the previous version keeps serving,
-and a re-run succeeds and leaves nothing behind.
+upload, the hash read-back, the copy into place before and at saved_model.pb, the clean-up,
+the verification, a rollback's move to .rejected/): whatever happened, nothing half-placed is
+ever loadable, the previous version keeps serving (until a whole new one is placed), and a
+re-run settles it and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -108,6 +109,23 @@ def test_the_link_dropped_mid_upload_changes_nothing_and_a_rerun_succeeds(site, 
     assert _serving(replica) == 3000 and _leftovers(bucket) == []
 
 
+def _deploy_in_background(pkg, env, pkgs) -> tuple[subprocess.Popen, list[str]]:
+    """`tfship deploy` running, its stderr lines collected as they come."""
+    import threading
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tfship", "deploy", "--package", str(pkg), *FAST],
+        cwd=pkgs,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
+    return proc, lines
+
+
 STEPS = {
     "lock": lambda m, p, h: m == "PUT" and "/.tfship-lock/" in p,
     "upload": lambda m, p, h: m == "PUT" and "/.incoming-" in p and "x-amz-copy-source" not in h,
@@ -135,15 +153,9 @@ def test_a_sigkill_at_every_step_of_a_bucket_deploy_leaves_nothing_loadable_half
         version = 3000 + i
         pkg = make_version(packaged, pkgs, version)
         proxy.rule = lambda m, p, h, matches=matches: "hold" if matches(m, p, h) else "pass"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tfship", "deploy", "--package", str(pkg), *FAST],
-            cwd=pkgs,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc, lines = _deploy_in_background(pkg, env, pkgs)
         try:
-            assert proxy.held.wait(120), f"{step}: the deploy never reached it"
+            assert proxy.held.wait(120), f"{step}: the deploy never reached it: {lines}"
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -157,23 +169,6 @@ def test_a_sigkill_at_every_step_of_a_bucket_deploy_leaves_nothing_loadable_half
         serving = version
         assert _serving(replica) == version, step
         assert _leftovers(bucket) == [], step
-
-
-def _deploy_in_background(pkg, env, pkgs) -> tuple[subprocess.Popen, list[str]]:
-    """`tfship deploy` running, its stderr lines collected as they come."""
-    import threading
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tfship", "deploy", "--package", str(pkg), *FAST],
-        cwd=pkgs,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
-    return proc, lines
 
 
 def test_a_sigkill_while_verifying_or_rolling_back_leaves_whole_versions_and_a_rerun_settles(
