@@ -1,0 +1,77 @@
+"""Image pixels on disk (tfship.rows): read a batch at a time, never all in memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import digits_arrays
+from tfship import data, rows, sources
+
+
+@pytest.fixture
+def pixels():
+    return np.random.default_rng(0).random((2500, 8, 8, 3)).astype(np.float32)
+
+
+def written(a: np.ndarray) -> rows.Rows:
+    w = rows.RowWriter(a.shape[1:], a.dtype)
+    for c in rows.chunks(a, 700):
+        w.write(c)
+    return w.rows()
+
+
+def test_rows_read_back_what_was_written_by_slice_index_and_list(pixels):
+    r = written(pixels)
+    assert r.shape == pixels.shape and len(r) == 2500 and r.dtype == np.float32
+    np.testing.assert_array_equal(r[:], pixels)
+    np.testing.assert_array_equal(r[10:20], pixels[10:20])
+    pick = np.array([0, 1, 2, 7, 2499, 1000, 1001])
+    np.testing.assert_array_equal(r[pick], pixels[pick])
+    np.testing.assert_array_equal(r[-1], pixels[-1])
+    np.testing.assert_array_equal(r.head(5)[:], pixels[:5])
+    with pytest.raises(IndexError):
+        r[[2500]]
+
+
+def test_gather_concat_and_convert_keep_rows_on_disk(pixels):
+    r = written(pixels)
+    idx = np.random.default_rng(1).permutation(2500)
+    g = rows.gather(r, idx)
+    assert rows.on_disk(g)
+    np.testing.assert_array_equal(g[:], pixels[idx])
+    c = rows.concat([r.head(100), pixels[:50]])
+    assert rows.on_disk(c)
+    np.testing.assert_array_equal(c[:], np.concatenate([pixels[:100], pixels[:50]]))
+    as_pixels = rows.convert(r, np.float32, 255.0, clip=255.0)
+    np.testing.assert_allclose(as_pixels[:], pixels * 255, rtol=1e-6)
+    # Small arrays in memory stay in memory.
+    assert not rows.on_disk(rows.gather(pixels[:100], np.arange(10)))
+
+
+def test_a_split_is_an_npz_numpy_reads_and_tfship_reads_a_batch_at_a_time(tmp_path, pixels):
+    path = tmp_path / "train.npz"
+    data.save_split(path, data.Split(written(pixels), np.arange(2500)))
+    with np.load(path) as npz:  # the format is np.savez's: anyone can read it
+        np.testing.assert_array_equal(npz["images"], pixels)
+    split = data.load_split(path)
+    assert rows.on_disk(split.images)
+    np.testing.assert_array_equal(split.images[[3, 4, 2000]], pixels[[3, 4, 2000]])
+    # The same content hashes the same on disk and in memory.
+    assert data.content_hash(split) == data.content_hash(data.Split(pixels, np.arange(2500)))
+
+
+def test_an_image_folder_is_decoded_to_disk_and_not_bounded_by_max_data_bytes(tmp_path):
+    from PIL import Image
+
+    images, labels = digits_arrays()
+    for cls in range(3):
+        (tmp_path / f"c{cls}").mkdir()
+        for i, img in enumerate(images[labels == cls][:30]):
+            Image.fromarray(img).save(tmp_path / f"c{cls}" / f"{i}.png")
+    # 90 images decode to 90 * 64 * 4 bytes; the cap is for downloads and files only.
+    raw = sources.load_source(str(tmp_path), max_bytes=1000)
+    assert rows.on_disk(raw.images) and raw.images.shape == (90, 8, 8, 1)
+    np.testing.assert_array_equal(raw.images[0][..., 0], images[labels == 0][0])
+    prepared = data.prepare(raw, data.Checks(num_classes=3))
+    assert all(rows.on_disk(s.images) for s in (prepared.train, prepared.val, prepared.test))
+    assert len(prepared.train) + len(prepared.val) + len(prepared.test) == 90
