@@ -17,6 +17,7 @@ def test_build_default_data_writes_the_documented_layout(cli, tmp_path):
     data = tmp_path / "workspace" / "data"
     assert sorted(p.name for p in data.iterdir()) == [
         "manifest.json",
+        "schema.pbtxt",
         "test.npz",
         "train.npz",
         "val.npz",

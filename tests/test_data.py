@@ -33,11 +33,18 @@ def test_prepare_splits_are_stratified_seeded_and_disjoint():
         assert counts.min() >= 20
 
 
-def test_images_are_normalised_to_unit_float32():
-    p = data.prepare(sources.load_source("digits"), data.Checks())
+def test_images_are_stored_as_pixel_values_0_to_255_whatever_the_source_scale(tmp_path):
+    p = data.prepare(sources.load_source("digits"), data.Checks())  # digits are 0..16
     assert p.train.images.dtype == np.float32
     assert p.train.images.shape[1:] == (8, 8, 1)
-    assert p.train.images.min() >= 0.0 and p.train.images.max() <= 1.0
+    assert p.train.images.min() == 0.0 and p.train.images.max() == 255.0
+    images, labels = digits_arrays()  # uint8 0..240
+    unit = write_npz(tmp_path / "unit.npz", images.astype(np.float32) / 255, labels)
+    as_bytes = write_npz(tmp_path / "bytes.npz", images, labels)
+    a = data.prepare(sources.load_source(str(unit)), data.Checks())
+    b = data.prepare(sources.load_source(str(as_bytes)), data.Checks())
+    np.testing.assert_allclose(a.train.images, b.train.images, atol=1e-4)
+    assert b.train.images.max() == images.max()  # uint8 pixels kept as they are
 
 
 def test_content_hash_is_the_same_for_npz_and_csv_of_the_same_data(tmp_path):

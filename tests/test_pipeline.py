@@ -25,8 +25,11 @@ def test_package_holds_a_servable_version_with_lineage(packaged):
         "image": {"dtype": "DT_FLOAT", "shape": [-1, 8, 8, 1]}
     }
     assert manifest["signature"]["outputs"] == {
-        "output_0": {"dtype": "DT_FLOAT", "shape": [-1, 10]}
+        "classes": {"dtype": "DT_STRING", "shape": [-1, 10]},
+        "scores": {"dtype": "DT_FLOAT", "shape": [-1, 10]},
     }
+    assert manifest["classes"] == [str(c) for c in range(10)]
+    assert manifest["input_range"] == [0.0, 255.0]
     assert manifest["code_commit"] and manifest["tf_version"].startswith("2.21")
     assert manifest["thresholds"] == {"min_accuracy": 0.9, "min_class_recall": 0.75}
     assert manifest["seeds"] == {"split": 42, "train": 42}
@@ -50,10 +53,17 @@ def test_exported_savedmodel_reproduces_the_golden_outputs(packaged):
     vdir = packaged / "store" / "digits" / "1000"
     manifest = json.loads((vdir / "assets.extra" / "tfship.json").read_text())
     fn = tf.saved_model.load(str(vdir)).signatures["serving_default"]
-    out = fn(image=tf.constant(np.asarray(manifest["golden"]["inputs"], np.float32)))
-    assert (
-        np.max(np.abs(out["output_0"].numpy() - np.asarray(manifest["golden"]["outputs"]))) <= 1e-5
-    )
+    golden = np.asarray(manifest["golden"]["inputs"], np.float32)
+    out = fn(image=tf.constant(golden))
+    assert manifest["golden"]["output_name"] == "scores"
+    assert np.max(np.abs(out["scores"].numpy() - np.asarray(manifest["golden"]["outputs"]))) <= 1e-5
+    assert out["classes"].numpy()[0].tolist() == [str(c).encode() for c in range(10)]
+    # The golden rows are raw test pixels 0-255, as a client sends them; the graph rescales.
+    assert golden.max() > 1.0 and golden.max() <= 255.0
+    # The rescaling is inside the graph: the same pixels over 255 are a (mostly) dark image,
+    # and the model's answers change.
+    dark = fn(image=tf.constant(golden / 255.0))["scores"].numpy()
+    assert np.max(np.abs(dark - out["scores"].numpy())) > 0.1
 
 
 def test_warmup_file_is_prediction_logs_for_the_serving_signature(packaged):
@@ -124,6 +134,32 @@ def test_train_with_a_user_model_function(tmp_path):
     assert r.code == 2 and "input is unnamed" in r.err_lines[-1]
     r = run_cli("train", "--model-fn", "user_models:nope", cwd=tmp_path, env=env)
     assert r.code == 2 and "has no function nope" in r.err_lines[-1]
+
+
+def test_a_user_model_gets_the_rescaling_in_front_and_a_unit_pixel_model_is_not_fine_tuned(
+    tmp_path, monkeypatch
+):
+    """--model-fn models see [0, 1] as before; the model saved (and served) takes 0-255. A
+    champion saved before that (no Rescaling) is refused, not silently fed 0-255 pixels."""
+    import keras
+    from tfship.errors import ConfigError
+    from tfship.model import RESCALING, takes_pixels
+    from tfship.train import TrainSettings, train
+
+    env = clean_env(PYTHONPATH=str(ROOT / "tests" / "fixtures"))
+    assert run_cli("build", cwd=tmp_path, env=env).code == 0
+    args = ("train", "--epochs", "1", "--model-fn", "user_models:tiny_dense")
+    assert run_cli(*args, cwd=tmp_path, env=env).code == 0
+    model = keras.models.load_model(tmp_path / "workspace" / "model" / "model.keras")
+    assert takes_pixels(model) and model.inputs[0].name == "pixels"
+    assert model.get_layer(RESCALING).scale == pytest.approx(1 / 255)
+    monkeypatch.syspath_prepend(str(ROOT / "tests" / "fixtures"))
+    import user_models
+
+    old = user_models.tiny_dense((8, 8, 1), 10)  # as tfship saved models before: no Rescaling
+    old.save(tmp_path / "old.keras")
+    with pytest.raises(ConfigError, match=r"takes pixels scaled to \[0, 1\]"):
+        train(tmp_path / "workspace", TrainSettings(epochs=1), init_model=tmp_path / "old.keras")
 
 
 def test_stages_say_which_stage_to_run_first(tmp_path):

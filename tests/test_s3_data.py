@@ -274,3 +274,30 @@ def test_a_sha256_fragment_is_split_only_in_its_exact_form():
     assert split_sha256(f"s3://b/k.csv#sha256={h.upper()}") == ("s3://b/k.csv", h)
     assert split_sha256("s3://b/k#1.csv") == ("s3://b/k#1.csv", None)
     assert split_sha256("s3://b/k.csv#sha256=abc") == ("s3://b/k.csv#sha256=abc", None)
+
+
+def test_an_image_folder_in_a_bucket_builds_as_the_folder_read_locally(weed, bucket, tmp_path):
+    """A prefix whose sub-prefixes are classes of images is an image folder, as a local one:
+    the same pixels hash the same; the sha256 is of its objects in key order, the one
+    `tfship ci watch-data` sends."""
+    from test_image_schema import write_folder
+    from tfship.sources import hash_files
+
+    root = write_folder(tmp_path / "photos", ["cat", "dog", "fox"])
+    files = sorted(root.rglob("*.png"))
+    for f in files:
+        put(weed, bucket, f"photos/{f.relative_to(root).as_posix()}", f)
+    local = build(weed, tmp_path / "local", "--data", str(root))
+    (root / "schema.pbtxt").unlink()
+    remote = build(weed, tmp_path / "remote", "--data", f"s3://{bucket}/photos/")
+    assert local.code == 0, local.err
+    assert remote.code == 0, remote.err
+    m, want = manifest(tmp_path / "remote"), manifest(tmp_path / "local")
+    assert m["data_hash"] == want["data_hash"] and m["classes"] == ["cat", "dog", "fox"]
+    assert m["origin"] == f"s3://{bucket}/photos (image folder)"
+    assert m["data_sha256"] == hash_files(files)  # objects in key order: names sort alike
+    assert list((tmp_path / "remote" / "tmp").iterdir()) == []  # the download is gone
+    # A wrong sha256 is refused, one line, nothing left.
+    bad = build(weed, tmp_path / "bad", "--data", f"s3://{bucket}/photos#sha256={'0' * 64}")
+    assert bad.code == 2 and "sha256 mismatch" in bad.err, bad.err
+    assert_clean(tmp_path / "bad")

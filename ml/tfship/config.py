@@ -19,10 +19,15 @@ MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 VAL_FRACTION = 0.15
 TEST_FRACTION = 0.15
 PIXEL_BINS = 16
+# Images are stored and served as pixel values 0-255 (a decoded PNG/JPEG's range, whatever
+# the source's: digits' 0-16 and floats' 0-1 are scaled to it at build); the model divides
+# by PIXEL_MAX inside its graph (a Rescaling layer), so clients send pixels, not [0, 1].
+PIXEL_MAX = 255.0
 
 # --- Packaging and verification. ------------------------------------------------------------
 GOLDEN_BATCH = 8
 HELD_OUT_ROWS = 10_000  # test rows a table's package carries for retrain to re-score
+HELD_OUT_IMAGE_BYTES = 64 * 1024 * 1024  # ... and an image package, at most these pixels
 # The new snapshot's test rows retrain scores champion and challenger on (the first ones of
 # test.csv, itself a random split): memory bounded however big the snapshot.
 RETRAIN_EVAL_ROWS = 100_000

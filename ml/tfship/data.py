@@ -1,6 +1,8 @@
 """Stage 1: validate the data a source gave (``tfship.sources``), split it, describe it.
 
-Pixel values are integers 0-255 or floats 0.0-1.0; they are stored as float32 in [0, 1].
+Pixel values are integers 0-255 or floats 0.0-1.0; they are stored as float32 in [0, 255],
+the range of a decoded image: that is what the served model takes (it rescales inside its
+graph, ``tfship.model``), so a client sends the pixels it has.
 Before anything is written the build checks dtype and shape, NaN/inf, pixel range, labels,
 rows per class and train/test drift; each snapshot gets a content hash (the same data has
 the same hash whatever its file format: that is how retraining knows data is new).
@@ -17,11 +19,19 @@ from pathlib import Path
 
 import numpy as np
 
-from tfship import config
+from tfship import config, rows
+from tfship import schema as sch
 from tfship.errors import DataError
 from tfship.settings import Setting, setting
-from tfship.sources import DATA, DATA_SHA256, MAX_DATA_BYTES, RawData, load_source
-from tfship.tables import TableBuild, TableSettings, build_table, is_table
+from tfship.sources import (
+    DATA,
+    DATA_SHA256,
+    MAX_DATA_BYTES,
+    RawData,
+    load_source,
+    split_sha256,
+)
+from tfship.tables import TableBuild, TableSettings, atomic_text, build_table, is_table
 from tfship.targets import SSHAccess
 from tfship.workspace import Workspace, write_json
 
@@ -71,7 +81,7 @@ class DataSettings:
 
 @dataclass
 class Split:
-    """A validated, normalised split: images float32 (N, H, W, C) in [0, 1], labels int64."""
+    """A validated, normalised split: images float32 (N, H, W, C) in [0, 255], labels int64."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -106,7 +116,7 @@ def normalise(
     scale: float | None = None,
     what: str = "images",
 ) -> Split:
-    """Check dtype, shape, finiteness, range and labels; return float32 images in [0, 1]."""
+    """Check dtype, shape, finiteness, range and labels; return float32 images in [0, 255]."""
     if images.size == 0 or labels.size == 0:
         raise DataError(f"{origin}: {what} are empty (0 rows)")
     if images.dtype.kind not in "uif":
@@ -125,7 +135,7 @@ def normalise(
             f" (labels shape {labels.shape})"
         )
     if images.dtype.kind == "f":
-        bad = int(np.count_nonzero(~np.isfinite(images)))
+        bad = sum(int(np.count_nonzero(~np.isfinite(c))) for c in rows.chunks(images))
         if bad:
             raise DataError(f"{origin}: {what} contain {bad} NaN or infinite values")
     if labels.dtype.kind == "f":
@@ -134,7 +144,8 @@ def normalise(
         if not np.all(labels == np.round(labels)):
             raise DataError(f"{origin}: labels are not whole numbers")
     labels = labels.astype(np.int64)
-    lo, hi = float(images.min()), float(images.max())
+    lo = min(float(c.min()) for c in rows.chunks(images))
+    hi = max(float(c.max()) for c in rows.chunks(images))
     if scale is None:
         scale = 255.0 if images.dtype.kind in "ui" else 1.0
     if lo < 0 or hi > scale:
@@ -149,7 +160,11 @@ def normalise(
             f" (e.g. {int(out_of_range[0])})",
             hint="fix the labels or set --num-classes",
         )
-    return Split((images / scale).astype(np.float32), labels)
+    if images.dtype == np.float32 and scale == config.PIXEL_MAX:
+        return Split(images, labels)  # already pixels 0-255 (an image folder's): no copy
+    factor = config.PIXEL_MAX / scale
+    pixels = rows.convert(images, np.float32, factor, clip=config.PIXEL_MAX)
+    return Split(pixels, labels)
 
 
 def check_classes(split: Split, origin: str, checks: Checks) -> None:
@@ -179,17 +194,22 @@ def tvd(p: np.ndarray, q: np.ndarray) -> float:
 
 def drift(a: Split, b: Split, num_classes: int) -> dict[str, float]:
     """Label and pixel-intensity distribution distance between two splits."""
-    edges = np.linspace(0.0, 1.0, config.PIXEL_BINS + 1)
+    edges = np.linspace(0.0, config.PIXEL_MAX, config.PIXEL_BINS + 1)
     return {
         "label_tvd": tvd(
             np.bincount(a.labels, minlength=num_classes).astype(float),
             np.bincount(b.labels, minlength=num_classes).astype(float),
         ),
-        "pixel_tvd": tvd(
-            np.histogram(a.images, edges)[0].astype(float),
-            np.histogram(b.images, edges)[0].astype(float),
-        ),
+        "pixel_tvd": tvd(histogram(a.images, edges), histogram(b.images, edges)),
     }
+
+
+def histogram(images: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The pixel histogram of ``images`` over ``edges``, a chunk at a time."""
+    total = np.zeros(len(edges) - 1)
+    for c in rows.chunks(images):
+        total += np.histogram(c, edges)[0]
+    return total
 
 
 def check_drift(d: dict[str, float], origin: str, checks: Checks) -> None:
@@ -219,7 +239,8 @@ def content_hash(*splits: Split) -> str:
     for s in splits:
         for arr in (s.images, s.labels):
             h.update(str(arr.shape).encode())
-            h.update(np.ascontiguousarray(arr).tobytes())
+            for c in rows.chunks(arr):
+                h.update(np.ascontiguousarray(c).tobytes())
     return "sha256:" + h.hexdigest()
 
 
@@ -240,7 +261,7 @@ def stratified_split(s: Split, fractions: tuple[float, ...], seed: int) -> list[
     for chunks in parts:
         idx = np.sort(np.concatenate(chunks)) if chunks else np.array([], dtype=np.int64)
         idx = rng.permutation(idx)
-        out.append(Split(s.images[idx], s.labels[idx]))
+        out.append(Split(rows.gather(s.images, idx), s.labels[idx]))
     return out
 
 
@@ -273,15 +294,17 @@ def prepare(raw: RawData, checks: Checks, seed: int = SEED.default) -> Prepared:
 
 
 def save_split(path: Path, s: Split) -> None:
-    """Write a split as an uncompressed NPZ (fast to read back)."""
-    np.savez(path, images=s.images, labels=s.labels)
+    """Write a split as an uncompressed NPZ (read back a batch at a time: :func:`load_split`)."""
+    rows.save_npz(path, images=s.images, labels=s.labels)
 
 
 def load_split(path: Path) -> Split:
-    """Read a split the build stage wrote."""
+    """Read a split the build stage wrote: its images as :class:`tfship.rows.Rows` (read
+    from the file as they are used, never all in memory), its labels into memory."""
     try:
+        images = rows.npz_rows(path, "images")
         with np.load(path, allow_pickle=False) as npz:
-            return Split(npz["images"], npz["labels"])
+            return Split(npz["images"] if images is None else images, npz["labels"])
     except FileNotFoundError as exc:
         raise DataError(f"{path} not found", hint="run `tfship build` first") from exc
     except (zipfile.BadZipFile, ValueError, KeyError, OSError) as exc:
@@ -342,22 +365,85 @@ def build(ws_root: Path, s: DataSettings) -> BuildResult | TableBuild:
             access=s.access,
         )
     ws = Workspace(ws_root)
+    data = s.data or DATA.default
+    schema_path = Path(s.table.schema) if s.table.schema else schema_home(data)
+    spec = read_image_schema(schema_path) if schema_path and schema_path.exists() else None
+    if s.table.schema and spec is None:
+        raise DataError(f"--schema {s.table.schema}: not found", hint="omit it to infer one")
     raw = load_source(
-        s.data or DATA.default, s.data_sha256, max_bytes=s.checks.max_bytes, access=s.access
+        data,
+        s.data_sha256,
+        max_bytes=s.checks.max_bytes,
+        access=s.access,
+        image_shape=spec.shape if spec else None,
     )
     checks = s.checks
-    if raw.class_names is not None:  # an image folder: its sub-folders are the classes
+    if spec is not None:
+        check_schema(raw, spec, str(schema_path))
+        checks = replace(checks, num_classes=spec.num_classes)
+    elif raw.class_names is not None:  # an image folder: its sub-folders are the classes
         checks = replace(checks, num_classes=len(raw.class_names))
     prepared = prepare(raw, checks, s.seed)
+    shape = tuple(int(d) for d in prepared.train.images.shape[1:])
+    inferred = spec is None
+    spec = spec or sch.ImageSpec(shape, checks.num_classes, raw.class_names)  # type: ignore[arg-type]
+    text = sch.schema_text(sch.infer_image_schema(spec, config.PIXEL_MAX))
     info = manifest(prepared, s.seed, checks)
-    if raw.class_names is not None:
-        info["classes"] = raw.class_names
+    if spec.names is not None:
+        info["classes"] = spec.names
     info["data_sha256"] = raw.sha256  # of the file read: what `ci plan` compares snapshots with
+    info["schema"] = {
+        "status": "inferred" if inferred else "checked",
+        "path": str(schema_path or ws.data / sch.SCHEMA_FILE),
+        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+    }
     with ws.stage_output("build") as out:
         for name in ("train", "val", "test"):
             save_split(out / f"{name}.npz", getattr(prepared, name))
+        (out / sch.SCHEMA_FILE).write_text(text)
         write_json(out / "manifest.json", info)
+    if inferred and schema_path is not None:
+        atomic_text(schema_path, text)  # last: only a build that passed leaves one
     return BuildResult(info)
+
+
+def schema_home(data: str) -> Path | None:
+    """Where a local image snapshot's ``schema.pbtxt`` lives, as a table's does: in the
+    folder (of snapshots, or of class sub-folders), or beside the file. None for the bundled
+    sets and remote data: the workspace keeps theirs (``data/schema.pbtxt``; pass it back
+    with --schema to check later snapshots against it)."""
+    spec, _ = split_sha256(data)
+    if spec in ("digits", "default", "fashion_mnist") or "://" in spec.removeprefix("file://"):
+        return None
+    path = Path(spec.removeprefix("file://")).expanduser()
+    if path.is_dir():
+        return path / sch.SCHEMA_FILE
+    return path.parent / sch.SCHEMA_FILE if path.is_file() else None
+
+
+def read_image_schema(path: Path) -> sch.ImageSpec:
+    """The image schema at ``path``; DataError (exit 2) naming what is wrong in it."""
+    try:
+        return sch.image_spec(sch.read_schema(path), str(path))
+    except sch.SchemaError as exc:
+        raise DataError(str(exc), hint="fix the file, or delete it to infer it again") from exc
+
+
+def check_schema(raw: RawData, spec: sch.ImageSpec, where: str) -> None:
+    """Refuse a snapshot that breaks its schema (DataError, exit 2, nothing written); an image
+    folder's labels follow the schema's class order (the model's outputs do)."""
+    shape = raw.images.shape[1:] + ((1,) if raw.images.ndim == 3 else ())
+    labels = raw.labels
+    top = int(labels.max()) if labels.size and labels.dtype.kind in "ui" else -1
+    anomalies = sch.validate_images(spec, shape, raw.class_names, top, where)
+    if anomalies:
+        more = f" (+{len(anomalies) - 3} more)" if len(anomalies) > 3 else ""
+        raise DataError(
+            f"{raw.origin} breaks {where}: " + "; ".join(str(a) for a in anomalies[:3]) + more
+        )
+    if raw.class_names is not None and spec.names is not None:
+        order = np.array([spec.names.index(n) for n in raw.class_names], dtype=np.int64)
+        raw.labels, raw.class_names = order[raw.labels], list(spec.names)
 
 
 @dataclass
@@ -386,7 +472,7 @@ def make_snapshot(
     raw = load_source(source)
     full = normalise(raw.images, raw.labels, raw.origin, Checks(), raw.scale)
     rng = np.random.default_rng(seed)
-    images, labels = full.images[..., 0], full.labels.copy()
+    images, labels = full.images[..., 0] / config.PIXEL_MAX, full.labels.copy()
     if kind == "shift":
         keep = rng.random(labels.size) < 0.9
         images, labels = images[keep], labels[keep]

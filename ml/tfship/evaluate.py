@@ -20,6 +20,7 @@ from tfship.data import load_split
 from tfship.errors import DataError, GateFailed
 from tfship.log import event, quiet_tensorflow
 from tfship.report import Check, check_table, failed, metrics_table, summary, write_junit
+from tfship.rows import chunks
 from tfship.settings import Setting, setting
 from tfship.workspace import Workspace, read_json, sha256_file, write_json
 
@@ -184,8 +185,10 @@ def predict_keras(model_path: Path, images: np.ndarray, batch_size: int = 256) -
 
     model = keras.models.load_model(model_path)
     # A single-input Keras 3 model takes the plain array (a dict keyed by the input's name
-    # makes Keras warn about the structure).
-    return np.asarray(model.predict(images, batch_size=batch_size, verbose=0))
+    # makes Keras warn about the structure). A chunk at a time: a memory-mapped split is
+    # never read into memory whole.
+    out = [np.asarray(model.predict(c, batch_size=batch_size, verbose=0)) for c in chunks(images)]
+    return np.concatenate(out) if out else np.zeros((0, model.outputs[0].shape[-1]), np.float32)
 
 
 def render_report(metrics: dict, checks: list[Check], title: str, extra: str = "") -> str:

@@ -2,7 +2,10 @@
 
 A model function takes ``(input_shape, num_classes)`` and returns a *compiled* Keras model
 whose input is named (``keras.Input(name=...)``): the name becomes the serving signature's
-input key, and an unnamed input gets a process-dependent name like ``keras_tensor_4``.
+input key, and an unnamed input gets a process-dependent name like ``keras_tensor_4``. It
+sees pixels scaled to [0, 1]: tfship puts a ``Rescaling(1/255)`` in front of it
+(:func:`on_pixels`), so the model trained, saved and served takes pixel values 0-255 and
+the preprocessing travels inside the exported graph (no training/serving skew).
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from tfship import config
 from tfship.errors import ConfigError
 
 ModelFn = Callable[[tuple[int, ...], int], keras.Model]
+RESCALING = "rescale_pixels"  # the layer that divides pixels by 255 inside the graph
 
 
 def default_model(
     input_shape: tuple[int, ...], num_classes: int, learning_rate: float
 ) -> keras.Model:
-    """A small CNN: conv blocks, then a flattened dense head with dropout.
+    """A small CNN on pixel values 0-255 (rescaled inside the graph): conv blocks, then a
+    flattened dense head with dropout.
 
     The head flattens the feature map instead of averaging it away: a digit is told apart by
     *where* its strokes are, and on 8x8 inputs global average pooling loses that (measured in
@@ -30,7 +35,8 @@ def default_model(
     16 px up) keeps the head small: 1024 features on 8x8 digits, a 2 MB package.
     """
     inputs = keras.Input(shape=input_shape, name=config.INPUT_NAME)
-    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.Rescaling(1.0 / config.PIXEL_MAX, name=RESCALING)(inputs)
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(x)
     x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(x)
     x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(x)
@@ -75,7 +81,24 @@ def build_model(
         return default_model(input_shape, num_classes, learning_rate)
     model = load_model_fn(model_fn)(tuple(input_shape), num_classes)
     check_interface(model, model_fn)
-    return model
+    return on_pixels(model)
+
+
+def on_pixels(model: keras.Model) -> keras.Model:
+    """``model`` (on [0, 1]) behind a ``Rescaling(1/255)``: one model on pixel values 0-255,
+    with the user's input name and the user's compile settings (optimizer, loss, metrics)."""
+    source = model.inputs[0]
+    inputs = keras.Input(shape=source.shape[1:], name=source.name, dtype=source.dtype)
+    x = keras.layers.Rescaling(1.0 / config.PIXEL_MAX, name=RESCALING)(inputs)
+    wrapped = keras.Model(inputs, model(x), name=f"{model.name}_on_pixels")
+    wrapped.compile_from_config(model.get_compile_config())
+    return wrapped
+
+
+def takes_pixels(model: keras.Model) -> bool:
+    """Whether ``model`` rescales pixel values 0-255 itself (every model tfship trains now);
+    False for a model packaged before, which took pixels already scaled to [0, 1]."""
+    return any(layer.name == RESCALING for layer in model.layers)
 
 
 def check_interface(model: object, origin: str) -> None:

@@ -8,10 +8,12 @@ A version folder (what TF Serving loads) looks like::
     <version>/assets.extra/tf_serving_warmup_requests  PredictionLog TFRecord, replayed on load
     <version>/assets.extra/model.keras                 for retraining
     <version>/assets.extra/test.npz                    the held-out test split (champion gate)
+    <version>/assets.extra/schema.pbtxt                the data's schema (TFDV's format)
 
-A table's version holds ``test_rows.npz`` (the first ``HELD_OUT_ROWS`` test rows, typed, and
-their labels) and ``schema.pbtxt`` instead of ``test.npz``, and a second signature,
-``classify`` or ``regress``, on serialized ``tf.Example``.
+An image model's ``serving_default`` takes pixel values 0-255 (rescaled in the graph) and
+answers ``classes`` (names) and ``scores``. A table's version holds ``test_rows.npz`` (the
+first ``HELD_OUT_ROWS`` test rows, typed, and their labels) instead of ``test.npz``, and a
+second signature, ``classify`` or ``regress``, on serialized ``tf.Example``.
 
 ``assets.extra/`` is ignored by the SavedModel loader.
 """
@@ -151,10 +153,43 @@ def write_warmup(path: Path, model_name: str, batch: dict[str, np.ndarray]) -> N
             writer.write(log.SerializeToString())
 
 
-def export_and_check(model: keras.Model, out: Path, golden: np.ndarray) -> tuple[dict, dict]:
+def image_classes(data_manifest: dict) -> list[str]:
+    """The class names an image model answers with: an image folder's sub-folder names,
+    else the labels' numbers as text ("0", "1", ...)."""
+    return data_manifest.get("classes") or [str(c) for c in range(data_manifest["num_classes"])]
+
+
+def export_image(model: keras.Model, out: Path, classes: list[str]) -> None:
+    """Export ``serving_default`` on the raw pixels (float32 0-255, named as the model's
+    input; the model rescales them in its graph), answering ``classes`` (the names, as TF
+    Serving's Classify API and the table models answer) and ``scores`` (the softmax)."""
+    tf = _tf()
+    import keras
+
+    source = model.inputs[0]
+    spec = tf.TensorSpec([None, *source.shape[1:]], tf.float32, name=source.name)
+
+    def serve(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        scores = model(pixels, training=False)
+        names = tf.tile(tf.constant([classes]), [tf.shape(scores)[0], 1])
+        return {"classes": names, "scores": scores}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(config.SIGNATURE_NAME, serve, input_signature=[spec])
+    archive.write_out(str(out), verbose=False)
+
+
+def export_and_check(
+    model: keras.Model, out: Path, golden: np.ndarray, classes: list[str]
+) -> tuple[dict, dict]:
     """Export ``model`` to ``out`` and load it afresh; fail unless it reproduces the model."""
     tf = _tf()
-    model.export(out, format="tf_saved_model", verbose=False)
+    if len(classes) != model.outputs[0].shape[-1]:
+        raise VerificationFailed(
+            f"the model gives {model.outputs[0].shape[-1]} scores for {len(classes)} classes"
+        )
+    export_image(model, out, classes)
     loaded = tf.saved_model.load(str(out))
     sig = signature_of(loaded)
     if len(sig["inputs"]) != 1:
@@ -162,7 +197,7 @@ def export_and_check(model: keras.Model, out: Path, golden: np.ndarray) -> tuple
     input_name = next(iter(sig["inputs"]))
     served = call_signature(loaded, {input_name: golden})
     expected = np.asarray(model.predict(golden, verbose=0))
-    output_name = next(iter(sig["outputs"]))
+    output_name = "scores"
     diff = float(np.max(np.abs(served[output_name] - expected)))
     if not diff <= config.EXPORT_TOLERANCE:
         raise VerificationFailed(
@@ -218,17 +253,29 @@ def package(
     model = keras.models.load_model(model_path)
     with ws.stage_output("package") as out:
         vdir = out / str(version)
-        sig, golden_doc = export_and_check(model, vdir, golden)
+        classes = image_classes(data_manifest)
+        sig, golden_doc = export_and_check(model, vdir, golden, classes)
         extra = vdir / "assets.extra"
         extra.mkdir()
         shutil.copy2(model_path, extra / "model.keras")
-        np.savez_compressed(extra / "test.npz", images=test.images, labels=test.labels)
+        # The first test rows (a random sample: the split is shuffled), at most HELD_OUT_ROWS
+        # and HELD_OUT_IMAGE_BYTES of pixels: what retrain and deploy judge the model on,
+        # whatever the data's size (a table's package carries its first HELD_OUT_ROWS).
+        row_bytes = int(np.prod(test.images.shape[1:])) * 4
+        held = slice(0, min(config.HELD_OUT_ROWS, config.HELD_OUT_IMAGE_BYTES // row_bytes))
+        np.savez_compressed(extra / "test.npz", images=test.images[held], labels=test.labels[held])
+        if (ws.data / sch.SCHEMA_FILE).exists():  # the data's schema travels with the model
+            shutil.copy2(ws.data / sch.SCHEMA_FILE, extra / sch.SCHEMA_FILE)
         write_warmup(
             extra / "tf_serving_warmup_requests", model_name, {golden_doc["input_name"]: golden}
         )
         manifest = _manifest(model_name, version, data_manifest, evaluation, train_info)
         manifest.update(
             num_classes=data_manifest["num_classes"],
+            classes=classes,
+            # what a client sends: pixel values 0-255 (the graph rescales them). A package
+            # without it took [0, 1]: retrain refuses to change that under its clients.
+            input_range=[0.0, config.PIXEL_MAX],
             metrics={
                 "accuracy": evaluation["metrics"]["accuracy"],
                 "loss": evaluation["metrics"]["loss"],

@@ -201,10 +201,7 @@ class RunResult:
                 *(
                     [f"         curl -s -d '{json.dumps(self.request)}' {url}:predict"]
                     if self.request
-                    else [
-                        '         python3 -c \'import json; print(json.dumps({"instances": '
-                        f"[[[[0.0]] * 8] * 8]}}))' | curl -s -d @- {url}:predict"
-                    ]
+                    else []
                 ),
                 f"stop:    kill {self.server['pid']}",
             ]
@@ -317,13 +314,24 @@ def run_all(s: RunSettings) -> RunResult:
 
 
 def _example_request(results: dict) -> dict | None:
-    """For a table, the first golden row as TF Serving's row format (``instances``)."""
+    """The first golden row as TF Serving's row format (``instances``): a table's named
+    features, or an image's pixel values 0-255 (a test image, which the served model should
+    name: its answer is worth reading)."""
     # the version serving: the retrain's package, unless it skipped (no new data)
     packaged = [results.get(k) or {} for k in ("retrain:package", "package")]
     last = next((p for p in packaged if p.get("path")), None)
     if last is None:
         return None
     golden = read_json(Path(last["path"]) / MANIFEST).get("golden", {})
-    if golden.get("input_name") is not None or not golden.get("inputs"):
+    if not golden.get("inputs"):
         return None
+    if golden.get("input_name") is not None:
+        return {"instances": [_round_pixels(golden["inputs"][0])]}
     return {"instances": [{k: v[0] for k, v in golden["inputs"].items()}]}
+
+
+def _round_pixels(image: list) -> list:
+    """An image's pixel values as short JSON numbers (whole where they are whole)."""
+    if isinstance(image, list):
+        return [_round_pixels(v) for v in image]
+    return int(image) if float(image).is_integer() else round(float(image), 2)

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tfship import table_retrain
+from tfship import config, table_retrain
 from tfship.data import DataSettings, Split, load_split
-from tfship.errors import DataError, GateFailed, ServingError, StoreError
+from tfship.errors import ConfigError, DataError, GateFailed, ServingError, StoreError
 from tfship.evaluate import (
     MIN_ACCURACY,
     MIN_R2,
@@ -43,12 +43,13 @@ from tfship.evaluate import (
 )
 from tfship.log import event
 from tfship.report import Check, check_table, class_names, failed, summary, write_junit
+from tfship.rows import concat, head
 from tfship.settings import setting
 from tfship.sources import DATA
 from tfship.store import MANIFEST, REJECTED, ArtifactStore
 from tfship.table_eval import requested_slices
 from tfship.targets import Fleet
-from tfship.train import TrainSettings, train
+from tfship.train import OLD_INPUT_RANGE, OLD_RANGE_HINT, TrainSettings, train
 from tfship.verify import load_test_split
 from tfship.workspace import Workspace, read_json, recover_dir, replace_dir, write_json
 
@@ -216,10 +217,14 @@ def find_champion(
             )
         return None
     pkg = fetch_champion(store, host_fetch, model, version, dest)
+    manifest = read_json(pkg / MANIFEST)
+    if manifest.get("kind") != "table" and "input_range" not in manifest:
+        raise ConfigError(
+            OLD_INPUT_RANGE.format(what=f"the champion, {model} version {version},"),
+            hint=OLD_RANGE_HINT,
+        )
     test = Split(*load_test_split(pkg))
-    champion = Champion(
-        version, read_json(pkg / MANIFEST), pkg / "assets.extra" / "model.keras", test, pkg
-    )
+    champion = Champion(version, manifest, pkg / "assets.extra" / "model.keras", test, pkg)
     event(
         "retrain",
         "champion",
@@ -251,8 +256,12 @@ def train_challenger(
 
 
 def eval_set(ws: Workspace, champion: Champion | None) -> Split:
-    """The examples both models are judged on: the new test split + the champion's test set."""
+    """The examples both models are judged on: the new test split (its first
+    ``RETRAIN_EVAL_ROWS``, a random sample: memory bounded whatever the data's size) + the
+    champion's test set."""
     new_test = load_split(ws.data / "test.npz")
+    n = config.RETRAIN_EVAL_ROWS
+    new_test = Split(head(new_test.images, n), new_test.labels[:n])
     if champion is None:
         return new_test
     if champion.test.images.shape[1:] != new_test.images.shape[1:]:
@@ -261,7 +270,7 @@ def eval_set(ws: Workspace, champion: Champion | None) -> Split:
             f"champion's {champion.test.images.shape[1:]}"
         )
     return Split(
-        np.concatenate([new_test.images, champion.test.images]),
+        concat([new_test.images, champion.test.images]),
         np.concatenate([new_test.labels, champion.test.labels]),
     )
 

@@ -58,6 +58,7 @@ _MESSAGES: dict[str, list[tuple[str, int, int, int, str]]] = {
         ("string_domain", 11, _OPT, _F.TYPE_MESSAGE, "StringDomain"),
         ("natural_language_domain", 24, _OPT, _F.TYPE_MESSAGE, "NaturalLanguageDomain"),
         ("image_domain", 25, _OPT, _F.TYPE_MESSAGE, "ImageDomain"),
+        ("shape", 23, _OPT, _F.TYPE_MESSAGE, "FixedShape"),
         ("distribution_constraints", 15, _OPT, _F.TYPE_MESSAGE, "DistributionConstraints"),
         ("drift_comparator", 21, _OPT, _F.TYPE_MESSAGE, "FeatureComparator"),
     ],
@@ -82,6 +83,8 @@ _MESSAGES: dict[str, list[tuple[str, int, int, int, str]]] = {
         ("name", 1, _OPT, _F.TYPE_STRING, ""),
         ("value", 2, _REP, _F.TYPE_STRING, ""),
     ],
+    "FixedShape": [("dim", 2, _REP, _F.TYPE_MESSAGE, "FixedShape.Dim")],
+    "FixedShape.Dim": [("size", 1, _OPT, _F.TYPE_INT64, ""), ("name", 2, _OPT, _F.TYPE_STRING, "")],
     "NaturalLanguageDomain": [("vocabulary", 1, _OPT, _F.TYPE_STRING, "")],
     "ImageDomain": [
         ("minimum_supported_image_fraction", 1, _OPT, _F.TYPE_FLOAT, ""),
@@ -97,6 +100,7 @@ _MESSAGES: dict[str, list[tuple[str, int, int, int, str]]] = {
 }
 _ONEOFS = {  # Feature's oneofs, so that a second domain in one feature is refused as upstream
     "presence_constraints": ("presence",),
+    "shape_type": ("shape",),
     "domain_info": (
         "domain",
         "int_domain",
@@ -116,8 +120,11 @@ def _build_classes() -> dict[str, type]:
     enum = fd.enum_type.add(name="FeatureType")
     for n, v in (("TYPE_UNKNOWN", 0), (BYTES, 1), (INT, 2), (FLOAT, 3), ("STRUCT", 4)):
         enum.value.add(name=n, number=v)
+    protos: dict[str, descriptor_pb2.DescriptorProto] = {}
     for msg_name, fields in _MESSAGES.items():
-        m = fd.message_type.add(name=msg_name)
+        parent, _, nested = msg_name.rpartition(".")  # "FixedShape.Dim": nested, as upstream
+        m = (protos[parent].nested_type if parent else fd.message_type).add(name=nested)
+        protos[msg_name] = m
         if msg_name == "Feature":
             for oneof in _ONEOFS:
                 m.oneof_decl.add(name=oneof)
@@ -355,6 +362,146 @@ def validate(stats: TableStats, schema: object, where: str = "schema.pbtxt") -> 
                     f"drop it from the data, {edit} to add it",
                 )
             )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Images: the pixels (FLOAT, a fixed H x W x C shape, 0-255) and the label's classes
+# --------------------------------------------------------------------------------------------
+IMAGE_FEATURE = "image"
+LABEL_FEATURE = "label"
+
+
+@dataclass
+class ImageSpec:
+    """What an image schema fixes: the pixels' shape and the classes, in label order
+    (``names``: an image folder's class names; None: labels are the integers 0..K-1)."""
+
+    shape: tuple[int, int, int]
+    num_classes: int
+    names: list[str] | None
+
+
+def _type_number(name: str) -> int:
+    return Schema.DESCRIPTOR.file.enum_types_by_name["FeatureType"].values_by_name[name].number
+
+
+def infer_image_schema(spec: ImageSpec, pixel_max: float) -> object:
+    """The schema of an image set: ``image`` (FLOAT pixels in [0, pixel_max], a fixed shape:
+    TFX's form for decoded images) and ``label`` (its class names as a string domain, or an
+    integer domain 0..K-1)."""
+    schema = Schema()
+    image = schema.feature.add(name=IMAGE_FEATURE, type=_type_number(FLOAT))
+    image.presence.min_fraction = 1.0
+    image.presence.min_count = 1
+    image.float_domain.min = 0.0
+    image.float_domain.max = pixel_max
+    image.float_domain.disallow_nan = True
+    image.float_domain.disallow_inf = True
+    for size in spec.shape:
+        image.shape.dim.add(size=size)
+    label = schema.feature.add(name=LABEL_FEATURE)
+    label.presence.min_fraction = 1.0
+    label.presence.min_count = 1
+    if spec.names is not None:
+        label.type = _type_number(BYTES)
+        label.domain = LABEL_FEATURE
+        schema.string_domain.add(name=LABEL_FEATURE, value=spec.names)
+    else:
+        label.type = _type_number(INT)
+        label.int_domain.min = 0
+        label.int_domain.max = spec.num_classes - 1
+        label.int_domain.is_categorical = True
+    return schema
+
+
+def is_image(feat: object) -> bool:
+    """An image feature: FLOAT values of a fixed (height, width, channels) shape."""
+    return feature_type(feat) == FLOAT and len(feat.shape.dim) == 3
+
+
+def image_spec(schema: object, where: str = SCHEMA_FILE) -> ImageSpec:
+    """Read an image schema's shape and classes; SchemaError if it is not one."""
+    feats = {f.name: f for f in schema.feature}
+    image, label = feats.get(IMAGE_FEATURE), feats.get(LABEL_FEATURE)
+    if image is None or not is_image(image):
+        raise SchemaError(
+            f"{where}: no {IMAGE_FEATURE!r} feature of type FLOAT with a 3-dimension shape: "
+            "not an image schema (a table's schema needs --label)"
+        )
+    if label is None:
+        raise SchemaError(f"{where}: no {LABEL_FEATURE!r} feature")
+    shape = tuple(int(d.size) for d in image.shape.dim)
+    if min(shape) < 1 or shape[2] not in (1, 3):
+        raise SchemaError(f"{where}: image shape {shape}: expected (height, width, 1 or 3)")
+    names = domain_values(schema, label)
+    if names is not None:
+        if len(set(names)) != len(names) or len(names) < 2:
+            raise SchemaError(f"{where}: label domain {names}: needs 2+ distinct class names")
+        return ImageSpec(shape, len(names), names)  # type: ignore[arg-type]
+    if not label.HasField("int_domain") or label.int_domain.min != 0:
+        raise SchemaError(f"{where}: label needs an int_domain from 0 or a string domain")
+    return ImageSpec(shape, int(label.int_domain.max) + 1, None)  # type: ignore[arg-type]
+
+
+def validate_images(
+    spec: ImageSpec, shape: tuple[int, ...], names: list[str] | None, labels_max: int, where: str
+) -> list[Anomaly]:
+    """The anomalies of an image snapshot against its schema: another image shape, class
+    folders the schema does not name (or names the data lacks), labels past the domain."""
+    out: list[Anomaly] = []
+    edit = f"or edit {where}"
+    if tuple(shape) != spec.shape:
+        out.append(
+            Anomaly(
+                IMAGE_FEATURE,
+                "UNEXPECTED_SHAPE",
+                f"images are {tuple(shape)}, the schema says {spec.shape}",
+                f"resize the images, {edit} (a new shape needs a model trained on it)",
+            )
+        )
+    if spec.names is not None and names is not None:
+        new = [n for n in names if n not in spec.names]
+        gone = [n for n in spec.names if n not in names]
+        if new:
+            out.append(
+                Anomaly(
+                    LABEL_FEATURE,
+                    "ENUM_TYPE_UNEXPECTED_STRING_VALUES",
+                    f"class folders not in the domain: {', '.join(new)}",
+                    f"remove them, {edit} to add the classes (the model's outputs change)",
+                )
+            )
+        if gone:
+            out.append(
+                Anomaly(
+                    LABEL_FEATURE,
+                    "FEATURE_TYPE_LOW_NUMBER_PRESENT",
+                    f"no folder for the classes {', '.join(gone)}",
+                    f"every class needs images; restore them, {edit} to drop the classes",
+                )
+            )
+    elif (spec.names is None) != (names is None):
+        out.append(
+            Anomaly(
+                LABEL_FEATURE,
+                "UNEXPECTED_DATA_TYPE",
+                "labels are "
+                + ("class folders" if names is not None else "integers")
+                + ", the schema's are "
+                + ("class names" if spec.names is not None else "integers"),
+                f"give the data as the first snapshot was, {edit}",
+            )
+        )
+    elif labels_max >= spec.num_classes:
+        out.append(
+            Anomaly(
+                LABEL_FEATURE,
+                "INT_TYPE_BIG_INT",
+                f"label {labels_max} is past the domain 0..{spec.num_classes - 1}",
+                f"fix the labels, {edit} (int_domain.max; the model's outputs change)",
+            )
+        )
     return out
 
 

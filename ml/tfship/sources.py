@@ -11,11 +11,12 @@ Sources (``--data``):
   ``image_dataset_from_directory`` reads them.
 
 Tables (``--label``: CSV, Parquet, TFRecord, globs of shards) are read by ``tables.py``.
-- an ``https://`` URL of an ``.npz`` or ``.csv``, with its sha256 (``#sha256=<hex>`` or
-  ``--data-sha256``).
-- ``s3://bucket/key``: an object, a prefix of snapshots (the newest by name, as a folder) or
-  a glob of shards, downloaded into a temporary folder and hashed as it streams (see
-  :func:`in_bucket`); ``#sha256=<hex>`` or ``--data-sha256`` is checked when given.
+- an ``https://`` URL of an ``.npz`` or ``.csv``, or of a ``.zip``/``.tar.gz`` of an image
+  folder, with its sha256 (``#sha256=<hex>`` or ``--data-sha256``).
+- ``s3://bucket/key``: an object, a prefix of snapshots (the newest by name, as a folder), an
+  image folder (a prefix whose sub-prefixes are the classes) or a glob of shards, downloaded
+  into a temporary folder and hashed as it streams (see :func:`in_bucket`); ``#sha256=<hex>``
+  or ``--data-sha256`` is checked when given.
 - ``ssh://user@host[:port]/path/file``: one file read over SFTP with the SSH settings of the
   deploy hosts (``--ssh-key-env``, ``--known-hosts``), bounded and hashed as it streams.
 
@@ -53,6 +54,7 @@ from tfship import s3
 from tfship.errors import DataError, MissingExtra
 from tfship.extras import INSTALL_TRAIN
 from tfship.log import quiet_tensorflow
+from tfship.rows import RowWriter
 from tfship.settings import Setting
 
 if TYPE_CHECKING:
@@ -64,8 +66,9 @@ DATA = Setting(
     "digits (bundled, offline) | fashion_mnist | breast_cancer | wine | diabetes | reviews "
     "| PATH: images .npz/.csv, tables .csv/.parquet/.tfrecord[.gz] (with --label) "
     "| FOLDER of snapshots (newest by name) or of class sub-folders of images "
-    "| 'GLOB' of shards | https://URL#sha256=HEX "
-    "| s3://BUCKET/KEY: a file, a PREFIX/ of snapshots (newest by name) or a 'GLOB' "
+    "| 'GLOB' of shards | https://URL#sha256=HEX (a file, or a .zip/.tar.gz of an image folder) "
+    "| s3://BUCKET/KEY: a file, a PREFIX/ of snapshots (newest by name) or of class "
+    "sub-prefixes of images, or a 'GLOB' "
     "| ssh://USER@HOST[:PORT]/PATH of a file. Any of them may end in #sha256=HEX (checked)",
 )
 DATA_SHA256 = Setting(
@@ -83,6 +86,7 @@ MAX_DATA_BYTES = Setting(
 
 SNAPSHOT_SUFFIXES = (".npz", ".csv", ".parquet", ".tfrecord", ".tfrecord.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")  # image_dataset_from_directory's
+GREY_MODES = ("1", "L", "I", "I;16")  # Pillow modes read as one channel
 TOO_BIG = f"split the snapshot or raise {MAX_DATA_BYTES.flag} ({MAX_DATA_BYTES.env})"
 RESAVE = "write snapshots with np.savez(path, images=..., labels=...)"
 
@@ -112,11 +116,13 @@ def load_source(
     cache_dir: Path | None = None,
     max_bytes: int = MAX_DATA_BYTES.default,
     access: SSHAccess | None = None,
+    image_shape: tuple[int, int, int] | None = None,
 ) -> RawData:
     """Resolve ``--data`` to raw arrays. Raises :class:`DataError` for anything unusable.
 
     ``max_bytes`` bounds a local file, a download, and what an ``.npz`` unpacks to.
-    ``access``: the SSH settings an ``ssh://`` source is read with.
+    ``access``: the SSH settings an ``ssh://`` source is read with. ``image_shape``: the
+    (height, width, channels) an image folder's images are resized to (the schema's).
     """
     if spec in ("digits", "default"):
         return load_digits()
@@ -125,9 +131,9 @@ def load_source(
     spec, sha256 = expected_sha256(spec, sha256)
     scheme = urlsplit(spec).scheme
     if scheme in ("http", "https"):
-        return load_url(spec, sha256, cache_dir, max_bytes)
+        return load_url(spec, sha256, cache_dir, max_bytes, image_shape)
     if s3.is_s3(spec):
-        return load_bucket(spec, sha256, cache_dir, max_bytes)
+        return load_bucket(spec, sha256, cache_dir, max_bytes, image_shape)
     if scheme == "ssh":
         with over_ssh(spec, access, cache_dir, max_bytes, sha256, (".npz", ".csv")) as got:
             raw = load_path(got, max_bytes, known_sha256=sha256)  # checked as it streamed
@@ -139,7 +145,7 @@ def load_source(
             hint="use digits, fashion_mnist, a local path, an https://, s3:// or ssh:// URL",
         )
     path = Path(spec[7:] if spec.startswith("file://") else spec).expanduser()
-    raw = load_path(path, max_bytes)
+    raw = load_path(path, max_bytes, image_shape=image_shape)
     if sha256:
         check_sha256(snapshot_path(path), sha256, got=raw.sha256)
     return raw
@@ -207,11 +213,21 @@ def image_classes(path: Path) -> list[Path] | None:
     return None
 
 
-def load_image_folder(path: Path, classes: list[Path], max_bytes: int) -> RawData:
+def load_image_folder(
+    path: Path,
+    classes: list[Path],
+    image_shape: tuple[int, int, int] | None = None,
+) -> RawData:
     """One sub-folder per class (sorted names are the classes, as Keras orders them), images
-    decoded with Pillow. Images of another size are resized (bilinear) to the most common
-    size, as ``image_dataset_from_directory`` resizes to one ``image_size``; grey images stay
-    one channel, colour ones three (RGB). Bounded by ``max_bytes`` of decoded pixels."""
+    decoded with Pillow. Images of another size are resized (bilinear) to ``image_shape``
+    (the schema's) or else the most common size, as ``image_dataset_from_directory`` resizes
+    to one ``image_size``; grey images stay one channel, colour ones three (RGB), unless
+    ``image_shape`` says which.
+
+    Streamed: a first pass reads each file's header only (size and mode), the second
+    decodes one image at a time into a temporary file of float32 pixels 0-255 (read back as
+    :class:`tfship.rows.Rows`): however many images, one is in memory at a time.
+    """
     from PIL import Image, UnidentifiedImageError  # Pillow: only image folders pay for it
 
     files = [
@@ -220,49 +236,58 @@ def load_image_folder(path: Path, classes: list[Path], max_bytes: int) -> RawDat
         for f in sorted(d.iterdir())
         if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
     ]
-    decoded, labels, total = [], [], 0
-    for i, f in files:
+
+    def opened(f: Path) -> Image.Image:
         try:
-            with Image.open(f) as im:
-                im.load()
-                decoded.append(im.convert("L" if im.mode in ("1", "L", "I", "I;16") else "RGB"))
+            return Image.open(f)
         except (UnidentifiedImageError, OSError) as exc:
             raise DataError(f"{f}: not an image Pillow can read ({exc})") from exc
-        labels.append(i)
-        total += decoded[-1].width * decoded[-1].height * len(decoded[-1].getbands())
-        if total > max_bytes:
-            raise DataError(f"{path}: images decode to more than {max_bytes} bytes", hint=TOO_BIG)
-    sizes = [im.size for im in decoded]
-    size = max(set(sizes), key=lambda sz: (sizes.count(sz), sz))
-    mode = "RGB" if any(im.mode == "RGB" for im in decoded) else "L"
-    images = np.stack(
-        [
-            np.asarray(
-                (im if im.size == size else im.resize(size, Image.Resampling.BILINEAR)).convert(
-                    mode
-                )
-            )
-            for im in decoded
-        ]
-    )
+
+    if image_shape is None:
+        sizes: dict[tuple[int, int], int] = {}
+        colour = False
+        for _, f in files:  # headers only: Pillow decodes on load()
+            with opened(f) as im:
+                sizes[im.size] = sizes.get(im.size, 0) + 1
+                colour = colour or im.mode not in GREY_MODES
+        size = max(sizes, key=lambda sz: (sizes[sz], sz))
+        image_shape = (size[1], size[0], 3 if colour else 1)  # Pillow's size is (width, height)
+    height, width, channels = image_shape
+    mode = "RGB" if channels == 3 else "L"
+    out = RowWriter((height, width, channels), np.float32)
+    for _, f in files:
+        with opened(f) as im:
+            try:
+                im.load()
+                im = im.convert("L" if im.mode in GREY_MODES else "RGB").convert(mode)
+            except OSError as exc:
+                raise DataError(f"{f}: not an image Pillow can read ({exc})") from exc
+            if im.size != (width, height):
+                im = im.resize((width, height), Image.Resampling.BILINEAR)
+            out.write(np.asarray(im, dtype=np.float32).reshape(1, height, width, channels))
     return RawData(
-        images=images,
-        labels=np.asarray(labels, dtype=np.int64),
+        images=out.rows(),
+        labels=np.asarray([i for i, _ in files], dtype=np.int64),
         origin=f"{path} (image folder)",
+        scale=255.0,
         class_names=[d.name for d in classes],
     )
 
 
 def load_path(
-    path: Path, max_bytes: int = MAX_DATA_BYTES.default, known_sha256: str | None = None
+    path: Path,
+    max_bytes: int = MAX_DATA_BYTES.default,
+    known_sha256: str | None = None,
+    image_shape: tuple[int, int, int] | None = None,
 ) -> RawData:
     """Load a local ``.npz`` or ``.csv`` file, or the newest snapshot in a folder.
-    ``known_sha256``: the file's sha256, already checked (a download's), not computed again."""
+    ``known_sha256``: the file's sha256, already checked (a download's), not computed again.
+    ``image_shape``: what an image folder's images are resized to."""
     if not path.exists():
         raise DataError(f"{path}: no such file or folder", hint="check --data")
     classes = image_classes(path)
     if classes is not None:
-        return load_image_folder(path, classes, max_bytes)
+        return load_image_folder(path, classes, image_shape)
     path = snapshot_path(path)
     size = path.stat().st_size
     if size == 0:
@@ -392,13 +417,70 @@ def load_url(
     sha256: str | None,
     cache_dir: Path | None = None,
     max_bytes: int = MAX_DATA_BYTES.default,
+    image_shape: tuple[int, int, int] | None = None,
 ) -> RawData:
-    """Download an ``.npz``/``.csv`` over HTTP(S), check its size and sha256, then load it."""
-    with downloaded(url, sha256, cache_dir, max_bytes, (".npz", ".csv")) as target:
+    """Download an ``.npz``/``.csv``, or a ``.zip``/``.tar.gz`` of an image folder, over
+    HTTP(S), check its size and sha256, then load it."""
+    suffixes = (".npz", ".csv", *ARCHIVE_SUFFIXES)
+    with downloaded(url, sha256, cache_dir, max_bytes, suffixes) as target:
         # ``downloaded`` checked the bytes against ``sha256`` as they streamed in
-        raw = load_path(target, max_bytes, known_sha256=sha256)
+        if target.name.endswith(ARCHIVE_SUFFIXES):
+            folder = extract_image_folder(target, target.parent / "unpacked", max_bytes)
+            raw = load_image_folder(folder, image_classes(folder) or [], image_shape)
+            raw.sha256 = hash_files([target])
+        else:
+            raw = load_path(target, max_bytes, known_sha256=sha256)
         raw.origin = shown_url(url)
         return raw
+
+
+ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")  # an image folder, packed
+
+
+def extract_image_folder(archive: Path, dest: Path, max_bytes: int) -> Path:
+    """Unpack a ``.zip`` or ``.tar.gz`` of an image folder into ``dest`` and return the
+    folder whose sub-folders are the classes (``dest`` itself, or the one folder the archive
+    holds). Members that would leave ``dest`` (absolute, ``..``), links and devices are
+    refused; more than ``max_bytes`` unpacked is refused before it is written."""
+    import tarfile
+
+    shown = archive.name
+    dest.mkdir()
+    if archive.name.endswith(".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            members = zf.infolist()
+            if sum(m.file_size for m in members) > max_bytes:
+                raise DataError(f"{shown}: unpacks to more than {max_bytes} bytes", hint=TOO_BIG)
+            for m in members:
+                _check_member(shown, m.filename, stat.S_ISLNK(m.external_attr >> 16))
+            zf.extractall(dest)
+    else:
+        try:
+            with tarfile.open(archive, "r:gz") as tf:
+                members = tf.getmembers()
+                if sum(m.size for m in members if m.isfile()) > max_bytes:
+                    raise DataError(
+                        f"{shown}: unpacks to more than {max_bytes} bytes", hint=TOO_BIG
+                    )
+                for m in members:
+                    _check_member(shown, m.name, not (m.isfile() or m.isdir()))
+                tf.extractall(dest, filter="data")
+        except tarfile.TarError as exc:
+            raise DataError(f"{shown}: not a .tar.gz archive ({exc})") from exc
+    inside = [p for p in dest.iterdir() if not p.name.startswith(".")]
+    folder = inside[0] if len(inside) == 1 and image_classes(dest) is None else dest
+    if image_classes(folder) is None:
+        raise DataError(
+            f"{shown}: no image folder inside (one sub-folder of images per class)",
+            hint="pack the folder whose sub-folders are the classes",
+        )
+    return folder
+
+
+def _check_member(archive: str, name: str, special: bool) -> None:
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or ".." in parts or special:
+        raise DataError(f"{archive}: member {name!r} is a link, a device or leaves the folder")
 
 
 @contextmanager
@@ -468,9 +550,7 @@ def downloaded(
         check_sha256(target, expected, name=shown, got=digest.hexdigest())
         yield target
     finally:
-        for p in tmpdir.glob("*"):
-            p.unlink()
-        tmpdir.rmdir()
+        shutil.rmtree(tmpdir, ignore_errors=True)  # an archive's unpacked folder too
 
 
 def shown_url(url: str) -> str:
@@ -542,6 +622,7 @@ class BucketSnapshot:
     objects: tuple[dict, ...]  # Key, Size, ETag: as the listing (or a HEAD) gave them
     uri: str  # what `tfship build --data` takes to read exactly these objects again
     home: str  # the key prefix the snapshot sits in: its schema.pbtxt lives there
+    image_folder: bool = False  # objects are home/<class>/<image>: an image folder
 
     @property
     def bucket(self) -> str:
@@ -770,18 +851,56 @@ def bucket_snapshot(spec: str, suffixes: tuple[str, ...], shards: bool) -> Bucke
     return snap
 
 
-def load_bucket(spec: str, sha256: str | None, cache_dir: Path | None, max_bytes: int) -> RawData:
-    """An ``.npz``/``.csv`` of images in a bucket (an object, or a prefix's newest one),
-    downloaded and hashed as it streams, then read as a local file. ``origin`` is the
-    s3:// URI of the object read."""
+def load_bucket(
+    spec: str,
+    sha256: str | None,
+    cache_dir: Path | None,
+    max_bytes: int,
+    image_shape: tuple[int, int, int] | None = None,
+) -> RawData:
+    """An ``.npz``/``.csv`` of images in a bucket (an object, or a prefix's newest one), or
+    an image folder (a prefix whose sub-prefixes are the classes), downloaded and hashed as
+    it streams, then read as a local one. ``origin`` is the s3:// URI read."""
     spec, fragment = split_sha256(spec)
-    snap = bucket_snapshot(spec, SNAPSHOT_SUFFIXES, shards=False)
+    snap = image_folder_in_bucket(spec) or bucket_snapshot(spec, SNAPSHOT_SUFFIXES, shards=False)
+    if snap.image_folder:
+        with in_bucket(snap, cache_dir, max_bytes, fragment or sha256) as got:
+            folder = got.root.joinpath(*s3.S3Uri.parse(snap.uri).key.split("/"))
+            raw = load_image_folder(folder, image_classes(folder) or [], image_shape)
+        raw.origin, raw.sha256 = f"{snap.uri} (image folder)", got.sha256
+        return raw
     if len(snap.objects) != 1:
         raise DataError(f"--data {spec}: images come as one .npz or .csv, not shards")
     with in_bucket(snap, cache_dir, max_bytes, fragment or sha256) as got:
         raw = load_path(got.paths[0], max_bytes)
     raw.origin, raw.sha256 = snap.uri, got.sha256
     return raw
+
+
+def image_folder_in_bucket(spec: str) -> BucketSnapshot | None:
+    """``s3://bucket/prefix/`` as an image folder: every entry under it is a sub-prefix (a
+    class) of image objects (``prefix/cat/001.png``), none a data file. None otherwise.
+    Its objects in key order are the snapshot (hashed as they download)."""
+    uri = s3.S3Uri.parse(spec)
+    if not uri.key or uri.key.endswith(SNAPSHOT_SUFFIXES) or any(c in uri.key for c in GLOB_CHARS):
+        return None
+    host = s3.S3Host(uri.bucket)
+    base, objects = f"{uri.key}/", []
+    for o in host.keys(uri.key):
+        name, sep, rest = o["Key"][len(base) :].partition("/")
+        if not name or name.startswith(".") or (sep and rest.startswith(".")):
+            continue  # hidden: tfship's .dir markers, a schema's temporary copy
+        if not sep:
+            if name == "schema.pbtxt":
+                continue
+            return None  # a file beside the classes: a folder of snapshots, not of images
+        if "/" in rest or not rest.lower().endswith(IMAGE_SUFFIXES):
+            return None
+        objects.append(o)
+    if not objects:
+        return None
+    objects.sort(key=lambda o: o["Key"])
+    return BucketSnapshot(host, tuple(objects), str(uri), uri.key, image_folder=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -396,7 +396,8 @@ def _one_format(files: list[Path], shown: str) -> list[Path]:
     return files
 
 
-def _atomic_text(path: Path, text: str) -> None:
+def atomic_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a temporary file, then a rename)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
@@ -571,7 +572,7 @@ def build_table(
             }
             write_json(out / "manifest.json", info)
         if status == "inferred" and schema_path is not None:
-            _atomic_text(schema_path, text)  # last: only a build that passed leaves one
+            atomic_text(schema_path, text)  # last: only a build that passed leaves one
     return TableBuild(info)
 
 

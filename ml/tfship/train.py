@@ -16,9 +16,12 @@ import json
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from tfship import distribute
 from tfship import schema as sch
@@ -36,6 +39,18 @@ if TYPE_CHECKING:
 
 EPOCHS = Setting(
     40, "TFSHIP_EPOCHS", "Upper bound; early stopping on val loss usually ends sooner.", min=1
+)
+
+
+# A model packaged before images were served as pixel values 0-255 took [0, 1]: a challenger
+# fine-tuned from it would change what every client must send, so retrain refuses.
+OLD_INPUT_RANGE = (
+    "{what} takes pixels scaled to [0, 1]; tfship's image models now take pixel values 0-255 "
+    "and rescale them in their graph: a retrained model would change what clients send"
+)
+OLD_RANGE_HINT = (
+    "deploy a model trained by this tfship first (tfship run, or build/train/test/package/"
+    "deploy), and tell clients to send pixels 0-255; then retrain"
 )
 
 
@@ -102,16 +117,35 @@ def fit(
 ) -> dict[str, list[float]]:
     """Fit with early stopping on validation loss (best weights restored)."""
     quiet_tensorflow()
+    train_ds = image_dataset(train, s.batch_size, s.seed)
+    return fit_datasets(model, train_ds, image_dataset(val, s.batch_size), s, stage)
+
+
+def image_dataset(split: Split, batch_size: int, seed: int | None = None) -> tf.data.Dataset:
+    """A tf.data pipeline of (pixels, label) batches read from ``split``'s arrays a batch at a
+    time: the build's memory-mapped ``.npz`` is never all in memory (``from_tensor_slices``
+    would copy it into one tensor). ``seed``: shuffled, a new seeded order every epoch."""
     import tensorflow as tf
 
-    def pipe(split: Split, shuffle: bool) -> tf.data.Dataset:
-        """A tf.data pipeline over an in-memory split (plain tensors: one named input)."""
-        ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
-        if shuffle:
-            ds = ds.shuffle(len(split), seed=s.seed, reshuffle_each_iteration=True)
-        return ds.batch(s.batch_size).prefetch(tf.data.AUTOTUNE)
+    images, labels = split.images, split.labels
+    rng = np.random.default_rng(seed) if seed is not None else None
 
-    return fit_datasets(model, pipe(train, True), pipe(val, False), s, stage)
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        order = rng.permutation(len(labels)) if rng is not None else None
+        for start in range(0, len(labels), batch_size):
+            rows = slice(start, start + batch_size)
+            idx = rows if order is None else np.sort(order[rows])  # sorted: forward reads
+            yield np.asarray(images[idx]), labels[idx]
+
+    spec = (
+        tf.TensorSpec((None, *images.shape[1:]), tf.float32),
+        tf.TensorSpec((None,), tf.int64),
+    )
+    ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
+    # A generator's length is unknown to tf.data; told, Keras counts steps as for arrays.
+    steps = -(-len(labels) // batch_size)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def fit_datasets(
@@ -259,7 +293,7 @@ def train(
     import keras
     import tensorflow as tf
 
-    from tfship.model import build_model, check_interface
+    from tfship.model import build_model, check_interface, takes_pixels
 
     # Before any other TF op. Images too: MirroredStrategy over the GPUs when there are any
     # (one process: a multi-worker TF_CONFIG was refused above), TF's default otherwise.
@@ -276,6 +310,8 @@ def train(
         if init_model is not None:
             model = keras.models.load_model(init_model)
             check_interface(model, str(init_model))
+            if not takes_pixels(model):
+                raise ConfigError(OLD_INPUT_RANGE.format(what=init_model), hint=OLD_RANGE_HINT)
             model.optimizer.learning_rate.assign(s.learning_rate)
         else:
             model = build_model(shape, num_classes, s.model_fn, s.learning_rate)

@@ -2,8 +2,8 @@
 
 Layout (default ``./workspace``; CircleCI persists it between jobs)::
 
-    data/       build    train.npz val.npz test.npz manifest.json (a table: train.csv val.csv
-                         test.csv schema.pbtxt stats.json)
+    data/       build    train.npz val.npz test.npz schema.pbtxt manifest.json (a table:
+                         train.csv val.csv test.csv schema.pbtxt stats.json)
     model/      train    model.keras history.json history.png train.json
     eval/       test     metrics.json junit.xml report.md confusion_matrix.png (a table:
                          roc.png calibration.png, or residuals.png predicted_vs_actual.png)

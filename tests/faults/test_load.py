@@ -64,7 +64,7 @@ def test_sixty_seconds_of_load_with_a_deploy_every_ten_seconds(packaged, tmp_pat
         while not stop.is_set():
             try:
                 r = s.post(f"{served.rest}/v1/models/digits:predict", json=body, timeout=10)
-                if r.status_code != 200 or len(r.json()["predictions"][0]) != 10:
+                if r.status_code != 200 or len(r.json()["predictions"][0]["scores"]) != 10:
                     failures.append(f"REST {r.status_code} {r.text[:100]}")
             except requests.RequestException as exc:
                 failures.append(f"REST {type(exc).__name__}")

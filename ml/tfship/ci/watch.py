@@ -42,6 +42,7 @@ from tfship.sources import (
     find_in_bucket,
     hash_files,
     hash_in_bucket,
+    image_folder_in_bucket,
     newest_in_folder,
     split_sha256,
 )
@@ -135,8 +136,9 @@ def _checked(snap: Snapshot | None, given: str | None) -> Snapshot | None:
 
 def _newest_in_bucket(source: str, hashed: Mapping[str, str]) -> Snapshot | None:
     """The newest snapshot below an s3:// prefix, resolved as ``tfship build --data`` resolves
-    it (a file, or a sub-folder of shards: then its URI is the glob of those shards), with
-    the sha256 of its content.
+    it (a file, or a sub-folder of shards: then its URI is the glob of those shards; or the
+    prefix itself when it is an image folder, its classes as sub-prefixes), with the sha256
+    of its content.
 
     Whether a snapshot is new is decided by its identity: the key, size and ETag of each
     object, which the listing gives for free. Its sha256 needs the bytes, so it is computed
@@ -146,7 +148,7 @@ def _newest_in_bucket(source: str, hashed: Mapping[str, str]) -> Snapshot | None
     sha256, not the ETag: an ETag is no content hash (multipart uploads), and the build checks
     the bytes it reads against the sha256 it was sent. Content re-uploaded under a new key
     hashes the same and is not triggered again."""
-    snap = find_in_bucket(source)
+    snap = image_folder_in_bucket(source) or find_in_bucket(source)  # as `tfship build`
     if snap is None:
         return None
     sha = hashed.get(snap.identity) or hash_in_bucket(snap)
