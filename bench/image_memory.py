@@ -9,13 +9,16 @@ each run as their own process; the figure for a stage is that process's peak RSS
 size, a growth from the small folder to the large one under 200 MB for each stage.
 
 What it shows: images are decoded one at a time to disk and read back a batch at a time
-(``tfship.rows``); before, a folder was decoded into memory whole (and bounded by
-``--max-data-bytes``), so the peak grew with the decoded pixels (listed per size).
+(``tfship.rows``). ``--before REV`` (default 6ace553, the last commit that decoded a folder
+into memory whole) runs the same two stages of that commit's code side by side, in the same
+run, on the same folders (its source checked out to a temporary folder, put first on
+PYTHONPATH), for the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import save  # noqa: E402
-from table_memory import MIB, TFSHIP, peak, tensorflow_floor  # noqa: E402
+from _common import ROOT, save  # noqa: E402
+from table_memory import MIB, peak, tensorflow_floor  # noqa: E402
 
 SIDE = 64
 CLASSES = ("red", "green", "blue", "grey")
@@ -51,7 +54,36 @@ def write_folder(root: Path, images: int, seed: int = 0) -> int:
     return sum(p.stat().st_size for p in root.rglob("*.png"))
 
 
-def measure(images: int, batch_size: int, tmp: Path) -> dict:
+def tfship(src: Path | None) -> list[str]:
+    """The command that runs tfship: this checkout's, or the source at ``src``."""
+    python = str(ROOT / ".venv" / "bin" / "python")
+    return (
+        ["env", f"PYTHONPATH={src / 'ml'}", python, "-m", "tfship"]
+        if src
+        else [python, "-m", "tfship"]
+    )
+
+
+def stages(folder: Path, batch_size: int, src: Path | None, tag: str) -> dict:
+    """build then train (one epoch) of ``src``'s tfship on ``folder/photos``: peaks, times."""
+    ws = ["--workspace", str(folder / f"ws-{tag}")]
+    cap = ["--max-data-bytes", str(1 << 40)] if src else []  # the old code capped pixels
+    build = [*tfship(src), "build", *ws, "--data", str(folder / "photos"), *cap]
+    build_mib, build_s, _ = peak(build, folder, folder / f"build-{tag}.log")
+    print(f"  {tag} build: peak {build_mib:.0f} MiB, {build_s:.0f} s", flush=True)
+    train = [*tfship(src), "train", *ws, "--epochs", "1", "--batch-size", str(batch_size)]
+    train_mib, train_s, _ = peak(train, folder, folder / f"train-{tag}.log")
+    print(f"  {tag} train: peak {train_mib:.0f} MiB, {train_s:.0f} s", flush=True)
+    (folder / "photos" / "schema.pbtxt").unlink(missing_ok=True)  # each run infers its own
+    return {
+        "build_peak_mib": round(build_mib, 1),
+        "build_s": round(build_s, 1),
+        "train_peak_mib": round(train_mib, 1),
+        "train_s": round(train_s, 1),
+    }
+
+
+def measure(images: int, batch_size: int, tmp: Path, before: Path | None) -> dict:
     folder = tmp / f"{images}"
     t = time.perf_counter()
     nbytes = write_folder(folder / "photos", images)
@@ -61,34 +93,35 @@ def measure(images: int, batch_size: int, tmp: Path) -> dict:
         f"{time.perf_counter() - t:.0f} s",
         flush=True,
     )
-    ws = ["--workspace", str(folder / "ws")]
-    build = [str(TFSHIP), "build", *ws, "--data", str(folder / "photos")]
-    build_mib, build_s, _ = peak(build, folder, folder / "build.log")
-    print(f"  build: peak {build_mib:.0f} MiB, {build_s:.0f} s", flush=True)
-    train = [str(TFSHIP), "train", *ws, "--epochs", "1", "--batch-size", str(batch_size)]
-    train_mib, train_s, _ = peak(train, folder, folder / "train.log")
-    print(f"  train: peak {train_mib:.0f} MiB, {train_s:.0f} s", flush=True)
-    return {
-        "images": images,
-        "png_mib": round(nbytes / MIB, 1),
-        "decoded_mib": round(decoded, 1),
-        "build_peak_mib": round(build_mib, 1),
-        "build_s": round(build_s, 1),
-        "train_peak_mib": round(train_mib, 1),
-        "train_s": round(train_s, 1),
-    }
+    now = stages(folder, batch_size, None, "now")
+    out = {"images": images, "png_mib": round(nbytes / MIB, 1), "decoded_mib": round(decoded, 1)}
+    out.update(now)
+    if before is not None:
+        out["before"] = stages(folder, batch_size, before, "before")
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1000,16000", help="images, small,large")
     parser.add_argument("--batch-size", type=int, default=64, help="tfship train --batch-size")
+    parser.add_argument("--before", default="6ace553", help="commit to compare with ('' for none)")
     parser.add_argument("--no-save", action="store_true", help="print only (for a trial run)")
     args = parser.parse_args()
     small, large = (int(s) for s in args.sizes.split(","))
     with tempfile.TemporaryDirectory(prefix="tfship-bench-img-", dir="/tmp") as tmp:
         floor_mib = tensorflow_floor(Path(tmp))
-        runs = [measure(n, args.batch_size, Path(tmp)) for n in (small, large)]
+        before = None
+        if args.before:
+            before = Path(tmp) / "before"
+            before.mkdir()
+            archive = subprocess.run(
+                ["git", "-C", str(ROOT), "archive", args.before, "ml"],
+                check=True,
+                capture_output=True,
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
+        runs = [measure(n, args.batch_size, Path(tmp), before) for n in (small, large)]
     a, b = runs
     growth = {
         stage: round((b[f"{stage}_peak_mib"] - a[f"{stage}_peak_mib"]) * MIB / 1e6, 1)
@@ -104,33 +137,61 @@ def main() -> None:
         "goal_met": met,
         "tensorflow_import_peak_mib": round(floor_mib, 1),
     }
-    table = "\n".join(
-        f"| {r['images']:,} | {r['png_mib']:.0f} MiB | {r['decoded_mib']:.0f} MiB "
-        f"| {r['build_peak_mib']:.0f} MiB | {r['build_s']:.0f} s "
-        f"| {r['train_peak_mib']:.0f} MiB | {r['train_s']:.0f} s |"
-        for r in runs
-    )
+
+    def row(r: dict, code: str, m: dict) -> str:
+        return (
+            f"| {r['images']:,} | {r['png_mib']:.0f} MiB | {r['decoded_mib']:.0f} MiB | {code} "
+            f"| {m['build_peak_mib']:.0f} MiB | {m['build_s']:.0f} s "
+            f"| {m['train_peak_mib']:.0f} MiB | {m['train_s']:.0f} s |"
+        )
+
+    lines = []
+    for r in runs:
+        if "before" in r:
+            lines.append(row(r, f"before ({args.before})", r["before"]))
+        lines.append(row(r, "now", r))
+    table = "\n".join(lines)
+    ratios = ""
+    if "before" in b:
+        old_growth = {
+            stage: round(
+                (b["before"][f"{stage}_peak_mib"] - a["before"][f"{stage}_peak_mib"]) * MIB / 1e6, 1
+            )
+            for stage in ("build", "train")
+        }
+        ratio = {
+            stage: round(b[f"{stage}_peak_mib"] / b["before"][f"{stage}_peak_mib"], 3)
+            for stage in ("build", "train")
+        }
+        figures.update(growth_mb_before=old_growth, large_peak_ratio_now_vs_before=ratio)
+        ratios = (
+            f"\nSide by side in this run, the code before ({args.before}, a folder decoded "
+            f"whole into memory) grew build {old_growth['build']:+.0f} MB and train "
+            f"{old_growth['train']:+.0f} MB over the same two folders; on {large:,} images "
+            f"the peaks now are {ratio['build']:.2f}x (build) and {ratio['train']:.2f}x (train) "
+            "of its.\n"
+        )
     md = f"""## Image memory (image folder, {small:,} vs {large:,} images of {SIDE}x{SIDE} RGB)
 
 Peak RSS of `tfship build --data FOLDER` and of `tfship train --epochs 1 --batch-size
 {args.batch_size}`, each its own process, on two image folders (4 classes, PNGs from one
 seeded generator). "Decoded" is the float32 pixels the stages handle.
 
-| images | PNG | decoded | build peak | build time | train peak | train time |
-|---|---|---|---|---|---|---|
+| images | PNG | decoded | code | build peak | build time | train peak | train time |
+|---|---|---|---|---|---|---|---|
 {table}
 
 **Growth from {small:,} to {large:,} images: build {growth["build"]:+.0f} MB, train
 {growth["train"]:+.0f} MB** (goal: under {GOAL_GROWTH_MB} MB each, memory independent of the
 data's size): **{"met" if met else "not met"}**.
-
+{ratios}
 How: build reads each PNG's header, then decodes one image at a time into a temporary
-file, and writes the splits from it a chunk of 1,024 rows at a time (`tfship.rows`); train
+file, and writes the splits from it 16 MiB of pixels at a time (`tfship.rows`); train
 reads the split's `.npz` a batch at a time with `pread` (a `tf.data` generator), never
 memory-mapping it (mapped pages would count in RSS). Importing TensorFlow and Keras alone
-peaks at {floor_mib:.0f} MiB. Before this, a folder was decoded whole into memory (and
-refused past `--max-data-bytes`, 512 MiB of pixels): its peak grew with the decoded column.
-Times are for context only.
+peaks at {floor_mib:.0f} MiB. Before, a folder was decoded whole into memory (and refused
+past `--max-data-bytes`, 512 MiB of decoded pixels; the bench lifts that cap for the old
+code). Times are for context only.
 """
     print(md)
     if not args.no_save:

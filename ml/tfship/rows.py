@@ -19,7 +19,7 @@ from typing import IO
 
 import numpy as np
 
-CHUNK_ROWS = 1024  # rows read or written at a time
+CHUNK_BYTES = 16 * 1024 * 1024  # read or written at a time (at least one row)
 IN_MEMORY_BYTES = 64 * 1024 * 1024  # a result bigger than this goes to disk
 
 
@@ -109,8 +109,15 @@ def on_disk(rows: object) -> bool:
     return isinstance(rows, Rows)
 
 
-def chunks(rows: np.ndarray | Rows, size: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
-    """``rows`` ``size`` at a time, each chunk a NumPy array."""
+def chunk_rows(rows: np.ndarray | Rows) -> int:
+    """How many of ``rows`` make a chunk: CHUNK_BYTES of them, at least one."""
+    row_bytes = int(np.prod(rows.shape[1:], dtype=np.int64)) * rows.dtype.itemsize
+    return max(1, CHUNK_BYTES // max(row_bytes, 1))
+
+
+def chunks(rows: np.ndarray | Rows, size: int | None = None) -> Iterator[np.ndarray]:
+    """``rows`` ``size`` (default: CHUNK_BYTES' worth) at a time, each a NumPy array."""
+    size = size or chunk_rows(rows)
     for start in range(0, len(rows), size):
         yield np.asarray(rows[start : start + size])
 
@@ -139,7 +146,8 @@ def _fill(sink: np.ndarray | RowWriter, blocks: Iterator[np.ndarray]) -> np.ndar
 
 def gather(rows: np.ndarray | Rows, idx: np.ndarray) -> np.ndarray | Rows:
     """``rows[idx]``, a chunk at a time (on disk if ``rows`` are, or if big)."""
-    blocks = (np.asarray(rows[idx[i : i + CHUNK_ROWS]]) for i in range(0, len(idx), CHUNK_ROWS))
+    n = chunk_rows(rows)
+    blocks = (np.asarray(rows[idx[i : i + n]]) for i in range(0, len(idx), n))
     return _fill(_sink(len(idx), rows, rows.dtype), blocks)
 
 
