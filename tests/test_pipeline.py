@@ -167,3 +167,24 @@ def test_stages_say_which_stage_to_run_first(tmp_path):
     assert r.code == 2
     assert "run `tfship build` first" in r.err_lines[-1]
     assert not Path(tmp_path / "workspace" / "model").exists()
+
+
+def test_retrain_refuses_a_champion_packaged_for_unit_pixels(packaged, tmp_path):
+    """A champion whose manifest has no input_range took pixels in [0, 1]: retrain says so
+    before training a challenger that would take 0-255 under the same clients."""
+    from tfship.errors import ConfigError
+    from tfship.retrain import find_champion
+    from tfship.store import open_store
+
+    root = tmp_path / "store"
+    shutil.copytree(packaged / "store", root)
+    manifest_path = root / "digits" / "1000" / "assets.extra" / "tfship.json"
+    old = json.loads(manifest_path.read_text())
+    assert old.pop("input_range") == [0.0, 255.0]
+    manifest_path.write_text(json.dumps(old))
+    store = open_store(root)
+    with pytest.raises(ConfigError, match="the champion, digits version 1000, takes pixels"):
+        find_champion(lambda: 1000, "url", store, None, "digits", False, tmp_path / "got")
+    manifest_path.write_text(json.dumps({**old, "input_range": [0.0, 255.0]}))
+    got = find_champion(lambda: 1000, "url", store, None, "digits", False, tmp_path / "got2")
+    assert got is not None and got.version == 1000

@@ -8,6 +8,7 @@ import hashlib
 import json
 import shutil
 import struct
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -211,6 +212,14 @@ def test_an_image_folder_builds_with_its_class_names(cli, tmp_path):
     doc = json.loads(r.out)
     assert doc["results"]["test-deployed"]["passed"], doc["results"]["test-deployed"]
     assert doc["results"]["deploy"]["state"] == "deployed"
+    # The served model answers with the folder names, and takes raw pixels: the example
+    # request `tfship run` prints is a real test image, 0-255.
+    version = Path(doc["results"]["package"]["path"])
+    served = json.loads((version / "assets.extra" / "tfship.json").read_text())
+    assert served["classes"] == sorted(names)
+    assert served["signature"]["outputs"]["classes"] == {"dtype": "DT_STRING", "shape": [-1, 3]}
+    image = np.asarray(doc["request"]["instances"][0], dtype=float)
+    assert image.shape == (8, 8, 1) and 1 < image.max() <= 255
 
 
 def test_a_table_format_without_label_is_told_to_name_one(cli, tmp_path):
