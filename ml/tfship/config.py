@@ -11,7 +11,6 @@ import re
 
 # --- The model's interface: one place for the input name and signature. -------------------
 INPUT_NAME = "image"
-OUTPUT_NAME = "output_0"  # Keras 3 export names a single output `output_0`.
 SIGNATURE_NAME = "serving_default"
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

@@ -98,7 +98,7 @@ class RawData:
     images: np.ndarray
     labels: np.ndarray
     origin: str
-    scale: float | None = None  # known divisor to reach [0, 1] (digits: 16)
+    scale: float | None = None  # the pixels' full scale (digits: 16; an image folder: 255)
     class_names: list[str] | None = None  # an image folder's sub-folder names
     test_images: np.ndarray | None = None
     test_labels: np.ndarray | None = None
