@@ -40,7 +40,13 @@ def test_the_first_build_writes_the_image_schema_beside_the_folder(cli, tmp_path
     schema = sch.read_schema(beside)
     image = next(f for f in schema.feature if f.name == "image")
     assert sch.is_image(image) and image.float_domain.max == 255.0
-    assert data_manifest(tmp_path)["schema"]["status"] == "inferred"
+    m = data_manifest(tmp_path)
+    assert m["schema"]["status"] == "inferred"
+    # Statistics per feature, stored with the manifest: what a retrain's drift compares.
+    stats = m["stats"]
+    assert stats["label"]["counts"] == {"cat": 20, "dog": 20, "fox": 20}
+    assert len(stats["image"]["histogram"]) == 16 and sum(stats["image"]["histogram"]) == 60 * 64
+    assert len(stats["image"]["mean"]) == 1 and 0 < stats["image"]["mean"][0] < 255
     # The same folder again is checked against it, and passes.
     shutil.rmtree(tmp_path / "workspace")
     assert cli("build", "--data", str(root)).code == 0

@@ -207,3 +207,15 @@ def test_the_bundled_tabular_sets_are_read_from_scikit_learn(
         assert target.distinct == classes
     s = sch.infer_schema(stats)
     assert sch.validate(stats, s) == []
+
+
+def test_image_drift_is_jensen_shannon_of_pixels_and_l_infinity_of_classes():
+    base = {"image": {"histogram": [10, 0, 0, 10]}, "label": {"counts": {"a": 5, "b": 5}}}
+    same = sch.image_drift(base, base)
+    assert same == {"image": ("JS", 0.0), "label": ("L-inf", 0.0)}
+    apart = {"image": {"histogram": [0, 10, 10, 0]}, "label": {"counts": {"a": 10, "b": 0}}}
+    moved = sch.image_drift(base, apart)
+    assert moved["image"] == ("JS", 1.0)  # disjoint histograms
+    assert moved["label"] == ("L-inf", 0.5)  # a: 0.5 -> 1.0
+    assert sch.js_divergence([1, 1], [1, 3]) == pytest.approx(0.0488, abs=1e-3)
+    assert sch.image_drift(base, {}) == {}  # a snapshot without statistics: nothing to say

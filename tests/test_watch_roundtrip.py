@@ -191,3 +191,23 @@ def test_a_listing_line_whose_digest_is_no_sha256_is_refused_in_one_line(http_di
 def test_an_unreachable_listing_is_an_api_error_not_a_traceback():
     with pytest.raises(ApiError, match="ConnectionError"):
         newest_snapshot(f"http://127.0.0.1:{free_port()}/listing.txt")
+
+
+def test_an_image_folder_packed_on_an_ssh_host_builds(sshd, tmp_path):
+    """An ssh:// source names one file: a .tar.gz of an image folder is one, unpacked into
+    the temporary folder that is removed after."""
+    import shutil
+
+    from test_image_schema import write_folder
+
+    write_folder(tmp_path / "photos", ["cat", "dog"])
+    packed = Path(
+        shutil.make_archive(str(tmp_path / "remote" / "photos"), "gztar", tmp_path, "photos")
+    )
+    uri = data_uri(f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{packed}", sha256(packed))
+    flags = ("--ssh-key-file", str(sshd.client_key), "--known-hosts", str(sshd.known_hosts))
+    r = build(tmp_path / "b", uri, *flags)
+    assert r.code == 0, r.err
+    m = json.loads((tmp_path / "b" / "workspace" / "data" / "manifest.json").read_text())
+    assert m["classes"] == ["cat", "dog"] and m["data_sha256"] == sha256(packed)
+    assert m["origin"].startswith("ssh://") and "(image folder)" not in m["origin"]

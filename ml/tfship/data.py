@@ -101,6 +101,7 @@ class Prepared:
     origin: str
     num_classes: int
     drift: dict[str, float] = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,7 +286,38 @@ def prepare(raw: RawData, checks: Checks, seed: int = SEED.default) -> Prepared:
         data_hash = content_hash(full)
     d = drift(train, test, checks.num_classes)
     check_drift(d, raw.origin, checks)
-    return Prepared(train, val, test, data_hash, raw.origin, checks.num_classes, d)
+    stats = image_stats([train, val, test], checks.num_classes, raw.class_names)
+    return Prepared(train, val, test, data_hash, raw.origin, checks.num_classes, d, stats)
+
+
+def image_stats(splits: list[Split], num_classes: int, names: list[str] | None = None) -> dict:
+    """Statistics per feature of the whole snapshot, stored with the data manifest (what a
+    later retrain measures drift against): ``image``, the pixel histogram (PIXEL_BINS
+    buckets over 0-255) and each channel's mean and standard deviation; ``label``, the rows
+    per class (by name: ``names``, else the label's number). A chunk at a time."""
+    edges = np.linspace(0.0, config.PIXEL_MAX, config.PIXEL_BINS + 1)
+    channels = splits[0].images.shape[-1]
+    total, sums, squares, n = np.zeros(config.PIXEL_BINS), np.zeros(channels), 0.0, 0
+    for s in splits:
+        for c in rows.chunks(s.images):
+            total += np.histogram(c, edges)[0]
+            flat = c.reshape(-1, channels).astype(np.float64)
+            sums += flat.sum(axis=0)
+            squares += (flat**2).sum(axis=0)
+            n += len(flat)
+    mean = sums / max(n, 1)
+    std = np.sqrt(np.maximum(squares / max(n, 1) - mean**2, 0.0))
+    labels = np.concatenate([s.labels for s in splits])
+    counts = np.bincount(labels, minlength=num_classes)
+    names = names or [str(c) for c in range(num_classes)]
+    return {
+        sch.IMAGE_FEATURE: {
+            "histogram": [int(x) for x in total],
+            "mean": [round(float(x), 4) for x in mean],
+            "std": [round(float(x), 4) for x in std],
+        },
+        sch.LABEL_FEATURE: {"counts": dict(zip(names, map(int, counts), strict=True))},
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,6 +357,7 @@ def manifest(p: Prepared, seed: int, checks: Checks) -> dict:
             for name, s in (("train", p.train), ("val", p.val), ("test", p.test))
         },
         "drift": p.drift,
+        "stats": p.stats,
         "checks": {
             "min_rows_per_class": checks.min_rows_per_class,
             "max_label_drift": checks.max_label_drift,

@@ -276,6 +276,8 @@ def package(
             # what a client sends: pixel values 0-255 (the graph rescales them). A package
             # without it took [0, 1]: retrain refuses to change that under its clients.
             input_range=[0.0, config.PIXEL_MAX],
+            # the training data's statistics: what a retrain measures drift against
+            data_stats=data_manifest.get("stats"),
             metrics={
                 "accuracy": evaluation["metrics"]["accuracy"],
                 "loss": evaluation["metrics"]["loss"],

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from tfship import config, table_retrain
+from tfship import schema as sch
 from tfship.data import DataSettings, Split, load_split
 from tfship.errors import ConfigError, DataError, GateFailed, ServingError, StoreError
 from tfship.evaluate import (
@@ -84,8 +85,9 @@ class RetrainSettings:
     max_drift: float | None = setting(
         None,
         "TFSHIP_MAX_DRIFT",
-        "Tables: reject the challenger if a feature drifted more than this since the "
-        "champion's training data (L-infinity or Jensen-Shannon, 0..1). Default: report only.",
+        "Reject the challenger if a feature drifted more than this since the champion's "
+        "training data (L-infinity for categories and an image's classes, Jensen-Shannon for "
+        "numbers and its pixel histogram; 0..1). Default: report only.",
         value_type=float,
         min=0,
         max=1,
@@ -273,6 +275,31 @@ def eval_set(ws: Workspace, champion: Champion | None) -> Split:
         concat([new_test.images, champion.test.images]),
         np.concatenate([new_test.labels, champion.test.labels]),
     )
+
+
+def image_drift_checks(
+    champion: Champion | None, ws: Workspace, data_manifest: dict, max_drift: float | None
+) -> tuple[dict[str, tuple[str, float]], list[Check]]:
+    """Drift of an image set since the champion's training data (its package carries their
+    statistics): the pixel histogram (Jensen-Shannon) and the class counts (L-infinity); a
+    check per feature with a threshold (the schema's drift_comparator, else --max-drift)."""
+    base = champion.manifest.get("data_stats") if champion else None
+    new = data_manifest.get("stats")
+    if not base or not new:
+        return {}, []
+    found = sch.image_drift(base, new)
+    schema_path = ws.data / sch.SCHEMA_FILE
+    limits = (
+        sch.drift_thresholds(sch.read_schema(schema_path), max_drift)
+        if schema_path.exists()
+        else {name: max_drift for name in found if max_drift is not None}
+    )
+    checks = [
+        Check(f"drift[{name}] ({how})", value, "<=", limits[name])
+        for name, (how, value) in found.items()
+        if name in limits
+    ]
+    return found, checks
 
 
 def evaluate_both(
@@ -494,6 +521,8 @@ def retrain(
                 champion.keras if champion else None, challenger, examples, num_classes
             )
             checks = decide(champ, chall, s)
+            drift, drift_checks = image_drift_checks(champion, ws, data_manifest, s.max_drift)
+            checks += drift_checks
         passed = not failed(checks)
         decision = {
             "decision": "deploy-challenger" if passed else "keep-champion",

@@ -530,7 +530,16 @@ def jensen_shannon(base: list[float], new: list[float]) -> float:
     edges = np.unique(np.asarray(base)[::10])
     if len(edges) < 2:  # a constant baseline: one bucket at its value
         edges = np.array([edges[0] - 0.5, edges[0] + 0.5]) if len(edges) else np.array([0, 1])
-    p, q = _bucket_mass(base, edges), _bucket_mass(new, edges)
+    return js_divergence(_bucket_mass(base, edges), _bucket_mass(new, edges))
+
+
+def js_divergence(p: object, q: object) -> float:
+    """Jensen-Shannon divergence (log base 2, in [0, 1]) of two histograms on the same
+    buckets (counts or masses; each is normalised)."""
+    p, q = np.asarray(p, float), np.asarray(q, float)
+    if p.sum() <= 0 or q.sum() <= 0:
+        return 0.0 if p.sum() == q.sum() else 1.0
+    p, q = p / p.sum(), q / q.sum()
     m = (p + q) / 2
 
     def kl(x: np.ndarray) -> float:
@@ -538,6 +547,21 @@ def jensen_shannon(base: list[float], new: list[float]) -> float:
         return float(np.sum(x[nz] * np.log2(x[nz] / m[nz])))
 
     return min(1.0, max(0.0, (kl(p) + kl(q)) / 2))
+
+
+def image_drift(base: dict, new: dict) -> dict[str, tuple[str, float]]:
+    """Drift of an image set from ``base`` to ``new`` (two data manifests' ``stats``): the
+    pixel histogram's Jensen-Shannon divergence (``image``, a numeric feature), and the
+    L-infinity distance of the class counts (``label``, a categorical one), as TFDV measures
+    each kind."""
+    out: dict[str, tuple[str, float]] = {}
+    a, b = base.get(IMAGE_FEATURE, {}), new.get(IMAGE_FEATURE, {})
+    if a.get("histogram") and len(a["histogram"]) == len(b.get("histogram", [])):
+        out[IMAGE_FEATURE] = ("JS", round(js_divergence(a["histogram"], b["histogram"]), 6))
+    ca, cb = base.get(LABEL_FEATURE, {}).get("counts"), new.get(LABEL_FEATURE, {}).get("counts")
+    if ca and cb:
+        out[LABEL_FEATURE] = ("L-inf", round(l_infinity(ca, cb), 6))
+    return out
 
 
 def drift(base: TableStats, new: TableStats, schema: object) -> dict[str, tuple[str, float]]:

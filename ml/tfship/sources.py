@@ -17,8 +17,9 @@ Tables (``--label``: CSV, Parquet, TFRecord, globs of shards) are read by ``tabl
   image folder (a prefix whose sub-prefixes are the classes) or a glob of shards, downloaded
   into a temporary folder and hashed as it streams (see :func:`in_bucket`); ``#sha256=<hex>``
   or ``--data-sha256`` is checked when given.
-- ``ssh://user@host[:port]/path/file``: one file read over SFTP with the SSH settings of the
-  deploy hosts (``--ssh-key-env``, ``--known-hosts``), bounded and hashed as it streams.
+- ``ssh://user@host[:port]/path/file``: one file (an ``.npz``, a ``.csv``, or a ``.zip`` or
+  ``.tar.gz`` of an image folder) read over SFTP with the SSH settings of the deploy hosts
+  (``--ssh-key-env``, ``--known-hosts``), bounded and hashed as it streams.
 
 One grammar for every source (see "Data URIs" below): a location, then optionally
 ``#sha256=<hex>`` (checked against the bytes read). :func:`data_uri` writes it,
@@ -135,8 +136,9 @@ def load_source(
     if s3.is_s3(spec):
         return load_bucket(spec, sha256, cache_dir, max_bytes, image_shape)
     if scheme == "ssh":
-        with over_ssh(spec, access, cache_dir, max_bytes, sha256, (".npz", ".csv")) as got:
-            raw = load_path(got, max_bytes, known_sha256=sha256)  # checked as it streamed
+        suffixes = (".npz", ".csv", *ARCHIVE_SUFFIXES)
+        with over_ssh(spec, access, cache_dir, max_bytes, sha256, suffixes) as got:
+            raw = load_downloaded(got, max_bytes, sha256, image_shape)  # checked as it streamed
         raw.origin = shown_url(spec)
         return raw
     if scheme and len(scheme) > 1 and scheme != "file":
@@ -424,14 +426,26 @@ def load_url(
     suffixes = (".npz", ".csv", *ARCHIVE_SUFFIXES)
     with downloaded(url, sha256, cache_dir, max_bytes, suffixes) as target:
         # ``downloaded`` checked the bytes against ``sha256`` as they streamed in
-        if target.name.endswith(ARCHIVE_SUFFIXES):
-            folder = extract_image_folder(target, target.parent / "unpacked", max_bytes)
-            raw = load_image_folder(folder, image_classes(folder) or [], image_shape)
-            raw.sha256 = hash_files([target])
-        else:
-            raw = load_path(target, max_bytes, known_sha256=sha256)
+        raw = load_downloaded(target, max_bytes, sha256, image_shape)
         raw.origin = shown_url(url)
         return raw
+
+
+def load_downloaded(
+    target: Path,
+    max_bytes: int,
+    known_sha256: str | None,
+    image_shape: tuple[int, int, int] | None = None,
+) -> RawData:
+    """A file fetched into a temporary folder: a ``.zip``/``.tar.gz`` of an image folder
+    (unpacked beside it, in that folder), else an ``.npz``/``.csv``. ``known_sha256``: its
+    bytes' sha256, already checked, not computed again."""
+    if not target.name.endswith(ARCHIVE_SUFFIXES):
+        return load_path(target, max_bytes, known_sha256=known_sha256)
+    folder = extract_image_folder(target, target.parent / "unpacked", max_bytes)
+    raw = load_image_folder(folder, image_classes(folder) or [], image_shape)
+    raw.sha256 = known_sha256.lower() if known_sha256 else hash_files([target])
+    return raw
 
 
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")  # an image folder, packed

@@ -69,10 +69,27 @@ def test_a_new_snapshot_passes_the_gate_and_is_served(site):
     assert decision["champion_version"] == champion and decision["strategy"] == "fine-tune"
     report = (site.root / "workspace" / "retrain" / "report.md").read_text()
     assert f"| metric | champion (v{champion}) | challenger | delta |" in report
+    # Drift since the champion's training data, for the person at the approval hold: the
+    # shifted snapshot is dimmed (pixels) and sampled (classes); reported, not gated.
+    drift = decision["drift"]
+    assert drift["image"][0] == "JS" and 0 < drift["image"][1] < 1
+    assert drift["label"][0] == "L-inf" and 0 < drift["label"][1] < 1
+    assert "### Drift: champion's training data vs the new snapshot" in report
+    assert "| image | JS |" in report and "| label | L-inf |" in report
     for stage in (["test"], ["package"], ["deploy", *VERIFY], ["test-deployed", *VERIFY]):
         r = site.cli(*stage)
         assert r.code == 0, (stage, r.err)
     assert site.serving() > champion
+
+
+def test_max_drift_rejects_a_snapshot_whose_pixels_moved_further(site):
+    champion = site.serving()
+    assert site.cli("snapshot", "snaps/new.npz", "--seed", "3").code == 0
+    r = site.cli("retrain", "--data", "snaps/new.npz", *TINY, "--max-drift", "0.0001")
+    assert r.code == 3, r.err
+    line = r.err_lines[-1]
+    assert "drift[image] (JS): 0." in line and "FAILED" in line, line
+    assert site.serving() == champion
 
 
 def test_a_poisoned_snapshot_is_rejected_and_the_champion_keeps_serving(site):
