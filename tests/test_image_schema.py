@@ -186,3 +186,39 @@ def test_an_archive_member_that_leaves_the_folder_is_refused(cli, tmp_path, http
     r = cli("build", "--data", f"{base}/evil.zip#sha256={digest}")
     assert_build_rejected(r, tmp_path, "'../outside.png'", "leaves the folder")
     assert not (tmp_path.parent / "outside.png").exists()
+
+
+def test_a_mac_zip_is_read_and_a_broken_one_is_one_line(cli, tmp_path, http_dir):
+    import hashlib
+    import zipfile
+
+    base, www = http_dir
+    root = write_folder(tmp_path / "photos", ["cat", "dog"])
+    with zipfile.ZipFile(www / "mac.zip", "w") as zf:  # as macOS's Finder packs a folder
+        for f in sorted(root.rglob("*.png")):
+            name = f.relative_to(tmp_path).as_posix()
+            zf.write(f, name)
+            zf.writestr(f"__MACOSX/{name.rsplit('/', 1)[0]}/._{f.name}", b"\x00\x05\x16\x07")
+    digest = hashlib.sha256((www / "mac.zip").read_bytes()).hexdigest()
+    r = cli("build", "--data", f"{base}/mac.zip#sha256={digest}")
+    assert r.code == 0, r.err
+    assert data_manifest(tmp_path)["classes"] == ["cat", "dog"]
+    shutil.rmtree(tmp_path / "workspace")
+    (www / "broken.zip").write_bytes(b"not a zip at all")
+    digest = hashlib.sha256(b"not a zip at all").hexdigest()
+    r = cli("build", "--data", f"{base}/broken.zip#sha256={digest}")
+    assert_build_rejected(r, tmp_path, "/broken.zip: not a .zip archive tfship can unpack")
+
+
+def test_an_int_label_domain_needs_two_classes(tmp_path):
+    path = tmp_path / sch.SCHEMA_FILE
+    spec = sch.ImageSpec((8, 8, 1), 3, None)
+    text = sch.schema_text(sch.infer_image_schema(spec, 255.0))
+    label = "    max: 2\n    is_categorical"
+    assert label in text
+    path.write_text(text.replace(label, "    max: 0\n    is_categorical"))
+    with pytest.raises(sch.SchemaError, match="K >= 2 classes"):
+        sch.image_spec(sch.read_schema(path))
+    path.write_text(text.replace(label, "    is_categorical"))
+    with pytest.raises(sch.SchemaError, match="K >= 2 classes"):
+        sch.image_spec(sch.read_schema(path))

@@ -75,3 +75,11 @@ def test_an_image_folder_is_decoded_to_disk_and_not_bounded_by_max_data_bytes(tm
     prepared = data.prepare(raw, data.Checks(num_classes=3))
     assert all(rows.on_disk(s.images) for s in (prepared.train, prepared.val, prepared.test))
     assert len(prepared.train) + len(prepared.val) + len(prepared.test) == 90
+
+
+def test_rows_refuse_a_boolean_mask_rather_than_read_rows_0_and_1(pixels):
+    r = written(pixels[:5])
+    with pytest.raises(IndexError):
+        r[np.array([False, False, False, True, True])]
+    with pytest.raises(IndexError):
+        r[np.zeros((2, 2), dtype=np.int64)]

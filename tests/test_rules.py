@@ -224,3 +224,16 @@ def test_a_long_message_is_cut_to_what_a_slack_block_takes(tmp_path):
     payload = slack_payload(n)
     assert len(payload["blocks"][1]["text"]["text"]) == 3000  # [0] is the header
     assert payload["text"].endswith("x" * 100)  # the fallback text keeps it whole
+
+
+def test_a_new_pixel_range_is_a_change_clients_must_make():
+    from tfship.deploy import input_change
+
+    new = {"golden": {}, "input_range": [0.0, 255.0]}
+    old = {"golden": {}}  # packaged before tfship served 0-255: it took [0, 1]
+    assert input_change(old, new) == ([0.0, 1.0], [0.0, 255.0])
+    assert input_change(new, old) == ([0.0, 255.0], [0.0, 1.0])  # a rollback to it
+    assert input_change(new, dict(new)) is None
+    assert input_change(None, new) is None  # not tfship's package: unknown, not a change
+    table = {"kind": "table", "golden": {}}
+    assert input_change(table, {**table, "input_range": [0.0, 255.0]}) is None

@@ -278,15 +278,19 @@ def test_a_sha256_fragment_is_split_only_in_its_exact_form():
 
 def test_an_image_folder_in_a_bucket_builds_as_the_folder_read_locally(weed, bucket, tmp_path):
     """A prefix whose sub-prefixes are classes of images is an image folder, as a local one:
-    the same pixels hash the same; the sha256 is of its objects in key order, the one
-    `tfship ci watch-data` sends."""
+    the same pixels hash the same. Its sha256 (the one `tfship ci watch-data` sends) covers
+    each image's key below the folder, its size and its bytes: an image moved to another
+    class is new data. Folder markers and other objects in a class are ignored."""
     from test_image_schema import write_folder
-    from tfship.sources import hash_files
+    from tfship.ci.watch import newest_snapshot
 
     root = write_folder(tmp_path / "photos", ["cat", "dog", "fox"])
     files = sorted(root.rglob("*.png"))
+    client = weed.client()
     for f in files:
         put(weed, bucket, f"photos/{f.relative_to(root).as_posix()}", f)
+    client.put_object(Bucket=bucket, Key="photos/cat/", Body=b"")  # the console's "folder"
+    client.put_object(Bucket=bucket, Key="photos/dog/Thumbs.db", Body=b"junk")
     local = build(weed, tmp_path / "local", "--data", str(root))
     (root / "schema.pbtxt").unlink()
     remote = build(weed, tmp_path / "remote", "--data", f"s3://{bucket}/photos/")
@@ -295,8 +299,24 @@ def test_an_image_folder_in_a_bucket_builds_as_the_folder_read_locally(weed, buc
     m, want = manifest(tmp_path / "remote"), manifest(tmp_path / "local")
     assert m["data_hash"] == want["data_hash"] and m["classes"] == ["cat", "dog", "fox"]
     assert m["origin"] == f"s3://{bucket}/photos (image folder)"
-    assert m["data_sha256"] == hash_files(files)  # objects in key order: names sort alike
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f"{f.relative_to(root).as_posix()}\0{f.stat().st_size}\0".encode())
+        digest.update(f.read_bytes())
+    assert m["data_sha256"] == digest.hexdigest()
     assert list((tmp_path / "remote" / "tmp").iterdir()) == []  # the download is gone
+    seen = newest_snapshot(f"s3://{bucket}/photos/")  # `bucket` points this process at it
+    assert seen is not None and seen.sha256 == m["data_sha256"]
+    # The same bytes under another class: another label, another sha256.
+    moved = files[0].relative_to(root).as_posix()  # cat/000.png
+    client.copy_object(
+        Bucket=bucket,
+        Key="photos/dog/999.png",
+        CopySource={"Bucket": bucket, "Key": f"photos/{moved}"},
+    )
+    client.delete_object(Bucket=bucket, Key=f"photos/{moved}")
+    relabelled = newest_snapshot(f"s3://{bucket}/photos/")
+    assert relabelled is not None and relabelled.sha256 != seen.sha256
     # A wrong sha256 is refused, one line, nothing left.
     bad = build(weed, tmp_path / "bad", "--data", f"s3://{bucket}/photos#sha256={'0' * 64}")
     assert bad.code == 2 and "sha256 mismatch" in bad.err, bad.err

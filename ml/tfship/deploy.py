@@ -79,7 +79,8 @@ class DeploySettings:
     force: bool = setting(
         False,
         None,
-        "Deploy even if the version serving is not the one retrain compared with.",
+        "Deploy (or roll back) even if the version serving is not the one retrain compared "
+        "with, or if the new version takes another pixel range than the one serving.",
         switch=True,
     )
     expect_serving: int | None = None  # stale-approval guard (retrain records it)
@@ -369,6 +370,14 @@ def stage(
                 f"{previous} is serving now; the approval was for another champion",
                 hint="retrain again, or pass --force to deploy anyway",
             )
+        if previous is not None and previous != version and not s.force:
+            change = input_change(served_manifest(target, model, previous), manifest)
+            if change:
+                raise DeployError(
+                    f"{model}: version {version} takes pixels in {change[1]}, version "
+                    f"{previous} (serving) in {change[0]}: every client would have to change",
+                    hint="pass --force once every client sends what the new version takes",
+                )
         existing = target.versions(model)
         if existing and version < max(existing) and version not in existing:
             raise DeployError(
@@ -558,6 +567,32 @@ def _rolled_back(
 # --------------------------------------------------------------------------------------------
 
 
+def input_range(manifest: dict | None) -> list[float] | None:
+    """The pixel range an image package's model takes (a package from before tfship served
+    0-255 has none: it took [0, 1]); None for a table or an unknown package."""
+    if not manifest or manifest.get("kind") == "table" or "golden" not in manifest:
+        return None
+    return [float(x) for x in manifest.get("input_range", [0.0, 1.0])]
+
+
+def input_change(serving: dict | None, new: dict | None) -> tuple[list, list] | None:
+    """(serving's, new's) pixel ranges when ``new`` replacing ``serving`` would change what
+    clients send (a pure rule); None when nothing changes or it is unknown (a table, a
+    package that is not tfship's)."""
+    old_range, new_range = input_range(serving), input_range(new)
+    if old_range is None or new_range is None or old_range == new_range:
+        return None
+    return old_range, new_range
+
+
+def served_manifest(target: Target, model: str, version: int) -> dict | None:
+    """A version's package manifest on the host, or None if it has none (not tfship's)."""
+    path = f"{target.model_dir(model)}/{version}/{MANIFEST}"
+    if not target.host.exists(path):
+        return None
+    return json.loads(target.host.read_text(path))
+
+
 def rollback(target: Target, model: str, to: int | None, s: DeploySettings) -> RollbackResult:
     """Serve an older kept version again: move the newer ones aside, wait, verify."""
     check_model_name(model)
@@ -579,6 +614,16 @@ def rollback(target: Target, model: str, to: int | None, s: DeploySettings) -> R
                 f"{target.host.name}: version {to} of {model} is not on the host "
                 f"(kept: {versions or 'none'})"
             )
+        if serving is not None and serving != to and not s.force:
+            change = input_change(
+                served_manifest(target, model, serving), served_manifest(target, model, to)
+            )
+            if change:
+                raise DeployError(
+                    f"{model}: version {to} takes pixels in {change[1]}, version {serving} "
+                    f"(serving) in {change[0]}: rolling back, every client would have to change",
+                    hint="pass --force once every client sends what the older version takes",
+                )
         moved = [v for v in versions if v > to]
         for v in moved:
             reject(target, model, v)

@@ -185,8 +185,8 @@ def predict_keras(model_path: Path, images: np.ndarray, batch_size: int = 256) -
 
     model = keras.models.load_model(model_path)
     # A single-input Keras 3 model takes the plain array (a dict keyed by the input's name
-    # makes Keras warn about the structure). A chunk at a time: a memory-mapped split is
-    # never read into memory whole.
+    # makes Keras warn about the structure). A chunk at a time: a split on disk
+    # (tfship.rows) is never read into memory whole.
     out = [np.asarray(model.predict(c, batch_size=batch_size, verbose=0)) for c in chunks(images)]
     return np.concatenate(out) if out else np.zeros((0, model.outputs[0].shape[-1]), np.float32)
 

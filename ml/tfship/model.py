@@ -91,7 +91,13 @@ def on_pixels(model: keras.Model) -> keras.Model:
     inputs = keras.Input(shape=source.shape[1:], name=source.name, dtype=source.dtype)
     x = keras.layers.Rescaling(1.0 / config.PIXEL_MAX, name=RESCALING)(inputs)
     wrapped = keras.Model(inputs, model(x), name=f"{model.name}_on_pixels")
-    wrapped.compile_from_config(model.get_compile_config())
+    # The user's own optimizer, loss and metrics objects: rebuilding them from their config
+    # would fail for a custom loss or metric Keras cannot locate by name.
+    compiled = getattr(model, "_compile_config", None)
+    if compiled is not None and getattr(compiled, "config", None) is not None:
+        wrapped.compile(**compiled.config)
+    else:
+        wrapped.compile_from_config(model.get_compile_config())
     return wrapped
 
 

@@ -66,7 +66,10 @@ class Rows:
             if step != 1:
                 raise IndexError("Rows take slices of step 1")
             return self._read(start, max(0, stop - start))
-        idx = np.asarray(key, dtype=np.int64)
+        raw = np.asarray(key)
+        if raw.dtype == bool or raw.ndim != 1 or (raw.size and raw.dtype.kind not in "iu"):
+            raise IndexError("Rows take an int, a slice or a 1-D array of row numbers")
+        idx = raw.astype(np.int64)
         out = np.empty((len(idx), *self.shape[1:]), self.dtype)
         if not len(idx):
             return out

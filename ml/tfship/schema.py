@@ -439,8 +439,11 @@ def image_spec(schema: object, where: str = SCHEMA_FILE) -> ImageSpec:
         if len(set(names)) != len(names) or len(names) < 2:
             raise SchemaError(f"{where}: label domain {names}: needs 2+ distinct class names")
         return ImageSpec(shape, len(names), names)  # type: ignore[arg-type]
-    if not label.HasField("int_domain") or label.int_domain.min != 0:
-        raise SchemaError(f"{where}: label needs an int_domain from 0 or a string domain")
+    d = label.int_domain
+    if not label.HasField("int_domain") or d.min != 0 or not d.HasField("max") or d.max < 1:
+        raise SchemaError(
+            f"{where}: label needs an int_domain from 0 to K-1 (K >= 2 classes) or a string domain"
+        )
     return ImageSpec(shape, int(label.int_domain.max) + 1, None)  # type: ignore[arg-type]
 
 

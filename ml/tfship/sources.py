@@ -138,7 +138,8 @@ def load_source(
     if scheme == "ssh":
         suffixes = (".npz", ".csv", *ARCHIVE_SUFFIXES)
         with over_ssh(spec, access, cache_dir, max_bytes, sha256, suffixes) as got:
-            raw = load_downloaded(got, max_bytes, sha256, image_shape)  # checked as it streamed
+            # checked as it streamed
+            raw = load_downloaded(got, max_bytes, sha256, image_shape, shown_url(spec))
         raw.origin = shown_url(spec)
         return raw
     if scheme and len(scheme) > 1 and scheme != "file":
@@ -209,7 +210,12 @@ def image_classes(path: Path) -> list[Path] | None:
         return None
     subs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if subs and all(
-        any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir() if f.is_file()) for d in subs
+        any(
+            f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+            for f in d.iterdir()
+            if f.is_file()
+        )
+        for d in subs
     ):
         return subs
     return None
@@ -236,13 +242,14 @@ def load_image_folder(
         (i, f)
         for i, d in enumerate(classes)
         for f in sorted(d.iterdir())
-        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
     ]
+    unreadable = (UnidentifiedImageError, OSError, Image.DecompressionBombError)
 
     def opened(f: Path) -> Image.Image:
         try:
             return Image.open(f)
-        except (UnidentifiedImageError, OSError) as exc:
+        except unreadable as exc:
             raise DataError(f"{f}: not an image Pillow can read ({exc})") from exc
 
     if image_shape is None:
@@ -262,7 +269,7 @@ def load_image_folder(
             try:
                 im.load()
                 im = im.convert("L" if im.mode in GREY_MODES else "RGB").convert(mode)
-            except OSError as exc:
+            except unreadable as exc:
                 raise DataError(f"{f}: not an image Pillow can read ({exc})") from exc
             if im.size != (width, height):
                 im = im.resize((width, height), Image.Resampling.BILINEAR)
@@ -426,7 +433,7 @@ def load_url(
     suffixes = (".npz", ".csv", *ARCHIVE_SUFFIXES)
     with downloaded(url, sha256, cache_dir, max_bytes, suffixes) as target:
         # ``downloaded`` checked the bytes against ``sha256`` as they streamed in
-        raw = load_downloaded(target, max_bytes, sha256, image_shape)
+        raw = load_downloaded(target, max_bytes, sha256, image_shape, shown_url(url))
         raw.origin = shown_url(url)
         return raw
 
@@ -436,13 +443,14 @@ def load_downloaded(
     max_bytes: int,
     known_sha256: str | None,
     image_shape: tuple[int, int, int] | None = None,
+    shown: str | None = None,
 ) -> RawData:
     """A file fetched into a temporary folder: a ``.zip``/``.tar.gz`` of an image folder
     (unpacked beside it, in that folder), else an ``.npz``/``.csv``. ``known_sha256``: its
-    bytes' sha256, already checked, not computed again."""
+    bytes' sha256, already checked, not computed again. ``shown``: its URL, for errors."""
     if not target.name.endswith(ARCHIVE_SUFFIXES):
         return load_path(target, max_bytes, known_sha256=known_sha256)
-    folder = extract_image_folder(target, target.parent / "unpacked", max_bytes)
+    folder = extract_image_folder(target, target.parent / "unpacked", max_bytes, shown)
     raw = load_image_folder(folder, image_classes(folder) or [], image_shape)
     raw.sha256 = known_sha256.lower() if known_sha256 else hash_files([target])
     return raw
@@ -451,36 +459,45 @@ def load_downloaded(
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")  # an image folder, packed
 
 
-def extract_image_folder(archive: Path, dest: Path, max_bytes: int) -> Path:
+def extract_image_folder(
+    archive: Path, dest: Path, max_bytes: int, shown: str | None = None
+) -> Path:
     """Unpack a ``.zip`` or ``.tar.gz`` of an image folder into ``dest`` and return the
     folder whose sub-folders are the classes (``dest`` itself, or the one folder the archive
     holds). Members that would leave ``dest`` (absolute, ``..``), links and devices are
-    refused; more than ``max_bytes`` unpacked is refused before it is written."""
+    refused; more than ``max_bytes`` unpacked is refused before it is written. ``shown``:
+    what errors call the archive (its URL), else its file name."""
     import tarfile
 
-    shown = archive.name
+    shown = shown or archive.name
     dest.mkdir()
     if archive.name.endswith(".zip"):
-        with zipfile.ZipFile(archive) as zf:
-            members = zf.infolist()
-            if sum(m.file_size for m in members) > max_bytes:
-                raise DataError(f"{shown}: unpacks to more than {max_bytes} bytes", hint=TOO_BIG)
-            for m in members:
-                _check_member(shown, m.filename, stat.S_ISLNK(m.external_attr >> 16))
-            zf.extractall(dest)
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                members = [m for m in zf.infolist() if not _packing_junk(m.filename)]
+                if sum(m.file_size for m in members) > max_bytes:
+                    raise DataError(
+                        f"{shown}: unpacks to more than {max_bytes} bytes", hint=TOO_BIG
+                    )
+                for m in members:
+                    m.filename = m.filename.replace("\\", "/")  # a Windows zip's separators
+                    _check_member(shown, m.filename, stat.S_ISLNK(m.external_attr >> 16))
+                    zf.extract(m, dest)
+        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError, EOFError) as exc:
+            raise DataError(f"{shown}: not a .zip archive tfship can unpack ({exc})") from exc
     else:
         try:
             with tarfile.open(archive, "r:gz") as tf:
-                members = tf.getmembers()
+                members = [m for m in tf.getmembers() if not _packing_junk(m.name)]
                 if sum(m.size for m in members if m.isfile()) > max_bytes:
                     raise DataError(
                         f"{shown}: unpacks to more than {max_bytes} bytes", hint=TOO_BIG
                     )
                 for m in members:
                     _check_member(shown, m.name, not (m.isfile() or m.isdir()))
-                tf.extractall(dest, filter="data")
-        except tarfile.TarError as exc:
-            raise DataError(f"{shown}: not a .tar.gz archive ({exc})") from exc
+                tf.extractall(dest, members=members, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise DataError(f"{shown}: not a .tar.gz archive tfship can unpack ({exc})") from exc
     inside = [p for p in dest.iterdir() if not p.name.startswith(".")]
     folder = inside[0] if len(inside) == 1 and image_classes(dest) is None else dest
     if image_classes(folder) is None:
@@ -489,6 +506,12 @@ def extract_image_folder(archive: Path, dest: Path, max_bytes: int) -> Path:
             hint="pack the folder whose sub-folders are the classes",
         )
     return folder
+
+
+def _packing_junk(name: str) -> bool:
+    """What macOS adds to an archive (``__MACOSX/``, ``._name`` AppleDouble files)."""
+    parts = name.replace("\\", "/").split("/")
+    return parts[0] == "__MACOSX" or parts[-1].startswith("._")
 
 
 def _check_member(archive: str, name: str, special: bool) -> None:
@@ -767,9 +790,20 @@ def hash_in_bucket(snap: BucketSnapshot) -> str:
     ``tfship build`` computes of the same files read locally."""
     digest = hashlib.sha256()
     for obj in snap.objects:
+        digest.update(object_header(snap, obj))
         for chunk in bucket_chunks(snap, obj):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def object_header(snap: BucketSnapshot, obj: dict) -> bytes:
+    """What the sha256 of an image folder sees before each object's bytes: its key below the
+    folder and its size, so that an image moved to another class (a new label, the same
+    bytes) is new data. Nothing for other snapshots: their hash is the files' bytes, the
+    same as read locally."""
+    if not snap.image_folder:
+        return b""
+    return f"{obj['Key'][len(snap.home) + 1 :]}\0{obj['Size']}\0".encode()
 
 
 @dataclass
@@ -813,6 +847,7 @@ def in_bucket(
             digest, total = hashlib.sha256(), 0
             for obj in snap.objects:
                 target = _local_copy(root, snap, obj["Key"])
+                digest.update(object_header(snap, obj))
                 with target.open("wb") as fh:
                     for chunk in bucket_chunks(snap, obj):
                         total += len(chunk)
@@ -908,9 +943,10 @@ def image_folder_in_bucket(spec: str) -> BucketSnapshot | None:
             if name == "schema.pbtxt":
                 continue
             return None  # a file beside the classes: a folder of snapshots, not of images
-        if "/" in rest or not rest.lower().endswith(IMAGE_SUFFIXES):
-            return None
-        objects.append(o)
+        if "/" in rest:
+            return None  # deeper than class/image: not an image folder
+        if rest and rest.lower().endswith(IMAGE_SUFFIXES):
+            objects.append(o)  # else a folder marker (cats/) or another file: ignored, as locally
     if not objects:
         return None
     objects.sort(key=lambda o: o["Key"])

@@ -123,8 +123,9 @@ def fit(
 
 def image_dataset(split: Split, batch_size: int, seed: int | None = None) -> tf.data.Dataset:
     """A tf.data pipeline of (pixels, label) batches read from ``split``'s arrays a batch at a
-    time: the build's memory-mapped ``.npz`` is never all in memory (``from_tensor_slices``
-    would copy it into one tensor). ``seed``: shuffled, a new seeded order every epoch."""
+    time: the build's ``.npz`` is read with ``pread`` (:class:`tfship.rows.Rows`), never all
+    in memory (``from_tensor_slices`` would copy it into one tensor). ``seed``: shuffled, a
+    new seeded order every epoch."""
     import tensorflow as tf
 
     images, labels = split.images, split.labels

@@ -318,3 +318,27 @@ def test_deploy_without_hostname_targets_a_local_folder(env):
     r = env.deploy(2000, env=e)
     assert r.code == 0, r.err
     assert json.loads(r.out)["host"] == "local" and env.serving() == 2000
+
+
+def test_a_version_taking_another_pixel_range_is_refused_until_forced(env):
+    """Version 2000 is packaged as before tfship served 0-255 (no input_range: [0, 1]);
+    replacing it, or rolling back to it, would change what every client sends."""
+    manifest_path = env.pkgs / "2000" / "assets.extra" / "tfship.json"
+    old = json.loads(manifest_path.read_text())
+    del old["input_range"]
+    manifest_path.write_text(json.dumps(old))
+    assert env.deploy(2000).code == 0
+    r = env.deploy(3000)
+    assert r.code == 4, r.err
+    assert (
+        "version 3000 takes pixels in [0.0, 255.0], version 2000 (serving) in [0.0, 1.0]"
+        in (r.err_lines[-1])
+    )
+    assert env.serving() == 2000 and env.numeric() == [2000]
+    assert env.deploy(3000, "--force").code == 0 and env.serving() == 3000
+    r = run_cli("rollback", "--model-name", "digits", cwd=env.pkgs, env=env.env())
+    assert r.code == 4 and "rolling back, every client would have to change" in r.err_lines[-1]
+    assert env.serving() == 3000
+    r = run_cli("rollback", "--model-name", "digits", "--force", cwd=env.pkgs, env=env.env())
+    assert r.code == 0, r.err
+    assert env.serving() == 2000

@@ -73,7 +73,7 @@ def deploy(
     store=StoreSettings,
     s=DeploySettings,
     to=RollbackSettings,
-    exclude=("force", "store_keep"),
+    exclude=("store_keep",),
 )
 @json_option
 def rollback(
