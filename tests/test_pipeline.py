@@ -64,6 +64,24 @@ def test_exported_savedmodel_reproduces_the_golden_outputs(packaged):
     # and the model's answers change.
     dark = fn(image=tf.constant(golden / 255.0))["scores"].numpy()
     assert np.max(np.abs(dark - out["scores"].numpy())) > 0.1
+    # classify: the same images as tf.Examples (H*W*C pixels as a float list), marked as TF
+    # Serving's Classify method so that its Classify API takes it.
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    classify = tf.saved_model.load(str(vdir)).signatures["classify"]
+    examples = [
+        tf.train.Example(
+            features=tf.train.Features(
+                feature={"image": tf.train.Feature(float_list=tf.train.FloatList(value=g.ravel()))}
+            )
+        ).SerializeToString()
+        for g in golden
+    ]
+    by_example = classify(inputs=tf.constant(examples))["scores"].numpy()
+    assert np.max(np.abs(by_example - out["scores"].numpy())) <= 1e-5
+    saved = saved_model_pb2.SavedModel.FromString((vdir / "saved_model.pb").read_bytes())
+    method = saved.meta_graphs[0].signature_def["classify"].method_name
+    assert method == "tensorflow/serving/classify"
 
 
 def test_warmup_file_is_prediction_logs_for_the_serving_signature(packaged):

@@ -212,6 +212,10 @@ def test_an_image_folder_builds_with_its_class_names(cli, tmp_path):
     doc = json.loads(r.out)
     assert doc["results"]["test-deployed"]["passed"], doc["results"]["test-deployed"]
     assert doc["results"]["deploy"]["state"] == "deployed"
+    # TF Serving's Classify API on the golden images as tf.Examples (pixels as a float list)
+    # answers as Predict does.
+    checks = {c["name"]: c for c in doc["results"]["test-deployed"]["checks"]}
+    assert checks["classify API max abs diff"]["value"] <= 1e-4
     # The served model answers with the folder names, and takes raw pixels: the example
     # request `tfship run` prints is a real test image, 0-255.
     version = Path(doc["results"]["package"]["path"])

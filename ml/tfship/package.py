@@ -162,9 +162,13 @@ def image_classes(data_manifest: dict) -> list[str]:
 def export_image(model: keras.Model, out: Path, classes: list[str]) -> None:
     """Export ``serving_default`` on the raw pixels (float32 0-255, named as the model's
     input; the model rescales them in its graph), answering ``classes`` (the names, as TF
-    Serving's Classify API and the table models answer) and ``scores`` (the softmax)."""
+    Serving's Classify API and the table models answer) and ``scores`` (the softmax); and
+    ``classify`` on serialized ``tf.Example`` whose feature of that name is the image's
+    H*W*C pixels as a ``float_list`` (row-major), for TF Serving's Classify API."""
     tf = _tf()
     import keras
+
+    from tfship.table_model import CLASSIFY_METHOD, set_method  # imports TF
 
     source = model.inputs[0]
     spec = tf.TensorSpec([None, *source.shape[1:]], tf.float32, name=source.name)
@@ -174,10 +178,21 @@ def export_image(model: keras.Model, out: Path, classes: list[str]) -> None:
         names = tf.tile(tf.constant([classes]), [tf.shape(scores)[0], 1])
         return {"classes": names, "scores": scores}
 
+    shape = [int(d) for d in source.shape[1:]]
+    feature = {source.name: tf.io.FixedLenFeature([int(np.prod(shape))], tf.float32)}
+
+    def from_examples(inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        parsed = tf.io.parse_example(inputs, feature)
+        return serve(tf.reshape(parsed[source.name], [-1, *shape]))
+
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(config.SIGNATURE_NAME, serve, input_signature=[spec])
+    archive.add_endpoint(
+        "classify", from_examples, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")]
+    )
     archive.write_out(str(out), verbose=False)
+    set_method(out, "classify", CLASSIFY_METHOD)
 
 
 def export_and_check(
@@ -276,6 +291,7 @@ def package(
             # what a client sends: pixel values 0-255 (the graph rescales them). A package
             # without it took [0, 1]: retrain refuses to change that under its clients.
             input_range=[0.0, config.PIXEL_MAX],
+            examples_api="classify",  # the classify signature stage 7 checks
             # the training data's statistics: what a retrain measures drift against
             data_stats=data_manifest.get("stats"),
             metrics={

@@ -231,7 +231,6 @@ def export_table(
     ``means``: each numeric feature's training mean. A missing number (NaN in a Predict
     request, a feature absent from a ``tf.Example``) becomes it inside the graph, as the
     training pipeline (:func:`dataset`) filled it: no training/serving skew."""
-    from tensorflow.core.protobuf import saved_model_pb2
 
     means = means or {}
     specs = {
@@ -289,10 +288,17 @@ def export_table(
         second, from_examples, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")]
     )
     archive.write_out(str(out), verbose=False)
+    set_method(out, second, CLASSIFY_METHOD if classes is not None else REGRESS_METHOD)
+
+
+def set_method(out: Path, signature: str, method: str) -> None:
+    """Mark ``signature`` of the SavedModel in ``out`` as TF Serving's Classify or Regress
+    method (Keras' export writes every signature as Predict; TF Serving's Classify and
+    Regress APIs look the method name up)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
     pb = out / "saved_model.pb"
     saved = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
     for meta in saved.meta_graphs:
-        meta.signature_def[second].method_name = (
-            CLASSIFY_METHOD if classes is not None else REGRESS_METHOD
-        )
+        meta.signature_def[signature].method_name = method
     pb.write_bytes(saved.SerializeToString(deterministic=True))

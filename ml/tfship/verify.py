@@ -221,18 +221,32 @@ def verify_version(
 def _examples_check(
     client: ServingClient, manifest: dict, version: int, s: VerifySettings
 ) -> Check | None:
-    """A table's ``classify`` (or ``regress``) signature, through TF Serving's Classify (or
-    Regress) API on the golden rows as ``tf.Example``s: the same outputs as Predict's golden
-    ones. None (no such check) for images, over gRPC (REST's JSON examples only), and for a
-    package whose manifest predates ``int_inputs``."""
+    """The ``classify`` (or a table's ``regress``) signature, through TF Serving's Classify
+    (or Regress) API on the golden rows as ``tf.Example``s: the same outputs as Predict's
+    golden ones. An image is its pixels as one float list. None (no such check) over gRPC
+    (REST's JSON examples only), and for a package whose manifest predates the signature
+    (a table's without ``int_inputs``, an image's without ``examples_api``)."""
     golden = manifest["golden"]
-    ints = golden.get("int_inputs")
-    if manifest.get("kind") != "table" or client.transport != "rest" or ints is None:
+    if client.transport != "rest":
         return None
-    api = "classify" if manifest.get("classes") else "regress"
-    columns = golden["inputs"]
-    rows = len(next(iter(columns.values())))
-    examples = [_example(columns, i, set(ints)) for i in range(rows)]
+    if manifest.get("kind") == "table":
+        ints = golden.get("int_inputs")
+        if ints is None:
+            return None
+        api = "classify" if manifest.get("classes") else "regress"
+        columns = golden["inputs"]
+        rows = len(next(iter(columns.values())))
+        examples = [_example(columns, i, set(ints)) for i in range(rows)]
+    elif manifest.get("examples_api") == "classify":
+        api, name = "classify", golden["input_name"]
+        # floats, written with a decimal point: JSON whole numbers become an int64 list
+        examples = [
+            {name: [float(v) for v in np.asarray(image, float).ravel()]}
+            for image in golden["inputs"]
+        ]
+        rows = len(examples)
+    else:
+        return None
     try:
         results = client.classify_or_regress(api, examples, version=version)
     except ServingError as exc:
