@@ -135,18 +135,22 @@ def normalise(
             f"{origin}: {labels.shape[0] if labels.ndim else 0} labels for {images.shape[0]} images"
             f" (labels shape {labels.shape})"
         )
-    if images.dtype.kind == "f":
-        bad = sum(int(np.count_nonzero(~np.isfinite(c))) for c in rows.chunks(images))
-        if bad:
-            raise DataError(f"{origin}: {what} contain {bad} NaN or infinite values")
+    lo, hi, bad = np.inf, -np.inf, 0  # one pass over the pixels (they may be on disk)
+    for c in rows.chunks(images):
+        if images.dtype.kind == "f":
+            finite = np.isfinite(c)
+            bad += int(finite.size - np.count_nonzero(finite))
+            c = c[finite]
+        if c.size:
+            lo, hi = min(lo, float(c.min())), max(hi, float(c.max()))
+    if bad:
+        raise DataError(f"{origin}: {what} contain {bad} NaN or infinite values")
     if labels.dtype.kind == "f":
         if not np.all(np.isfinite(labels)):
             raise DataError(f"{origin}: labels contain NaN or infinite values")
         if not np.all(labels == np.round(labels)):
             raise DataError(f"{origin}: labels are not whole numbers")
     labels = labels.astype(np.int64)
-    lo = min(float(c.min()) for c in rows.chunks(images))
-    hi = max(float(c.max()) for c in rows.chunks(images))
     if scale is None:
         scale = 255.0 if images.dtype.kind in "ui" else 1.0
     if lo < 0 or hi > scale:
@@ -195,22 +199,45 @@ def tvd(p: np.ndarray, q: np.ndarray) -> float:
 
 def drift(a: Split, b: Split, num_classes: int) -> dict[str, float]:
     """Label and pixel-intensity distribution distance between two splits."""
-    edges = np.linspace(0.0, config.PIXEL_MAX, config.PIXEL_BINS + 1)
+    return split_drift(a, b, pixel_summary(a.images), pixel_summary(b.images), num_classes)
+
+
+def split_drift(
+    a: Split, b: Split, pa: PixelSummary, pb: PixelSummary, num_classes: int
+) -> dict[str, float]:
+    """:func:`drift` from the splits' pixel summaries (computed once, used twice)."""
     return {
         "label_tvd": tvd(
             np.bincount(a.labels, minlength=num_classes).astype(float),
             np.bincount(b.labels, minlength=num_classes).astype(float),
         ),
-        "pixel_tvd": tvd(histogram(a.images, edges), histogram(b.images, edges)),
+        "pixel_tvd": tvd(pa.histogram, pb.histogram),
     }
 
 
-def histogram(images: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """The pixel histogram of ``images`` over ``edges``, a chunk at a time."""
-    total = np.zeros(len(edges) - 1)
+@dataclass
+class PixelSummary:
+    """One pass over a split's pixels: their histogram (PIXEL_BINS buckets over 0-255), and
+    each channel's sum, sum of squares and count (for means and standard deviations)."""
+
+    histogram: np.ndarray
+    sums: np.ndarray
+    squares: np.ndarray
+    count: int
+
+
+def pixel_summary(images: np.ndarray) -> PixelSummary:
+    """:class:`PixelSummary` of ``images``, a chunk at a time."""
+    edges = np.linspace(0.0, config.PIXEL_MAX, config.PIXEL_BINS + 1)
+    channels = images.shape[-1]
+    out = PixelSummary(np.zeros(config.PIXEL_BINS), np.zeros(channels), np.zeros(channels), 0)
     for c in rows.chunks(images):
-        total += np.histogram(c, edges)[0]
-    return total
+        out.histogram += np.histogram(c, edges)[0]
+        flat = c.reshape(-1, channels).astype(np.float64)
+        out.sums += flat.sum(axis=0)
+        out.squares += (flat**2).sum(axis=0)
+        out.count += len(flat)
+    return out
 
 
 def check_drift(d: dict[str, float], origin: str, checks: Checks) -> None:
@@ -284,30 +311,29 @@ def prepare(raw: RawData, checks: Checks, seed: int = SEED.default) -> Prepared:
     else:
         train, val, test = stratified_split(full, (config.VAL_FRACTION, config.TEST_FRACTION), seed)
         data_hash = content_hash(full)
-    d = drift(train, test, checks.num_classes)
+    summaries = [pixel_summary(s.images) for s in (train, val, test)]
+    d = split_drift(train, test, summaries[0], summaries[2], checks.num_classes)
     check_drift(d, raw.origin, checks)
-    stats = image_stats([train, val, test], checks.num_classes, raw.class_names)
+    labels = np.concatenate([s.labels for s in (train, val, test)])
+    stats = image_stats(summaries, labels, checks.num_classes, raw.class_names)
     return Prepared(train, val, test, data_hash, raw.origin, checks.num_classes, d, stats)
 
 
-def image_stats(splits: list[Split], num_classes: int, names: list[str] | None = None) -> dict:
-    """Statistics per feature of the whole snapshot, stored with the data manifest (what a
-    later retrain measures drift against): ``image``, the pixel histogram (PIXEL_BINS
-    buckets over 0-255) and each channel's mean and standard deviation; ``label``, the rows
-    per class (by name: ``names``, else the label's number). A chunk at a time."""
-    edges = np.linspace(0.0, config.PIXEL_MAX, config.PIXEL_BINS + 1)
-    channels = splits[0].images.shape[-1]
-    total, sums, squares, n = np.zeros(config.PIXEL_BINS), np.zeros(channels), 0.0, 0
-    for s in splits:
-        for c in rows.chunks(s.images):
-            total += np.histogram(c, edges)[0]
-            flat = c.reshape(-1, channels).astype(np.float64)
-            sums += flat.sum(axis=0)
-            squares += (flat**2).sum(axis=0)
-            n += len(flat)
-    mean = sums / max(n, 1)
-    std = np.sqrt(np.maximum(squares / max(n, 1) - mean**2, 0.0))
-    labels = np.concatenate([s.labels for s in splits])
+def image_stats(
+    summaries: list[PixelSummary],
+    labels: np.ndarray,
+    num_classes: int,
+    names: list[str] | None = None,
+) -> dict:
+    """Statistics per feature of the whole snapshot (its splits' pixel summaries and
+    labels), stored with the data manifest (what a later retrain measures drift against):
+    ``image``, the pixel histogram (PIXEL_BINS buckets over 0-255) and each channel's mean
+    and standard deviation; ``label``, the rows per class (by name: ``names``, else the
+    label's number)."""
+    total = sum(p.histogram for p in summaries)
+    n = max(sum(p.count for p in summaries), 1)
+    mean = sum(p.sums for p in summaries) / n
+    std = np.sqrt(np.maximum(sum(p.squares for p in summaries) / n - mean**2, 0.0))
     counts = np.bincount(labels, minlength=num_classes)
     names = names or [str(c) for c in range(num_classes)]
     return {
