@@ -294,12 +294,7 @@ def image_drift_checks(
         if schema_path.exists()
         else {name: max_drift for name in found if max_drift is not None}
     )
-    checks = [
-        Check(f"drift[{name}] ({how})", value, "<=", limits[name])
-        for name, (how, value) in found.items()
-        if name in limits
-    ]
-    return found, checks
+    return found, table_retrain.drift_gates(found, limits)
 
 
 def evaluate_both(

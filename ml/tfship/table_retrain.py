@@ -134,13 +134,16 @@ def drift_checks(
     new = TableStats.from_dict(read_json(ws.data / "stats.json"))
     schema = sch.read_schema(ws.data / sch.SCHEMA_FILE)
     found = sch.drift(base, new, schema)
-    limits = sch.drift_thresholds(schema, max_drift)
-    checks = [
+    return found, drift_gates(found, sch.drift_thresholds(schema, max_drift))
+
+
+def drift_gates(found: dict[str, tuple[str, float]], limits: dict[str, float]) -> list[Check]:
+    """One check per drifted feature that has a threshold (a table's or an image's)."""
+    return [
         Check(f"drift[{name}] ({how})", value, "<=", limits[name])
         for name, (how, value) in found.items()
         if name in limits
     ]
-    return found, checks
 
 
 def drift_table(found: dict[str, tuple[str, float]]) -> str:
