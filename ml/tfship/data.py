@@ -466,6 +466,12 @@ def build(ws_root: Path, s: DataSettings) -> BuildResult | TableBuild:
     return BuildResult(info)
 
 
+def class_names(manifest: dict) -> list[str]:
+    """The class names an image model answers with (its data manifest's): an image folder's
+    sub-folder names, else the labels' numbers as text ("0", "1", ...)."""
+    return manifest.get("classes") or [str(c) for c in range(manifest["num_classes"])]
+
+
 def schema_home(data: str) -> Path | None:
     """Where a local image snapshot's ``schema.pbtxt`` lives, as a table's does: in the
     folder (of snapshots, or of class sub-folders), or beside the file. None for the bundled

@@ -22,6 +22,7 @@ from tfship.log import event, quiet_tensorflow
 from tfship.report import Check, check_table, failed, metrics_table, summary, write_junit
 from tfship.rows import chunks
 from tfship.settings import Setting, setting
+from tfship.trainer import load_model
 from tfship.workspace import Workspace, read_json, sha256_file, write_json
 
 # The default CNN reaches 0.97-1.0 on the default data in 6 epochs (bench/gate_margin.py).
@@ -179,11 +180,9 @@ def plot_confusion(cm: list[list[int]], path: Path, title: str = "confusion matr
 
 def predict_keras(model_path: Path, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Class probabilities from a saved ``.keras`` model."""
-
     quiet_tensorflow()
-    import keras
 
-    model = keras.models.load_model(model_path)
+    model = load_model(model_path)
     # A single-input Keras 3 model takes the plain array (a dict keyed by the input's name
     # makes Keras warn about the structure). A chunk at a time: a split on disk
     # (tfship.rows) is never read into memory whole.

@@ -32,13 +32,14 @@ import numpy as np
 
 from tfship import config
 from tfship import schema as sch
-from tfship.data import load_split
+from tfship.data import class_names, load_split
 from tfship.errors import DataError, GateFailed, VerificationFailed
 from tfship.log import event, quiet_tensorflow
 from tfship.settings import setting
 from tfship.stats import TableStats
 from tfship.store import MANIFEST, ArtifactStore, check_model_name, check_version
 from tfship.tables import numeric_means, take, typed_rows
+from tfship.trainer import load_model
 from tfship.workspace import Workspace, read_json, tree_hashes, write_json
 
 if TYPE_CHECKING:
@@ -153,12 +154,6 @@ def write_warmup(path: Path, model_name: str, batch: dict[str, np.ndarray]) -> N
             writer.write(log.SerializeToString())
 
 
-def image_classes(data_manifest: dict) -> list[str]:
-    """The class names an image model answers with: an image folder's sub-folder names,
-    else the labels' numbers as text ("0", "1", ...)."""
-    return data_manifest.get("classes") or [str(c) for c in range(data_manifest["num_classes"])]
-
-
 def export_image(model: keras.Model, out: Path, classes: list[str]) -> None:
     """Export ``serving_default`` on the raw pixels (float32 0-255, named as the model's
     input; the model rescales them in its graph), answering ``classes`` (the names, as TF
@@ -263,12 +258,11 @@ def package(
     test = load_split(ws.data / "test.npz")
     golden = test.images[: config.GOLDEN_BATCH]
     _tf()  # quietly, before Keras loads it
-    import keras
 
-    model = keras.models.load_model(model_path)
+    model = load_model(model_path)
     with ws.stage_output("package") as out:
         vdir = out / str(version)
-        classes = image_classes(data_manifest)
+        classes = class_names(data_manifest)
         sig, golden_doc = export_and_check(model, vdir, golden, classes)
         extra = vdir / "assets.extra"
         extra.mkdir()
@@ -366,7 +360,6 @@ def _package_table(
 ) -> PackageResult:
     """Stage 4 for a table: export both signatures, check the export on real test rows."""
     tf = _tf()
-    import keras
 
     from tfship.table_model import export_table  # imports TF
 
@@ -380,7 +373,7 @@ def _package_table(
         ws.data / "test.csv", kinds, means, label, classes, limit=config.HELD_OUT_ROWS
     )
     golden = take(inputs, slice(0, config.GOLDEN_BATCH))
-    model = keras.models.load_model(model_path)
+    model = load_model(model_path)
     with ws.stage_output("package") as out:
         vdir = out / str(version)
         schema = sch.read_schema(ws.data / sch.SCHEMA_FILE)

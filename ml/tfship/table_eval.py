@@ -32,6 +32,7 @@ from tfship.log import event, quiet_tensorflow
 from tfship.report import Check, check_table, failed, summary, write_junit
 from tfship.stats import TableStats
 from tfship.tables import CLASSIFICATION, read_csv
+from tfship.trainer import load_model
 from tfship.workspace import Workspace, read_json, sha256_file, write_json
 
 MISSING = "<missing>"  # a slice's value where the feature is missing
@@ -349,13 +350,12 @@ def evaluate_table(
     label, task, classes = data_manifest["label"], data_manifest["task"], data_manifest["classes"]
     schema = sch.read_schema(ws.data / sch.SCHEMA_FILE)
     quiet_tensorflow()
-    import keras
 
     from tfship.table_model import dataset, feature_kinds, predict  # imports TF
 
     stats = TableStats.from_dict(read_json(ws.data / "stats.json"))
     started = time.monotonic()
-    model = keras.models.load_model(model_path)
+    model = load_model(model_path)
     kinds = feature_kinds(schema, label)
     test_csv = ws.data / "test.csv"
     out, y = predict(model, dataset(test_csv, kinds, stats, label, classes, 256))

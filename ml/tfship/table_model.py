@@ -18,7 +18,6 @@ memory. Imported only by stages that train (it imports TensorFlow).
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
@@ -27,10 +26,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfship import schema as sch
-from tfship.errors import ConfigError
 from tfship.stats import TableStats
 from tfship.tables import numeric_means
-from tfship.trainer import import_trainer, one_line
 
 NUMERIC, CATEGORICAL, TEXT = "numeric", "categorical", "text"
 SHUFFLE_ROWS = 10_000  # shuffle buffer: bounded memory whatever the table's size
@@ -158,45 +155,6 @@ def default_table_model(
 
 def _feature(schema: object, name: str) -> object:
     return next(f for f in schema.feature if f.name == name)
-
-
-def recorded_trainer(model_path: Path) -> str | None:
-    """The ``--trainer`` a ``.keras`` model was trained with, from the lineage beside it:
-    ``train.json`` in a workspace's ``model/``, ``tfship.json`` in a package's
-    ``assets.extra/``."""
-    folder = Path(model_path).parent
-    for name, keys in (("train.json", ("settings",)), ("tfship.json", ("train", "settings"))):
-        if (folder / name).is_file():
-            node = json.loads((folder / name).read_text())
-            for key in keys:
-                node = node.get(key) if isinstance(node, dict) else None
-            return node.get("trainer") if isinstance(node, dict) else None
-    return None
-
-
-def load_model(model_path: Path, trainer: str | None = None) -> keras.Model:
-    """``keras.models.load_model``, importing the model's trainer module when Keras needs it.
-
-    A trainer's custom layers are registered (``@keras.saving.register_keras_serializable``)
-    when its module is imported; Keras 3 imports no user module by itself. If loading fails,
-    the module (``trainer``, else the one recorded beside the model) is imported and the load
-    tried again; a module that cannot be imported then is a ConfigError naming it.
-    """
-    try:
-        return keras.models.load_model(model_path)
-    except (TypeError, ValueError) as exc:
-        module = trainer or recorded_trainer(model_path)
-        if module is None:
-            raise
-        import_trainer(module)
-        try:
-            return keras.models.load_model(model_path)
-        except (TypeError, ValueError) as again:
-            raise ConfigError(
-                f"{model_path}: Keras cannot load it with {module} imported ({one_line(again)})",
-                hint="register the trainer's custom layers with "
-                "@keras.saving.register_keras_serializable() (docs/trainer.md)",
-            ) from exc
 
 
 def predict(model: keras.Model, ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ from tfship.report import Check
 from tfship.stats import TableStats
 from tfship.table_eval import MISSING, regression_metrics, slice_metrics
 from tfship.tables import CLASSIFICATION, REGRESSION, numeric_means, typed_rows
+from tfship.trainer import load_model
 from tfship.workspace import Workspace, read_json
 
 
@@ -76,12 +77,11 @@ def metrics(
 ) -> dict:
     """The task's metrics of the ``.keras`` model at ``model_path`` on ``rows`` (a classifier's
     with its class names), and per value of each of ``slices`` (shown, not gated)."""
-    import keras
     import tensorflow as tf
 
     from tfship.table_model import predict  # imports TF
 
-    model = keras.models.load_model(model_path)
+    model = load_model(model_path)
     out, _ = predict(model, tf.data.Dataset.from_tensor_slices((rows, labels)).batch(256))
     classes = info["classes"]
     if classes is None:

@@ -2,9 +2,10 @@
 
 Writes ``<workspace>/model/``: ``model.keras`` (kept for retraining), ``history.json``,
 ``history.png`` and ``train.json`` (what was trained on, with which settings, by which
-trainer and ``tf.distribute`` strategy). A table trains tfship's default model or the one a
-``--trainer`` module's ``run_fn`` returns (``tfship.trainer``, docs/trainer.md), under the
-strategy ``tfship.distribute`` chooses; with several workers only the chief writes. TensorFlow
+trainer and ``tf.distribute`` strategy). A table or an image set trains tfship's default
+model for it or the one a ``--trainer`` module's ``run_fn`` returns (``tfship.trainer``,
+docs/trainer.md), under the strategy ``tfship.distribute`` chooses; with several workers only
+the chief writes. TensorFlow
 is imported when a model is trained, not when this module is (``tfship --help`` and the
 settings stay fast).
 """
@@ -16,17 +17,17 @@ import json
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tfship import distribute
+from tfship import config, distribute
 from tfship import schema as sch
 from tfship import trainer as trainers
-from tfship.data import SEED, Split, load_split
+from tfship.data import SEED, Split, class_names, load_split
 from tfship.errors import ConfigError
 from tfship.log import event, quiet_tensorflow
 from tfship.settings import Setting, setting
@@ -76,10 +77,11 @@ class TrainSettings:
     trainer: str | None = setting(
         None,
         "TFSHIP_TRAINER",
-        "Tables: your model, package.module defining run_fn(ctx) -> keras.Model built in "
+        "Your model, package.module defining run_fn(ctx) -> keras.Model built in "
         "ctx.strategy.scope(), compiled (fitted or not: tfship fits it), on the raw features "
-        "named in ctx.inputs, giving (N, len(ctx.classes)) probabilities or an (N,)/(N, 1) "
-        "regression value. See docs/trainer.md. Default: tfship's table model.",
+        "named in ctx.inputs (a table's columns, or an image's pixels 0-255), giving "
+        "(N, len(ctx.classes)) probabilities or an (N,)/(N, 1) regression value. See "
+        "docs/trainer.md. Default: tfship's model for the data.",
     )
 
     def validate(self) -> None:
@@ -110,15 +112,6 @@ def _epoch_log(stage: str):
             event(stage, f"epoch {epoch + 1}", **fields)
 
     return EpochLog()
-
-
-def fit(
-    model: keras.Model, train: Split, val: Split, s: TrainSettings, stage: str = "train"
-) -> dict[str, list[float]]:
-    """Fit with early stopping on validation loss (best weights restored)."""
-    quiet_tensorflow()
-    train_ds = image_dataset(train, s.batch_size, s.seed)
-    return fit_datasets(model, train_ds, image_dataset(val, s.batch_size), s, stage)
 
 
 def image_dataset(split: Split, batch_size: int, seed: int | None = None) -> tf.data.Dataset:
@@ -288,76 +281,205 @@ def train(
     data_dir = data_dir or ws.require(ws.data, "build")
     data_manifest = read_json(ws.require(data_dir / "manifest.json", "build"))
     table = data_manifest.get("kind") == "table"
+    _check_kind(table, s)
     cluster = distribute.current_cluster()
-    _check_kind(table, s, cluster)
     quiet_tensorflow()
     import keras
     import tensorflow as tf
 
-    from tfship.model import build_model, check_interface, takes_pixels
-
-    # Before any other TF op. Images too: MirroredStrategy over the GPUs when there are any
-    # (one process: a multi-worker TF_CONFIG was refused above), TF's default otherwise.
+    # Before any other TF op: MultiWorkerMirroredStrategy sets up its collectives at start-up.
     strategy = distribute.strategy(cluster)
     keras.utils.set_random_seed(s.seed)
     tf.config.experimental.enable_op_determinism()  # same seed, same data -> same model
-    if table:
-        return _train_table(ws, data_dir, data_manifest, s, init_model, stage, strategy, cluster)
-    train_split = load_split(data_dir / "train.npz")
-    val_split = load_split(data_dir / "val.npz")
-    shape = tuple(train_split.images.shape[1:])
-    num_classes = int(data_manifest["num_classes"])
-    with strategy.scope():  # variables (model and optimizer) mirrored on every GPU
-        if init_model is not None:
-            model = keras.models.load_model(init_model)
-            check_interface(model, str(init_model))
-            if not takes_pixels(model):
-                raise ConfigError(OLD_INPUT_RANGE.format(what=init_model), hint=OLD_RANGE_HINT)
-            model.optimizer.learning_rate.assign(s.learning_rate)
-        else:
-            model = build_model(shape, num_classes, s.model_fn, s.learning_rate)
-    if tuple(model.inputs[0].shape[1:]) != shape:
-        raise ConfigError(
-            f"model input shape {tuple(model.inputs[0].shape[1:])}"
-            f" does not match the data's {shape}"
+    if s.trainer and init_model is None:
+        trainers.load_run_fn(s.trainer)  # a module that cannot be used fails before training
+    run = _Run(ws, data_dir, data_manifest, s, init_model, stage, strategy, cluster)
+    return _train_table(run) if table else _train_images(run)
+
+
+@dataclass
+class _Run:
+    """One training run: where, on what, with which settings, under which strategy."""
+
+    ws: Workspace
+    data_dir: Path
+    manifest: dict
+    s: TrainSettings
+    init_model: Path | None
+    stage: str
+    strategy: tf.distribute.Strategy
+    cluster: distribute.Cluster
+
+    def announce(self, rows: int, **fields: object) -> None:
+        """The ``training`` log line."""
+        d = distribute.describe(self.strategy, self.cluster)
+        event(
+            self.stage,
+            "training",
+            rows=rows,
+            **fields,
+            epochs=self.s.epochs,
+            data=self.manifest["data_hash"][:19],
+            trainer=self.s.trainer,
+            strategy=d["strategy"],
+            replicas=d["replicas"],
+            worker=d["task"],
         )
-    event(
-        stage,
-        "training",
-        rows=len(train_split),
-        epochs=s.epochs,
-        data=data_manifest["data_hash"][:19],
-        strategy=distribute.name_of(strategy),
-    )
-    started = time.monotonic()
-    history = fit(model, train_split, val_split, s, stage)
-    facts = {"input_name": model.inputs[0].name, "input_shape": list(shape)}
-    facts["num_classes"] = num_classes
-    return _write(
-        ws, model, history, time.monotonic() - started, data_manifest, s, init_model, facts, stage
-    )
 
 
-def _check_kind(table: bool, s: TrainSettings, cluster: distribute.Cluster) -> None:
-    """What each kind of data takes: --trainer and tf.distribute are for tables, --model-fn
-    for images."""
+def _check_kind(table: bool, s: TrainSettings) -> None:
+    """--model-fn is the image models' older hook; a trainer is for both kinds of data."""
     if table and s.model_fn:
         raise ConfigError(
             "--model-fn takes (input_shape, num_classes) for images; tables take a trainer",
             hint="use --trainer package.module, whose run_fn(ctx) returns the model "
             "(docs/trainer.md)",
         )
-    if not table and s.trainer:
+    if s.model_fn and s.trainer:
         raise ConfigError(
-            "--trainer is for tables; images take --model-fn",
-            hint="--model-fn package.module:function(input_shape, num_classes) returning a "
-            "compiled keras.Model",
+            f"--trainer {s.trainer} and --model-fn {s.model_fn} both name the model to train",
+            hint="keep one: --trainer package.module (run_fn(ctx), docs/trainer.md) or "
+            "--model-fn package.module:function",
         )
-    if not table and cluster.workers > 1:
-        raise ConfigError(
-            f"TF_CONFIG describes {cluster.workers} workers, but images train on one process",
-            hint="unset TF_CONFIG: tf.distribute is for tables",
+
+
+def _train_table(run: _Run) -> TrainResult:
+    """Stage 2 for a table: stream the split's CSVs through tf.data into the table model
+    (tfship's, the champion's when fine-tuning, or the trainer's), built in the strategy."""
+    from tfship.table_model import dataset, default_table_model, feature_kinds  # imports TF
+
+    s, data_dir, manifest = run.s, run.data_dir, run.manifest
+    schema = sch.read_schema(data_dir / sch.SCHEMA_FILE)
+    stats = TableStats.from_dict(read_json(data_dir / "stats.json"))
+    label, classes = manifest["label"], manifest["classes"]
+    kinds = feature_kinds(schema, label)
+
+    def pipe(split: str, shuffle: bool) -> object:
+        seed = s.seed if shuffle else None
+        rows = manifest["rows"][split]
+        ds = dataset(
+            data_dir / f"{split}.csv", kinds, stats, label, classes, s.batch_size, seed, rows
         )
+        return distribute.shard(ds, run.cluster)
+
+    train_ds, val_ds = pipe("train", True), pipe("val", False)
+    run.announce(manifest["rows"]["train"], task=manifest["task"])
+
+    def default_model() -> keras.Model:
+        return default_table_model(schema, stats, label, classes, s.learning_rate, train_ds)
+
+    context = {
+        "schema": schema,
+        "stats": stats,
+        "label": label,
+        "task": manifest["task"],
+        "classes": classes,
+        "inputs": dict(kinds),
+    }
+    facts = {"kind": "table", "task": manifest["task"], "label": label, "classes": classes}
+    facts["inputs"] = kinds
+    return _fit_and_write(run, train_ds, val_ds, default_model, context, lambda _m: facts)
+
+
+def _train_images(run: _Run) -> TrainResult:
+    """Stage 2 for images: the splits' pixels, a batch at a time, into tfship's CNN (or a
+    ``--model-fn`` model behind the rescaling), the champion when fine-tuning, or the
+    trainer's, built in the strategy."""
+    from tfship.model import build_model, check_interface, takes_pixels
+
+    s, manifest = run.s, run.manifest
+    train_split = load_split(run.data_dir / "train.npz")
+    val_split = load_split(run.data_dir / "val.npz")
+    shape = tuple(int(d) for d in train_split.images.shape[1:])
+    num_classes = int(manifest["num_classes"])
+    train_ds = distribute.shard(image_dataset(train_split, s.batch_size, s.seed), run.cluster)
+    val_ds = distribute.shard(image_dataset(val_split, s.batch_size), run.cluster)
+    run.announce(len(train_split))
+
+    def check_shape(model: keras.Model) -> None:
+        if tuple(model.inputs[0].shape[1:]) != shape:
+            raise ConfigError(
+                f"model input shape {tuple(model.inputs[0].shape[1:])}"
+                f" does not match the data's {shape}"
+            )
+
+    def default_model() -> keras.Model:
+        model = build_model(shape, num_classes, s.model_fn, s.learning_rate)
+        check_shape(model)
+        return model
+
+    def check_champion(model: keras.Model) -> None:
+        init = run.init_model
+        check_interface(model, str(init))
+        # A trainer's model rescales as its author wrote it; the contract is pixels 0-255.
+        if not takes_pixels(model) and trainers.recorded_trainer(init) is None:  # type: ignore[arg-type]
+            raise ConfigError(OLD_INPUT_RANGE.format(what=init), hint=OLD_RANGE_HINT)
+        check_shape(model)
+
+    context = {
+        "schema": sch.read_schema(run.data_dir / sch.SCHEMA_FILE) if s.trainer else None,
+        "stats": manifest.get("stats"),
+        "label": sch.LABEL_FEATURE,
+        "task": "classification",
+        "classes": class_names(manifest),
+        "inputs": {config.INPUT_NAME: "image"},
+        "image_shape": shape,
+    }
+
+    def facts(model: keras.Model) -> dict:
+        name = model.inputs[0].name
+        return {"input_name": name, "input_shape": list(shape), "num_classes": num_classes}
+
+    return _fit_and_write(run, train_ds, val_ds, default_model, context, facts, check_champion)
+
+
+def _fit_and_write(
+    run: _Run,
+    train_ds: object,
+    val_ds: object,
+    default_model: Callable[[], keras.Model],
+    context: dict,
+    facts: Callable[[keras.Model], dict],
+    check_champion: Callable[[keras.Model], None] | None = None,
+) -> TrainResult:
+    """Fit the model (the champion fine-tuned, the trainer's ``run_fn``'s, or tfship's
+    default) on the two pipelines under the run's strategy; the chief writes it."""
+    s, strategy, init = run.s, run.strategy, run.init_model
+
+    def fit(model: keras.Model) -> dict[str, list[float]]:
+        return fit_datasets(model, train_ds, val_ds, s, run.stage, strategy)
+
+    started = time.monotonic()
+    if init is not None:
+        with strategy.scope():
+            model = trainers.load_model(init, s.trainer)
+            if check_champion is not None:
+                check_champion(model)
+            model.optimizer.learning_rate.assign(s.learning_rate)
+        history = fit(model)
+    elif s.trainer:
+        ctx = trainers.TrainerContext(
+            **context,
+            train_ds=train_ds,
+            val_ds=val_ds,
+            settings=s,
+            strategy=strategy,
+            _default_model=default_model,
+            _fit=fit,
+        )
+        model, history = trainers.run(s.trainer, ctx)
+    else:
+        with strategy.scope():
+            model = default_model()
+        history = fit(model)
+    seconds = time.monotonic() - started
+    # A fine-tuned champion keeps the architecture its trainer built: the lineage says whose.
+    made_by = s.trainer or (trainers.recorded_trainer(init) if init is not None else None)
+    info = {**facts(model), "trainer": made_by}
+    info["distribute"] = distribute.describe(strategy, run.cluster)
+    if not run.cluster.chief:
+        return _discard(model, history, info)
+    return _write(run.ws, model, history, seconds, run.manifest, s, init, info, run.stage)
 
 
 def _write(
@@ -399,97 +521,6 @@ def _write(
         best_val_loss=f"{info['best_val_loss']:.4f}",
     )
     return TrainResult(info)
-
-
-def _train_table(
-    ws: Workspace,
-    data_dir: Path,
-    data_manifest: dict,
-    s: TrainSettings,
-    init_model: Path | None,
-    stage: str,
-    strategy: tf.distribute.Strategy,
-    cluster: distribute.Cluster,
-) -> TrainResult:
-    """Stage 2 for a table: stream the split's CSVs through tf.data into the table model
-    (tfship's, the champion's when fine-tuning, or the trainer's), built in ``strategy``."""
-    from tfship.table_model import (  # imports TF
-        dataset,
-        default_table_model,
-        feature_kinds,
-        load_model,
-        recorded_trainer,
-    )
-
-    schema = sch.read_schema(data_dir / sch.SCHEMA_FILE)
-    stats = TableStats.from_dict(read_json(data_dir / "stats.json"))
-    label, classes = data_manifest["label"], data_manifest["classes"]
-    kinds = feature_kinds(schema, label)
-
-    def pipe(split: str, shuffle: bool) -> object:
-        seed = s.seed if shuffle else None
-        rows = data_manifest["rows"][split]
-        path = data_dir / f"{split}.csv"
-        ds = dataset(path, kinds, stats, label, classes, s.batch_size, seed, rows)
-        return distribute.shard(ds, cluster)
-
-    if s.trainer and init_model is None:
-        trainers.load_run_fn(s.trainer)  # a module that cannot be used fails before training
-    train_ds, val_ds = pipe("train", True), pipe("val", False)
-    run = distribute.describe(strategy, cluster)
-    event(
-        stage,
-        "training",
-        rows=data_manifest["rows"]["train"],
-        task=data_manifest["task"],
-        epochs=s.epochs,
-        data=data_manifest["data_hash"][:19],
-        trainer=s.trainer,
-        strategy=run["strategy"],
-        replicas=run["replicas"],
-        worker=run["task"],
-    )
-    started = time.monotonic()
-
-    def default_model() -> keras.Model:
-        return default_table_model(schema, stats, label, classes, s.learning_rate, train_ds)
-
-    def fit(model: keras.Model) -> dict[str, list[float]]:
-        return fit_datasets(model, train_ds, val_ds, s, stage, strategy)
-
-    if init_model is not None:
-        with strategy.scope():
-            model = load_model(init_model, s.trainer)
-            model.optimizer.learning_rate.assign(s.learning_rate)
-        history = fit(model)
-    elif s.trainer:
-        ctx = trainers.TrainerContext(
-            schema=schema,
-            stats=stats,
-            label=label,
-            task=data_manifest["task"],
-            classes=classes,
-            inputs=dict(kinds),
-            train_ds=train_ds,
-            val_ds=val_ds,
-            settings=s,
-            strategy=strategy,
-            _default_model=default_model,
-            _fit=fit,
-        )
-        model, history = trainers.run(s.trainer, ctx)
-    else:
-        with strategy.scope():
-            model = default_model()
-        history = fit(model)
-    seconds = time.monotonic() - started
-    facts = {"kind": "table", "task": data_manifest["task"], "label": label, "classes": classes}
-    # A fine-tuned champion keeps the architecture its trainer built: the lineage says whose.
-    made_by = s.trainer or (recorded_trainer(init_model) if init_model is not None else None)
-    facts.update(inputs=kinds, trainer=made_by, distribute=run)
-    if not cluster.chief:
-        return _discard(model, history, facts)
-    return _write(ws, model, history, seconds, data_manifest, s, init_model, facts, stage)
 
 
 def _discard(model: keras.Model, history: dict[str, list[float]], facts: dict) -> TrainResult:

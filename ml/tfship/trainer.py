@@ -1,7 +1,8 @@
-"""``--trainer package.module``: your own model for a table, in the spirit of TFX's ``run_fn``.
+"""``--trainer package.module``: your own model, in the spirit of TFX's ``run_fn``.
 
 The module defines ``run_fn(ctx: TrainerContext) -> keras.Model``. The model takes the raw
-named features (one input per name in ``ctx.inputs``) and outputs class probabilities
+named features (one input per name in ``ctx.inputs``: a table's columns, or an image set's
+``image``, pixel values 0-255 of shape ``ctx.image_shape``) and outputs class probabilities
 ``(N, len(ctx.classes))`` or a regression value ``(N,)`` / ``(N, 1)``; it is returned compiled,
 fitted or not (tfship fits a model whose optimizer has taken no step). Everything tfship
 then does with the model (gates, export, TF Serving, retrain) is the same as for its default
@@ -16,11 +17,13 @@ imported inside functions (this module is imported by ``train``, which imports T
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tfship import schema as sch
@@ -47,18 +50,22 @@ class TrainerContext:
     """What ``run_fn(ctx)`` gets: the data, what it is, the settings and the strategy.
 
     ``train_ds`` and ``val_ds`` yield ``(features, label)`` batches of ``settings.batch_size``
-    rows (the global batch): ``features`` maps each name of ``inputs`` to a 1-D tensor of raw
-    values (float32 for numeric features, a missing number already the training mean; strings
-    for categorical and text ones), ``label`` is the class index into ``classes`` or the
-    regression target (float32). The training split is shuffled with ``settings.seed``.
+    rows (the global batch). For a table, ``features`` maps each name of ``inputs`` to a 1-D
+    tensor of raw values (float32 for numeric features, a missing number already the training
+    mean; strings for categorical and text ones); for images it is one float32 tensor
+    ``(N, *image_shape)`` of pixel values 0-255. ``label`` is the class index into ``classes``
+    (int64) or the regression target (float32). The training split is shuffled with
+    ``settings.seed``.
     """
 
     schema: Any  # tensorflow_metadata's Schema proto (schema.pbtxt)
-    stats: TableStats  # the training data's statistics (stats.json)
+    # the training data's statistics: a table's TableStats (stats.json), an image set's
+    # manifest statistics (pixel histogram, channel means and stds, rows per class)
+    stats: TableStats | dict | None
     label: str
     task: str  # "classification" or "regression"
     classes: list[str] | None  # class names, index = label value; None for regression
-    inputs: dict[str, str]  # feature name -> "numeric", "categorical" or "text"
+    inputs: dict[str, str]  # feature name -> "numeric", "categorical", "text" or "image"
     train_ds: tf.data.Dataset
     val_ds: tf.data.Dataset
     settings: TrainSettings
@@ -67,6 +74,7 @@ class TrainerContext:
     _default_model: Callable[[], keras.Model] = field(repr=False)
     _fit: Callable[[keras.Model], History] = field(repr=False)
     history: History | None = field(default=None, repr=False)  # of the last ctx.fit
+    image_shape: tuple[int, ...] | None = None  # (height, width, channels) for images
 
     def default_model(self) -> keras.Model:
         """tfship's default model for this data, compiled, built in ``strategy.scope()``:
@@ -205,12 +213,17 @@ def check_model(model: object, ctx: TrainerContext, origin: str) -> tuple[int, .
     try:
         out = np.asarray(model(feats, training=False))
     except Exception as exc:
+        takes = (
+            f"a batch of images (N, {', '.join(map(str, ctx.image_shape))}), pixel values 0-255"
+            if ctx.image_shape
+            else "a dict of the raw features, one 1-D tensor per name in ctx.inputs"
+        )
         raise ConfigError(
             f"{origin}: calling the model on a batch of validation rows raised {one_line(exc)}",
-            hint="the model takes a dict of the raw features, one 1-D tensor per name in "
-            "ctx.inputs",
+            hint=f"the model takes {takes}",
         ) from exc
-    _check_outputs(out, len(next(iter(feats.values()))), ctx, origin)
+    rows = len(feats) if ctx.image_shape else len(next(iter(feats.values())))
+    _check_outputs(out, rows, ctx, origin)
     return tuple(out.shape)
 
 
@@ -224,6 +237,7 @@ def _check_inputs(model: keras.Model, ctx: TrainerContext, origin: str) -> None:
     if not inputs:
         return
     names = {t.name: t for t in inputs}
+    kind = "image" if ctx.image_shape else "numeric"
     missing, unknown = sorted(set(ctx.inputs) - set(names)), sorted(set(names) - set(ctx.inputs))
     if missing or unknown:
         found = "; ".join(
@@ -236,18 +250,31 @@ def _check_inputs(model: keras.Model, ctx: TrainerContext, origin: str) -> None:
         )
         raise ConfigError(
             f"{origin}: the model's inputs do not match the features: {found}",
-            hint="one keras.Input(shape=(), name=NAME) for each NAME in ctx.inputs "
+            hint=f"one {_input_call('NAME', kind, ctx)} for each NAME in ctx.inputs "
             f"({', '.join(ctx.inputs)})",
         )
     for name, kind in ctx.inputs.items():
         dtype = str(names[name].dtype)
-        numeric = kind == "numeric"
+        numeric = kind in ("numeric", "image")
         if numeric != (dtype in FLOAT_DTYPES):
-            want = "float32" if numeric else "string"
             raise ConfigError(
                 f"{origin}: input {name!r} is {dtype} but the feature is {kind}",
-                hint=f"keras.Input(shape=(), name={name!r}, dtype={want!r})",
+                hint=_input_call(repr(name), kind, ctx, dtype=True),
             )
+        shape = tuple(names[name].shape[1:])
+        if kind == "image" and shape != ctx.image_shape:
+            raise ConfigError(
+                f"{origin}: input {name!r} takes images of shape {shape}; the data's are "
+                f"{ctx.image_shape}",
+                hint=_input_call(repr(name), kind, ctx),
+            )
+
+
+def _input_call(name: str, kind: str, ctx: TrainerContext, dtype: bool = False) -> str:
+    """The ``keras.Input(...)`` a feature of ``kind`` takes, as a hint shows it."""
+    shape = ctx.image_shape if kind == "image" else ()
+    want = "float32" if kind in ("numeric", "image") else "string"
+    return f"keras.Input(shape={shape}, name={name}" + (f", dtype={want!r})" if dtype else ")")
 
 
 def _check_outputs(out: object, rows: int, ctx: TrainerContext, origin: str) -> None:
@@ -291,6 +318,47 @@ def as_column(model: keras.Model, ctx: TrainerContext) -> keras.Model:
         column = keras.Model(inputs, outputs, name=model.name)
         column.compile_from_config(model.get_compile_config())
     return column
+
+
+def recorded_trainer(model_path: Path) -> str | None:
+    """The ``--trainer`` a ``.keras`` model was trained with, from the lineage beside it:
+    ``train.json`` in a workspace's ``model/``, ``tfship.json`` in a package's
+    ``assets.extra/``."""
+    folder = Path(model_path).parent
+    for name, keys in (("train.json", ("settings",)), ("tfship.json", ("train", "settings"))):
+        if (folder / name).is_file():
+            node = json.loads((folder / name).read_text())
+            for key in keys:
+                node = node.get(key) if isinstance(node, dict) else None
+            return node.get("trainer") if isinstance(node, dict) else None
+    return None
+
+
+def load_model(model_path: Path, trainer: str | None = None) -> keras.Model:
+    """``keras.models.load_model``, importing the model's trainer module when Keras needs it.
+
+    A trainer's custom layers are registered (``@keras.saving.register_keras_serializable``)
+    when its module is imported; Keras 3 imports no user module by itself. If loading fails,
+    the module (``trainer``, else the one recorded beside the model) is imported and the load
+    tried again; a module that cannot be imported then is a ConfigError naming it.
+    """
+    import keras
+
+    try:
+        return keras.models.load_model(model_path)
+    except (TypeError, ValueError) as exc:
+        module = trainer or recorded_trainer(model_path)
+        if module is None:
+            raise
+        import_trainer(module)
+        try:
+            return keras.models.load_model(model_path)
+        except (TypeError, ValueError) as again:
+            raise ConfigError(
+                f"{model_path}: Keras cannot load it with {module} imported ({one_line(again)})",
+                hint="register the trainer's custom layers with "
+                "@keras.saving.register_keras_serializable() (docs/trainer.md)",
+            ) from exc
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
