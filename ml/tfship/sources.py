@@ -327,8 +327,7 @@ def _check_npz_members(path: Path, max_bytes: int) -> None:
     total = 0
     for info in infos:
         name = info.filename
-        parts = PurePosixPath(name.replace("\\", "/")).parts
-        if name.startswith(("/", "\\")) or ".." in parts or ":" in name:
+        if leaves_archive(name):
             raise DataError(
                 f"{path}: archive member {name!r} points outside the archive", hint=RESAVE
             )
@@ -515,9 +514,23 @@ def _packing_junk(name: str) -> bool:
 
 
 def _check_member(archive: str, name: str, special: bool) -> None:
-    parts = PurePosixPath(name).parts
-    if name.startswith("/") or ".." in parts or special:
+    if leaves_archive(name) or special:
         raise DataError(f"{archive}: member {name!r} is a link, a device or leaves the folder")
+
+
+WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def leaves_archive(name: str) -> bool:
+    """Whether an archive member's name points outside the folder it would unpack into:
+    absolute (``/x``, ``\\x``, a Windows drive ``C:x``) or climbing out through a ``..``
+    part, with either separator. The one rule for every archive tfship opens (an ``.npz``, a
+    ``.zip`` or ``.tar.gz`` of an image folder); a ``:`` further in (``12:30.png``) is part
+    of a name."""
+    posix = name.replace("\\", "/")
+    if posix.startswith("/") or WINDOWS_DRIVE.match(posix):
+        return True
+    return ".." in PurePosixPath(posix).parts
 
 
 @contextmanager

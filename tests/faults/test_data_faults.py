@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import assert_build_rejected, clean_env, digits_arrays, loopback_http, write_npz
+from tfship.sources import leaves_archive
 
 Route = tuple[dict[str, str], Callable[[], Iterable[bytes]]]
 
@@ -159,13 +160,36 @@ def _link(name: str, to: str) -> zipfile.ZipInfo:
         ("x/../../escape.npy", "'x/../../escape.npy' points outside the archive"),
         ("/etc/cron.d/escape.npy", "'/etc/cron.d/escape.npy' points outside the archive"),
         ("..\\escape.npy", "points outside the archive"),
+        ("C:escape.npy", "'C:escape.npy' points outside the archive"),
         (_link("images2.npy", "/etc/passwd"), "'images2.npy' is a symbolic link"),
     ],
-    ids=["dotdot", "nested-dotdot", "absolute", "backslash", "symlink"],
+    ids=["dotdot", "nested-dotdot", "absolute", "backslash", "drive", "symlink"],
 )
 def test_an_npz_with_a_member_outside_it_or_a_link_is_refused(build, tmp_path, member, needle):
     path = _npz_with(tmp_path / "snap.npz", member)
     assert_build_rejected(build("--data", str(path)), tmp_path, "snap.npz", needle, "np.savez")
+
+
+@pytest.mark.parametrize(
+    ("name", "leaves"),
+    [
+        ("../x.png", True),
+        ("cat/../../x.png", True),
+        ("/etc/x.png", True),
+        ("\\x.png", True),
+        ("cat\\..\\..\\x.png", True),
+        ("C:x.png", True),
+        ("d:/x.png", True),
+        ("cat/x.png", False),
+        ("cat/12:30.png", False),  # a name with a colon, as macOS and Linux allow
+        ("12:30.png", False),
+        ("cat/..x.png", False),
+        ("images.npy", False),
+    ],
+)
+def test_one_rule_says_which_archive_members_leave_the_folder(name, leaves):
+    # The same rule for .npz snapshots and for .zip / .tar.gz image folders.
+    assert leaves_archive(name) is leaves
 
 
 def test_an_npz_that_unpacks_past_the_limit_is_refused_before_it_is_read(build, tmp_path):
