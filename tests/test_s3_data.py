@@ -303,7 +303,7 @@ def test_an_image_folder_in_a_bucket_builds_as_the_folder_read_locally(weed, buc
     for f in files:
         digest.update(f"{f.relative_to(root).as_posix()}\0{f.stat().st_size}\0".encode())
         digest.update(f.read_bytes())
-    assert m["data_sha256"] == digest.hexdigest()
+    assert m["data_sha256"] == digest.hexdigest() == want["data_sha256"]  # as read locally
     assert list((tmp_path / "remote" / "tmp").iterdir()) == []  # the download is gone
     seen = newest_snapshot(f"s3://{bucket}/photos/")  # `bucket` points this process at it
     assert seen is not None and seen.sha256 == m["data_sha256"]

@@ -195,19 +195,72 @@ def test_an_unreachable_listing_is_an_api_error_not_a_traceback():
 
 def test_an_image_folder_packed_on_an_ssh_host_builds(sshd, tmp_path):
     """An ssh:// source names one file: a .tar.gz of an image folder is one, unpacked into
-    the temporary folder that is removed after."""
+    the temporary folder that is removed after. In a folder of snapshots it is the newest,
+    as watch-data resolves it."""
     import shutil
 
     from test_image_schema import write_folder
 
     write_folder(tmp_path / "photos", ["cat", "dog"])
+    (tmp_path / "remote").mkdir()
+    images(tmp_path / "remote" / "2026-11-01.npz", 1)
     packed = Path(
-        shutil.make_archive(str(tmp_path / "remote" / "photos"), "gztar", tmp_path, "photos")
+        shutil.make_archive(str(tmp_path / "remote" / "2026-11-02"), "gztar", tmp_path, "photos")
     )
+    access = SSHAccess(ssh_key_file=sshd.client_key, known_hosts=sshd.known_hosts)
+    snap = newest_snapshot(f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{tmp_path / 'remote'}", access)
     uri = data_uri(f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{packed}", sha256(packed))
+    assert snap is not None and snap.data_uri == uri
     flags = ("--ssh-key-file", str(sshd.client_key), "--known-hosts", str(sshd.known_hosts))
     r = build(tmp_path / "b", uri, *flags)
     assert r.code == 0, r.err
     m = json.loads((tmp_path / "b" / "workspace" / "data" / "manifest.json").read_text())
     assert m["classes"] == ["cat", "dog"] and m["data_sha256"] == sha256(packed)
     assert m["origin"].startswith("ssh://") and "(image folder)" not in m["origin"]
+
+
+def test_a_local_image_folder_is_one_snapshot_hashed_over_its_images(tmp_path):
+    """A local image folder's sha256 covers each image's path below it, its size and its
+    bytes (as a bucket's does): `--data FOLDER#sha256=` checks it, watch-data sends it, and
+    an image moved to another class is new data."""
+    from test_image_schema import write_folder
+
+    root = write_folder(tmp_path / "photos", ["cat", "dog"])
+    snap = newest_snapshot(str(root))
+    assert snap is not None and snap.uri == str(root.absolute())
+    digest = hashlib.sha256()
+    for f in sorted(root.rglob("*.png")):
+        digest.update(f"{f.relative_to(root).as_posix()}\0{f.stat().st_size}\0".encode())
+        digest.update(f.read_bytes())
+    assert snap.sha256 == digest.hexdigest()
+    assert_round_trip(tmp_path, snap.data_uri, snap.sha256)
+    assert newest_snapshot(str(root)) == snap  # the schema written beside it is no image
+    (root / "cat" / "000.png").rename(root / "dog" / "999.png")
+    moved = newest_snapshot(str(root))
+    assert moved is not None and moved.sha256 != snap.sha256
+
+
+def test_a_folder_of_packed_image_folders_round_trips(tmp_path):
+    """.zip and .tar.gz of an image folder are snapshot files, as an .npz is: the newest by
+    name is built, locally as over https, ssh or from a bucket."""
+    import shutil
+
+    from test_image_schema import write_folder
+
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    write_folder(tmp_path / "photos", ["cat", "dog"])
+    shutil.make_archive(str(snaps / "2026-11-01"), "gztar", tmp_path, "photos")
+    write_folder(tmp_path / "photos", ["cat", "dog", "fox"])
+    newest = Path(shutil.make_archive(str(snaps / "2026-11-02"), "zip", tmp_path, "photos"))
+    snap = newest_snapshot(str(snaps))
+    assert snap is not None and snap.uri == str(newest.absolute())
+    assert_round_trip(tmp_path, snap.data_uri, sha256(newest))
+    m = json.loads((tmp_path / "good" / "workspace" / "data" / "manifest.json").read_text())
+    assert m["classes"] == ["cat", "dog", "fox"]
+    assert (snaps / "schema.pbtxt").is_file()  # beside the snapshots, as for an .npz
+    assert sorted(p.name for p in snaps.iterdir()) == [
+        "2026-11-01.tar.gz",
+        "2026-11-02.zip",
+        "schema.pbtxt",
+    ]  # nothing unpacked beside them

@@ -6,9 +6,11 @@ Sources (``--data``):
 - ``fashion_mnist``: Keras' Fashion-MNIST loader (downloads once into ``$KERAS_HOME``).
 - a local ``.npz`` (``images``/``labels``, or ``x``/``y``; optional ``x_test``/``y_test``),
   a local ``.csv`` (a ``label`` column or the first column, then one column per pixel of a
-  square image), or a folder of such snapshots (the one whose name sorts last is used).
+  square image), a ``.zip``/``.tar.gz`` of an image folder, or a folder of such snapshots
+  (the one whose name sorts last is used).
 - an image folder: one sub-folder per class (the names are the classes), as Keras'
-  ``image_dataset_from_directory`` reads them.
+  ``image_dataset_from_directory`` reads them; its sha256 covers each image's path below
+  it, size and bytes (:func:`hash_image_folder`, as a bucket's).
 
 Tables (``--label``: CSV, Parquet, TFRecord, globs of shards) are read by ``tables.py``.
 - an ``https://`` URL of an ``.npz`` or ``.csv``, or of a ``.zip``/``.tar.gz`` of an image
@@ -65,7 +67,8 @@ DATA = Setting(
     "digits",
     "TFSHIP_DATA",
     "digits (bundled, offline) | fashion_mnist | breast_cancer | wine | diabetes | reviews "
-    "| PATH: images .npz/.csv, tables .csv/.parquet/.tfrecord[.gz] (with --label) "
+    "| PATH: images .npz/.csv or an image folder packed as .zip/.tar.gz, tables "
+    ".csv/.parquet/.tfrecord[.gz] (with --label) "
     "| FOLDER of snapshots (newest by name) or of class sub-folders of images "
     "| 'GLOB' of shards | https://URL#sha256=HEX (a file, or a .zip/.tar.gz of an image folder) "
     "| s3://BUCKET/KEY: a file, a PREFIX/ of snapshots (newest by name) or of class "
@@ -85,7 +88,8 @@ MAX_DATA_BYTES = Setting(
     min=1,
 )
 
-SNAPSHOT_SUFFIXES = (".npz", ".csv", ".parquet", ".tfrecord", ".tfrecord.gz")
+ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")  # an image folder, packed
+SNAPSHOT_SUFFIXES = (".npz", ".csv", ".parquet", ".tfrecord", ".tfrecord.gz", *ARCHIVE_SUFFIXES)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")  # image_dataset_from_directory's
 GREY_MODES = ("1", "L", "I", "I;16")  # Pillow modes read as one channel
 TOO_BIG = f"split the snapshot or raise {MAX_DATA_BYTES.flag} ({MAX_DATA_BYTES.env})"
@@ -103,7 +107,7 @@ class RawData:
     class_names: list[str] | None = None  # an image folder's sub-folder names
     test_images: np.ndarray | None = None
     test_labels: np.ndarray | None = None
-    sha256: str | None = None  # of the snapshot file's bytes (None: bundled, image folder)
+    sha256: str | None = None  # of the snapshot's bytes (an image folder's: hash_image_folder)
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,8 +153,9 @@ def load_source(
         )
     path = Path(spec[7:] if spec.startswith("file://") else spec).expanduser()
     raw = load_path(path, max_bytes, image_shape=image_shape)
-    if sha256:
-        check_sha256(snapshot_path(path), sha256, got=raw.sha256)
+    if sha256:  # an image folder's is of its images' paths, sizes and bytes
+        where = path if image_classes(path) is not None else snapshot_path(path)
+        check_sha256(where, sha256, got=raw.sha256)
     return raw
 
 
@@ -221,6 +226,30 @@ def image_classes(path: Path) -> list[Path] | None:
     return None
 
 
+def image_files(classes: list[Path]) -> list[tuple[int, Path]]:
+    """(class index, file) of each image in the class sub-folders, by class then name."""
+    return [
+        (i, f)
+        for i, d in enumerate(classes)
+        for f in sorted(d.iterdir())
+        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+    ]
+
+
+def hash_image_folder(folder: Path, classes: list[Path]) -> str:
+    """sha256 of an image folder, streamed: for each image in path order, its path below the
+    folder and its size, then its bytes. The same as a bucket's image folder hashes to
+    (:func:`object_header`): an image moved to another class is new data, and one folder
+    read locally or from a bucket is one snapshot."""
+    digest = hashlib.sha256()
+    for rel, f in sorted((f.relative_to(folder).as_posix(), f) for _, f in image_files(classes)):
+        digest.update(f"{rel}\0{f.stat().st_size}\0".encode())
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 def load_image_folder(
     path: Path,
     classes: list[Path],
@@ -238,12 +267,7 @@ def load_image_folder(
     """
     from PIL import Image, UnidentifiedImageError  # Pillow: only image folders pay for it
 
-    files = [
-        (i, f)
-        for i, d in enumerate(classes)
-        for f in sorted(d.iterdir())
-        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
-    ]
+    files = image_files(classes)
     unreadable = (UnidentifiedImageError, OSError, Image.DecompressionBombError)
 
     def opened(f: Path) -> Image.Image:
@@ -288,15 +312,20 @@ def load_path(
     max_bytes: int = MAX_DATA_BYTES.default,
     known_sha256: str | None = None,
     image_shape: tuple[int, int, int] | None = None,
+    shown: str | None = None,
 ) -> RawData:
-    """Load a local ``.npz`` or ``.csv`` file, or the newest snapshot in a folder.
-    ``known_sha256``: the file's sha256, already checked (a download's), not computed again.
-    ``image_shape``: what an image folder's images are resized to."""
+    """Load a local ``.npz`` or ``.csv`` file, an image folder, a ``.zip``/``.tar.gz`` of
+    one, or the newest snapshot in a folder. ``known_sha256``: the file's sha256, already
+    checked (a download's), not computed again. ``image_shape``: what an image folder's
+    images are resized to. ``shown``: what errors call an archive (its URL, when
+    downloaded)."""
     if not path.exists():
         raise DataError(f"{path}: no such file or folder", hint="check --data")
     classes = image_classes(path)
     if classes is not None:
-        return load_image_folder(path, classes, image_shape)
+        raw = load_image_folder(path, classes, image_shape)
+        raw.sha256 = known_sha256.lower() if known_sha256 else hash_image_folder(path, classes)
+        return raw
     path = snapshot_path(path)
     size = path.stat().st_size
     if size == 0:
@@ -305,12 +334,19 @@ def load_path(
         raise DataError(f"{path}: {size} bytes is over the {max_bytes} byte limit", hint=TOO_BIG)
     if path.suffix in (".npz", ".csv"):
         raw = _load_npz(path, max_bytes) if path.suffix == ".npz" else _load_csv(path)
-        raw.sha256 = known_sha256.lower() if known_sha256 else hash_files([path])
-        return raw
-    raise DataError(
-        f"{path}: images come as .npz, .csv or an image folder, not {path.suffix or 'no suffix'}",
-        hint="a table (Parquet, TFRecord) needs --label COLUMN",
-    )
+    elif path.name.endswith(ARCHIVE_SUFFIXES):
+        with tempfile.TemporaryDirectory(prefix="tfship-unpack-") as tmp:
+            unpacked = Path(tmp) / "unpacked"
+            folder = extract_image_folder(path, unpacked, max_bytes, shown or path.name)
+            raw = load_image_folder(folder, image_classes(folder) or [], image_shape)
+    else:
+        raise DataError(
+            f"{path}: images come as .npz, .csv, an image folder or a .zip/.tar.gz of one, "
+            f"not {path.suffix or 'no suffix'}",
+            hint="a table (Parquet, TFRecord) needs --label COLUMN",
+        )
+    raw.sha256 = known_sha256.lower() if known_sha256 else hash_files([path])
+    return raw
 
 
 def _check_npz_members(path: Path, max_bytes: int) -> None:
@@ -444,18 +480,10 @@ def load_downloaded(
     image_shape: tuple[int, int, int] | None = None,
     shown: str | None = None,
 ) -> RawData:
-    """A file fetched into a temporary folder: a ``.zip``/``.tar.gz`` of an image folder
-    (unpacked beside it, in that folder), else an ``.npz``/``.csv``. ``known_sha256``: its
-    bytes' sha256, already checked, not computed again. ``shown``: its URL, for errors."""
-    if not target.name.endswith(ARCHIVE_SUFFIXES):
-        return load_path(target, max_bytes, known_sha256=known_sha256)
-    folder = extract_image_folder(target, target.parent / "unpacked", max_bytes, shown)
-    raw = load_image_folder(folder, image_classes(folder) or [], image_shape)
-    raw.sha256 = known_sha256.lower() if known_sha256 else hash_files([target])
-    return raw
-
-
-ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")  # an image folder, packed
+    """A file fetched into a temporary folder: an ``.npz``/``.csv``, or a ``.zip``/``.tar.gz``
+    of an image folder. ``known_sha256``: its bytes' sha256, already checked, not computed
+    again. ``shown``: its URL, for errors."""
+    return load_path(target, max_bytes, known_sha256, image_shape, shown)
 
 
 def extract_image_folder(
@@ -649,7 +677,7 @@ def check_sha256(
 # Buckets: s3://bucket/key
 # --------------------------------------------------------------------------------------------
 
-TABLE_SUFFIXES = tuple(x for x in SNAPSHOT_SUFFIXES if x != ".npz")
+TABLE_SUFFIXES = tuple(x for x in SNAPSHOT_SUFFIXES if x not in (".npz", *ARCHIVE_SUFFIXES))
 GLOB_CHARS = "*?["
 _SHA256_FRAGMENT = re.compile(r"#sha256=([0-9a-fA-F]{64})$")
 _CHANGED = ("PreconditionFailed", "412", "NoSuchKey", "404", "NotFound")
@@ -934,7 +962,7 @@ def load_bucket(
     if len(snap.objects) != 1:
         raise DataError(f"--data {spec}: images come as one .npz or .csv, not shards")
     with in_bucket(snap, cache_dir, max_bytes, fragment or sha256) as got:
-        raw = load_path(got.paths[0], max_bytes)
+        raw = load_path(got.paths[0], max_bytes, got.sha256, image_shape, snap.uri)
     raw.origin, raw.sha256 = snap.uri, got.sha256
     return raw
 

@@ -3,7 +3,9 @@
 A source is a folder (its newest snapshot by name), an https listing (``<url> <sha256>`` per
 line), ``ssh://user@host/path`` or ``s3://bucket/prefix`` (its newest snapshot by name, as
 ``tfship build --data`` takes it: see :func:`_newest_in_bucket`); or one snapshot itself (a
-file, a glob of shards, an object, an ``ssh://`` file, a URL with its ``#sha256=``).
+file, a glob of shards, an object, an ``ssh://`` file, a URL with its ``#sha256=``). A
+``.zip``/``.tar.gz`` of an image folder is a snapshot file like an ``.npz``; an image folder
+(local, or a bucket prefix) is one snapshot, hashed over its images' paths, sizes and bytes.
 :func:`newest_snapshot` resolves it to a location and the sha256 of its bytes, and
 :attr:`Snapshot.data_uri` writes them in the one grammar ``tfship build --data`` reads
 (``sources.data_uri``): what watch-data triggers and ``tfship ci plan`` continues with builds.
@@ -41,7 +43,9 @@ from tfship.sources import (
     data_uri,
     find_in_bucket,
     hash_files,
+    hash_image_folder,
     hash_in_bucket,
+    image_classes,
     image_folder_in_bucket,
     newest_in_folder,
     split_sha256,
@@ -112,6 +116,9 @@ def newest_snapshot(
         found = (files, str(Path(local).absolute())) if files else None
     elif Path(local).is_file():
         found = [Path(local).absolute()], str(Path(local).absolute())
+    elif (classes := image_classes(Path(local))) is not None:  # as `tfship build` reads it
+        folder = Path(local).absolute()
+        return _checked(Snapshot(str(folder), hash_image_folder(folder, classes)), given)
     elif Path(local).is_dir():
         found = newest_in_folder(Path(local).absolute())
     else:
