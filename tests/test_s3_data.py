@@ -321,3 +321,31 @@ def test_an_image_folder_in_a_bucket_builds_as_the_folder_read_locally(weed, buc
     bad = build(weed, tmp_path / "bad", "--data", f"s3://{bucket}/photos#sha256={'0' * 64}")
     assert bad.code == 2 and "sha256 mismatch" in bad.err, bad.err
     assert_clean(tmp_path / "bad")
+
+
+def test_a_schema_beside_an_image_folder_in_the_bucket_is_checked(weed, bucket, tmp_path):
+    """As a table's: read from beside the snapshot, checked, never written to the bucket."""
+    from test_image_schema import write_folder
+
+    root = write_folder(tmp_path / "photos", ["cat", "dog"])
+    assert build(weed, tmp_path / "local", "--data", str(root)).code == 0  # infers cat, dog
+    put(weed, bucket, "photos/schema.pbtxt", root / "schema.pbtxt")
+    write_folder(root, ["cat", "dog", "fox"])  # a class the schema does not know
+    for f in sorted(root.rglob("*.png")):
+        put(weed, bucket, f"photos/{f.relative_to(root).as_posix()}", f)
+    keys = sorted(o["Key"] for o in weed.client().list_objects_v2(Bucket=bucket)["Contents"])
+    r = build(weed, tmp_path / "w", "--data", f"s3://{bucket}/photos/")
+    assert r.code == 2, r.err
+    [line] = r.err_lines
+    assert f"breaks s3://{bucket}/photos/schema.pbtxt" in line and "fox" in line, line
+    assert_clean(tmp_path / "w")
+    client = weed.client()
+    for key in [k for k in keys if k.startswith("photos/fox/")]:
+        client.delete_object(Bucket=bucket, Key=key)
+    r = build(weed, tmp_path / "ok", "--data", f"s3://{bucket}/photos/")
+    assert r.code == 0, r.err
+    m = manifest(tmp_path / "ok")
+    assert m["schema"]["status"] == "checked" and m["classes"] == ["cat", "dog"]
+    assert m["schema"]["path"] == f"s3://{bucket}/photos/schema.pbtxt"
+    left = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"])
+    assert left == [k for k in keys if not k.startswith("photos/fox/")]  # nothing written

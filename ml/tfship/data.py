@@ -22,6 +22,7 @@ import numpy as np
 from tfship import config, rows
 from tfship import schema as sch
 from tfship.errors import DataError
+from tfship.s3 import is_s3
 from tfship.settings import Setting, setting
 from tfship.sources import (
     DATA,
@@ -29,6 +30,7 @@ from tfship.sources import (
     MAX_DATA_BYTES,
     RawData,
     load_source,
+    schema_in_bucket,
     split_sha256,
 )
 from tfship.tables import TableBuild, TableSettings, atomic_text, build_table, is_table
@@ -426,9 +428,14 @@ def build(ws_root: Path, s: DataSettings) -> BuildResult | TableBuild:
     ws = Workspace(ws_root)
     data = s.data or DATA.default
     schema_path = Path(s.table.schema) if s.table.schema else schema_home(data)
-    spec = read_image_schema(schema_path) if schema_path and schema_path.exists() else None
-    if s.table.schema and spec is None:
+    spec, schema_where = None, str(schema_path or ws.data / sch.SCHEMA_FILE)
+    if schema_path is not None and schema_path.exists():
+        spec = image_schema(schema_path.read_text(), schema_where)
+    elif s.table.schema:
         raise DataError(f"--schema {s.table.schema}: not found", hint="omit it to infer one")
+    elif is_s3(data) and (found := schema_in_bucket(data, sch.SCHEMA_FILE)) is not None:
+        schema_where, text = found  # beside the snapshot in the bucket: checked, never written
+        spec = image_schema(text, schema_where)
     raw = load_source(
         data,
         s.data_sha256,
@@ -438,7 +445,7 @@ def build(ws_root: Path, s: DataSettings) -> BuildResult | TableBuild:
     )
     checks = s.checks
     if spec is not None:
-        check_schema(raw, spec, str(schema_path))
+        check_schema(raw, spec, schema_where)
         checks = replace(checks, num_classes=spec.num_classes)
     elif raw.class_names is not None:  # an image folder: its sub-folders are the classes
         checks = replace(checks, num_classes=len(raw.class_names))
@@ -453,7 +460,7 @@ def build(ws_root: Path, s: DataSettings) -> BuildResult | TableBuild:
     info["data_sha256"] = raw.sha256  # of the file read: what `ci plan` compares snapshots with
     info["schema"] = {
         "status": "inferred" if inferred else "checked",
-        "path": str(schema_path or ws.data / sch.SCHEMA_FILE),
+        "path": schema_where,
         "sha256": hashlib.sha256(text.encode()).hexdigest(),
     }
     with ws.stage_output("build") as out:
@@ -475,8 +482,9 @@ def class_names(manifest: dict) -> list[str]:
 def schema_home(data: str) -> Path | None:
     """Where a local image snapshot's ``schema.pbtxt`` lives, as a table's does: in the
     folder (of snapshots, or of class sub-folders), or beside the file. None for the bundled
-    sets and remote data: the workspace keeps theirs (``data/schema.pbtxt``; pass it back
-    with --schema to check later snapshots against it)."""
+    sets and remote data: a bucket's is read from beside the snapshot
+    (:func:`tfship.sources.schema_in_bucket`), never written; otherwise the workspace keeps
+    it (``data/schema.pbtxt``; pass it back with --schema to check later snapshots)."""
     spec, _ = split_sha256(data)
     if spec in ("digits", "default", "fashion_mnist") or "://" in spec.removeprefix("file://"):
         return None
@@ -486,10 +494,11 @@ def schema_home(data: str) -> Path | None:
     return path.parent / sch.SCHEMA_FILE if path.is_file() else None
 
 
-def read_image_schema(path: Path) -> sch.ImageSpec:
-    """The image schema at ``path``; DataError (exit 2) naming what is wrong in it."""
+def image_schema(text: str, where: str) -> sch.ImageSpec:
+    """The image schema in ``text`` (read from ``where``, a path or an s3:// URI); DataError
+    (exit 2) naming what is wrong in it."""
     try:
-        return sch.image_spec(sch.read_schema(path), str(path))
+        return sch.image_spec(sch.parse_schema(text, where), where)
     except sch.SchemaError as exc:
         raise DataError(str(exc), hint="fix the file, or delete it to infer it again") from exc
 

@@ -154,11 +154,17 @@ class SchemaError(ValueError):
 
 def read_schema(path: Path) -> object:
     """Parse ``schema.pbtxt``; SchemaError names what is wrong."""
+    return parse_schema(path.read_text(), str(path))
+
+
+def parse_schema(text: str, where: str) -> object:
+    """Parse a schema's protobuf text; SchemaError names ``where`` (a path or a URI), the
+    line and column, and what is wrong."""
     try:
-        return text_format.Parse(path.read_text(), Schema())
+        return text_format.Parse(text, Schema())
     except text_format.ParseError as exc:
-        text = str(exc).split(" : ", 1)[-1]  # "1:27 : Message type ..." -> the message
-        raise SchemaError(f"{path}:{exc.GetLine()}:{exc.GetColumn()}: {text}") from exc
+        message = str(exc).split(" : ", 1)[-1]  # "1:27 : Message type ..." -> the message
+        raise SchemaError(f"{where}:{exc.GetLine()}:{exc.GetColumn()}: {message}") from exc
 
 
 def schema_text(schema: object) -> str:

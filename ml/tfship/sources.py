@@ -967,6 +967,31 @@ def load_bucket(
     return raw
 
 
+MAX_SCHEMA_BYTES = 1 << 20  # a schema.pbtxt is text of a few KiB
+
+
+def schema_in_bucket(spec: str, name: str) -> tuple[str, str] | None:
+    """The schema file ``name`` beside an image snapshot in a bucket (in the image folder, or
+    in the prefix the snapshot file sits in), as (its s3:// URI, its text); None when there
+    is none. A build reads it, as a local snapshot's, and never writes one there (data
+    buckets are read-only to a build)."""
+    spec, _ = split_sha256(spec)
+    snap = image_folder_in_bucket(spec) or find_in_bucket(spec, SNAPSHOT_SUFFIXES, shards=False)
+    if snap is None:
+        return None
+    key = s3.join(snap.home, name)
+    obj = _head(snap.host, key)
+    if obj is None:
+        return None
+    uri = f"s3://{snap.bucket}/{key}"
+    if obj["Size"] > MAX_SCHEMA_BYTES:
+        raise DataError(f"{uri}: {obj['Size']} bytes is not a schema", hint="fix or remove it")
+    try:
+        return uri, b"".join(bucket_chunks(snap, obj)).decode()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{uri}: not text ({exc.reason})", hint="fix or remove it") from exc
+
+
 def image_folder_in_bucket(spec: str) -> BucketSnapshot | None:
     """``s3://bucket/prefix/`` as an image folder: every entry under it is a sub-prefix (a
     class) of image objects (``prefix/cat/001.png``), none a data file. None otherwise.
