@@ -222,8 +222,13 @@ def test_an_image_folder_builds_with_its_class_names(cli, tmp_path):
     served = json.loads((version / "assets.extra" / "tfship.json").read_text())
     assert served["classes"] == sorted(names)
     assert served["signature"]["outputs"]["classes"] == {"dtype": "DT_STRING", "shape": [-1, 3]}
-    image = np.asarray(doc["request"]["instances"][0], dtype=float)
+    pixels, encoded = doc["requests"]
+    image = np.asarray(pixels["instances"][0], dtype=float)
     assert image.shape == (8, 8, 1) and 1 < image.max() <= 255
+    # ... and the same image as a PNG file, which predict_image_bytes decodes in its graph
+    assert encoded["signature_name"] == "predict_image_bytes"
+    assert list(encoded["instances"][0]["image_bytes"]) == ["b64"]
+    assert checks["predict_image_bytes max abs diff"]["value"] <= 1e-4
 
 
 def test_a_table_format_without_label_is_told_to_name_one(cli, tmp_path):

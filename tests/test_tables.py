@@ -302,7 +302,8 @@ def test_tfship_run_takes_a_table_through_the_whole_loop(cli, tmp_path):
     doc = json.loads(r.out)
     checks = {c["name"]: c for c in doc["results"]["test-deployed"]["checks"]}
     assert checks["served accuracy"]["passed"] and checks["classify API max abs diff"]["passed"]
-    assert doc["request"]["instances"][0].keys() >= {"alcohol", "proline"}
+    [request] = doc["requests"]  # a table's named features (no image bytes)
+    assert request["instances"][0].keys() >= {"alcohol", "proline"}
     assert doc["results"]["retrain:build"]["rows"] == doc["results"]["build"]["rows"]
     assert doc["results"]["retrain"]["decision"] == "no-new-data", doc["results"]["retrain"]
     # Without a new snapshot a table has nothing to retrain on: refused before any work.

@@ -12,6 +12,10 @@ import re
 # --- The model's interface: one place for the input name and signature. -------------------
 INPUT_NAME = "image"
 SIGNATURE_NAME = "serving_default"
+# An image model's signature on encoded images (PNG, JPEG, BMP, GIF), decoded in its graph:
+# REST clients send {"image_bytes": {"b64": "..."}}, as TF Serving base64-decodes strings.
+BYTES_SIGNATURE = "predict_image_bytes"
+BYTES_INPUT = "image_bytes"
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 # --- Stage 1: how a snapshot is split and described. ---------------------------------------

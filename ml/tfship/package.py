@@ -157,9 +157,12 @@ def write_warmup(path: Path, model_name: str, batch: dict[str, np.ndarray]) -> N
 def export_image(model: keras.Model, out: Path, classes: list[str]) -> None:
     """Export ``serving_default`` on the raw pixels (float32 0-255, named as the model's
     input; the model rescales them in its graph), answering ``classes`` (the names, as TF
-    Serving's Classify API and the table models answer) and ``scores`` (the softmax); and
+    Serving's Classify API and the table models answer) and ``scores`` (the softmax);
     ``classify`` on serialized ``tf.Example`` whose feature of that name is the image's
-    H*W*C pixels as a ``float_list`` (row-major), for TF Serving's Classify API."""
+    H*W*C pixels as a ``float_list`` (row-major), for TF Serving's Classify API; and
+    ``predict_image_bytes`` on encoded images (``image_bytes``: PNG, JPEG, BMP or GIF bytes),
+    decoded in the graph to the model's channels and, if another size, resized to its
+    height and width (bilinear, antialiased, as the build's Pillow resizes a folder's)."""
     tf = _tf()
     import keras
 
@@ -180,14 +183,51 @@ def export_image(model: keras.Model, out: Path, classes: list[str]) -> None:
         parsed = tf.io.parse_example(inputs, feature)
         return serve(tf.reshape(parsed[source.name], [-1, *shape]))
 
+    def from_bytes(encoded: tf.Tensor) -> dict[str, tf.Tensor]:
+        spec_one = tf.TensorSpec(shape, tf.float32)
+        return serve(
+            tf.map_fn(lambda one: decode_image(one, shape), encoded, fn_output_signature=spec_one)
+        )
+
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(config.SIGNATURE_NAME, serve, input_signature=[spec])
     archive.add_endpoint(
         "classify", from_examples, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")]
     )
+    archive.add_endpoint(
+        config.BYTES_SIGNATURE,
+        from_bytes,
+        input_signature=[tf.TensorSpec([None], tf.string, name=config.BYTES_INPUT)],
+    )
     archive.write_out(str(out), verbose=False)
     set_method(out, "classify", CLASSIFY_METHOD)
+
+
+def decode_image(encoded: tf.Tensor, shape: list[int]) -> tf.Tensor:
+    """One encoded image (PNG, JPEG, BMP, GIF: its first frame) as float32 pixels 0-255 of
+    ``shape`` (height, width, channels), in the graph, as the build's Pillow reads an image
+    folder: JPEG with libjpeg's accurate integer DCT (Pillow's; TF's default DCT differs by
+    up to 4 levels); colour to grey by luminance, grey to colour by copying, alpha dropped;
+    another size resized (bilinear, antialiased) and rounded to whole values, within 1 level
+    of Pillow's 8-bit resize."""
+    tf = _tf()
+    img = tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.io.decode_jpeg(encoded, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(encoded, expand_animations=False),
+    )
+    colour = tf.shape(img)[-1] >= 3
+    if shape[2] == 1:
+        img = tf.cond(colour, lambda: tf.image.rgb_to_grayscale(img[..., :3]), lambda: img[..., :1])
+    else:
+        img = tf.cond(colour, lambda: img[..., :3], lambda: tf.image.grayscale_to_rgb(img[..., :1]))
+    img = tf.cast(img, tf.float32)
+    same = tf.reduce_all(tf.equal(tf.shape(img)[:2], shape[:2]))
+    resized = tf.cond(
+        same, lambda: img, lambda: tf.round(tf.image.resize(img, shape[:2], antialias=True))
+    )
+    return tf.ensure_shape(resized, shape)
 
 
 def export_and_check(
@@ -221,8 +261,38 @@ def export_and_check(
         "inputs": golden.tolist(),
         "outputs": served[output_name].tolist(),
         "max_abs_diff_vs_keras": diff,
+        "encoded": _check_encoded(model, loaded, golden),
     }
     return sig, golden_doc
+
+
+def _check_encoded(model: keras.Model, loaded: object, golden: np.ndarray) -> dict:
+    """The golden images as PNGs (their pixels rounded to whole values, as a PNG holds
+    them) through ``predict_image_bytes``: the Keras model's scores on the rounded pixels,
+    or VerificationFailed. What stage 7 sends TF Serving (base64, as REST carries bytes)."""
+    import base64
+
+    tf = _tf()
+    pixels = np.clip(np.rint(np.asarray(golden)), 0, config.PIXEL_MAX).astype(np.uint8)
+    pngs = [tf.io.encode_png(p).numpy() for p in pixels]
+    served = call_signature(
+        loaded, {config.BYTES_INPUT: np.array(pngs, dtype=object)}, config.BYTES_SIGNATURE
+    )
+    expected = np.asarray(model.predict(pixels.astype(np.float32), verbose=0))
+    diff = float(np.max(np.abs(served["scores"] - expected)))
+    if not diff <= config.EXPORT_TOLERANCE:
+        raise VerificationFailed(
+            f"the exported {config.BYTES_SIGNATURE} signature does not reproduce the Keras "
+            f"model on the decoded images: max abs diff {diff:.3g} > {config.EXPORT_TOLERANCE}",
+            hint="nothing was stored",
+        )
+    return {
+        "signature": config.BYTES_SIGNATURE,
+        "input_name": config.BYTES_INPUT,
+        "b64": [base64.b64encode(b).decode() for b in pngs],
+        "outputs": served["scores"].tolist(),
+        "max_abs_diff_vs_keras": diff,
+    }
 
 
 def _inputs(ws: Workspace) -> tuple[Path, dict, dict, dict]:

@@ -180,7 +180,7 @@ class RunResult:
     server: dict
     url: str
     kept_serving: bool
-    request: dict | None = None  # a predict request built from the package's golden rows
+    requests: list[dict] = field(default_factory=list)  # predict requests of golden rows
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -198,11 +198,7 @@ class RunResult:
             lines += [
                 f"query:   curl -s {url}",
                 f"         curl -s {url}/metadata",
-                *(
-                    [f"         curl -s -d '{json.dumps(self.request)}' {url}:predict"]
-                    if self.request
-                    else []
-                ),
+                *(f"         curl -s -d '{json.dumps(r)}' {url}:predict" for r in self.requests),
                 f"stop:    kill {self.server['pid']}",
             ]
         return "\n".join(lines)
@@ -309,25 +305,31 @@ def run_all(s: RunSettings) -> RunResult:
         server.__dict__,
         server.url,
         not s.stop_serving,
-        _example_request(results),
+        _example_requests(results),
     )
 
 
-def _example_request(results: dict) -> dict | None:
+def _example_requests(results: dict) -> list[dict]:
     """The first golden row as TF Serving's row format (``instances``): a table's named
     features, or an image's pixel values 0-255 (a test image, which the served model should
-    name: its answer is worth reading)."""
+    name: its answer is worth reading), then the same image as a PNG to
+    ``predict_image_bytes`` (``{"b64": ...}``, as a client sends a file)."""
     # the version serving: the retrain's package, unless it skipped (no new data)
     packaged = [results.get(k) or {} for k in ("retrain:package", "package")]
     last = next((p for p in packaged if p.get("path")), None)
     if last is None:
-        return None
+        return []
     golden = read_json(Path(last["path"]) / MANIFEST).get("golden", {})
     if not golden.get("inputs"):
-        return None
-    if golden.get("input_name") is not None:
-        return {"instances": [_round_pixels(golden["inputs"][0])]}
-    return {"instances": [{k: v[0] for k, v in golden["inputs"].items()}]}
+        return []
+    if golden.get("input_name") is None:
+        return [{"instances": [{k: v[0] for k, v in golden["inputs"].items()}]}]
+    requests = [{"instances": [_round_pixels(golden["inputs"][0])]}]
+    encoded = golden.get("encoded")
+    if encoded:
+        one = {encoded["input_name"]: {"b64": encoded["b64"][0]}}
+        requests.append({"signature_name": encoded["signature"], "instances": [one]})
+    return requests
 
 
 def _round_pixels(image: list) -> list:

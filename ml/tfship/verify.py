@@ -11,6 +11,7 @@ it also writes ``<workspace>/deployed/`` (verify.json, junit.xml, report.md).
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from dataclasses import dataclass
@@ -194,9 +195,10 @@ def verify_version(
     facts["accuracy_rows"] = int(n)
     checks.append(Check(name, accuracy, ">=", gate, detail))
 
-    examples = _examples_check(client, manifest, version, s)
-    if examples is not None:
-        checks.append(examples)
+    for extra in (_examples_check, _encoded_check):
+        check = extra(client, manifest, version, s)
+        if check is not None:
+            checks.append(check)
 
     times = []
     for i in range(s.latency_requests):
@@ -262,6 +264,33 @@ def _examples_check(
     detail = _unusable(got, exp.shape)
     diff = float("inf") if detail else float(np.max(np.abs(got - exp)))
     return Check(f"{api} API max abs diff", diff, "<=", s.tolerance, detail or f"{rows} examples")
+
+
+def _encoded_check(
+    client: ServingClient, manifest: dict, version: int, s: VerifySettings
+) -> Check | None:
+    """An image model's ``predict_image_bytes`` signature on the golden images as PNGs (REST
+    carries them as ``{"b64": ...}``, gRPC as a string tensor): the scores the package
+    recorded for them. None for a package without it (a table's, or an older image's)."""
+    encoded = manifest["golden"].get("encoded")
+    if not encoded:
+        return None
+    name = f"{encoded['signature']} max abs diff"
+    if client.transport == "rest":
+        value: object = [{"b64": b} for b in encoded["b64"]]
+    else:
+        value = np.array([base64.b64decode(b) for b in encoded["b64"]], dtype=object)
+    try:
+        out = client.predict(
+            {encoded["input_name"]: value}, version=version, signature=encoded["signature"]
+        )
+    except ServingError as exc:
+        return Check(name, float("inf"), "<=", s.tolerance, str(exc))
+    got = np.asarray(out["scores"] if isinstance(out, dict) else out)
+    exp = np.asarray(encoded["outputs"], dtype=float)
+    detail = _unusable(got, exp.shape)
+    diff = float("inf") if detail else float(np.max(np.abs(got.astype(float) - exp)))
+    return Check(name, diff, "<=", s.tolerance, detail or f"{len(exp)} PNG images")
 
 
 def _example(columns: dict[str, list], i: int, ints: set[str]) -> dict:

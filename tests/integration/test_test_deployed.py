@@ -52,11 +52,13 @@ def test_served_model_passes_every_check(cli, packaged, served_package, tmp_path
     assert result["version"] == 1000 and result["golden_max_abs_diff"] <= 1e-4
     assert result["accuracy"] >= 0.5 and result["latency_ms"]["n"] == 20
     suite = ET.parse(work / "workspace" / "deployed" / "junit.xml").getroot().find("testsuite")
-    # REST adds the Classify API on the golden images as tf.Examples (JSON examples only)
-    assert suite.get("tests") == ("6" if transport == "rest" else "5")
+    # REST adds the Classify API on the golden images as tf.Examples (JSON examples only);
+    # both send them as PNGs to predict_image_bytes (REST as {"b64": ...}, gRPC as bytes)
+    assert suite.get("tests") == ("7" if transport == "rest" else "6")
     assert suite.get("failures") == "0"
     names = {c["name"] for c in result["checks"]}
     assert ("classify API max abs diff" in names) == (transport == "rest")
+    assert "predict_image_bytes max abs diff" in names
     assert "**Verification PASSED**" in (work / "workspace" / "deployed" / "report.md").read_text()
 
 
