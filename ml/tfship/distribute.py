@@ -1,4 +1,5 @@
-"""tf.distribute for table training: which strategy, which process writes, and Keras 3's gaps.
+"""tf.distribute for training (tables and images): which strategy, which process writes, and
+Keras 3's gaps.
 
 :func:`strategy` chooses, in this order: ``TF_CONFIG`` describing more than one worker ->
 ``MultiWorkerMirroredStrategy`` (every worker runs the same ``tfship train`` with its own
@@ -12,8 +13,9 @@ Decisions, stated once here:
   take the same number of steps with the same learning rate on one process or eight; more
   workers make a step cheaper, they do not change the optimisation. Raise ``--batch-size``
   (and ``--learning-rate``) yourself to use a bigger cluster for throughput.
-- A single CSV cannot be sharded by file, so each worker reads it whole and keeps its share of
-  the elements (``AutoShardPolicy.DATA``); the seeded shuffle is the same on every worker.
+- A single CSV (or an image split's ``.npz``) cannot be sharded by file, so each worker reads
+  it whole and keeps its share of the elements (``AutoShardPolicy.DATA``); the seeded shuffle
+  is the same on every worker.
 - Only the chief (task type ``chief``, or ``worker`` 0 when the cluster has no chief) writes
   the workspace. The others save their copy to a temporary folder and delete it, as TF's
   multi-worker Keras tutorial does, and exit 0.
@@ -153,7 +155,8 @@ def describe(s: tf.distribute.Strategy, cluster: Cluster) -> dict:
 
 def shard(ds: tf.data.Dataset, cluster: Cluster) -> tf.data.Dataset:
     """A dataset the strategy may split between workers: by element (``DATA``), since one
-    CSV file cannot be split by file. Unchanged on a single process."""
+    CSV file (or one ``.npz`` read through a generator) cannot be split by file. Unchanged on
+    a single process."""
     if cluster.workers <= 1:
         return ds
     import tensorflow as tf
