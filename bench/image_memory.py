@@ -9,10 +9,11 @@ each run as their own process; the figure for a stage is that process's peak RSS
 size, a growth from the small folder to the large one under 200 MB for each stage.
 
 What it shows: images are decoded one at a time to disk and read back a batch at a time
-(``tfship.rows``). ``--before REV`` (default 6ace553, the last commit that decoded a folder
-into memory whole) runs the same two stages of that commit's code side by side, in the same
-run, on the same folders (its source checked out to a temporary folder, put first on
-PYTHONPATH), for the ratio.
+(``tfship.rows``). ``--before REV[,REV...]`` runs the same two stages of each commit's code
+side by side, in the same run, on the same folders (its source checked out to a temporary
+folder, put first on PYTHONPATH), for the ratios. Default: 6ace553, the last commit that
+decoded a folder into memory whole, and 97d98d9, the last before a local image folder was
+hashed (its sha256 reads every image once more) and image training joined the tables' path.
 """
 
 from __future__ import annotations
@@ -83,7 +84,13 @@ def stages(folder: Path, batch_size: int, src: Path | None, tag: str) -> dict:
     }
 
 
-def measure(images: int, batch_size: int, tmp: Path, before: Path | None) -> dict:
+BEFORE = {  # what each default comparison commit stands for
+    "6ace553": "a folder decoded whole into memory",
+    "97d98d9": "no image-folder sha256; images trained apart from tables",
+}
+
+
+def measure(images: int, batch_size: int, tmp: Path, before: dict[str, Path]) -> dict:
     folder = tmp / f"{images}"
     t = time.perf_counter()
     nbytes = write_folder(folder / "photos", images)
@@ -96,8 +103,7 @@ def measure(images: int, batch_size: int, tmp: Path, before: Path | None) -> dic
     now = stages(folder, batch_size, None, "now")
     out = {"images": images, "png_mib": round(nbytes / MIB, 1), "decoded_mib": round(decoded, 1)}
     out.update(now)
-    if before is not None:
-        out["before"] = stages(folder, batch_size, before, "before")
+    out["before"] = {rev: stages(folder, batch_size, src, rev) for rev, src in before.items()}
     return out
 
 
@@ -105,22 +111,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1000,16000", help="images, small,large")
     parser.add_argument("--batch-size", type=int, default=64, help="tfship train --batch-size")
-    parser.add_argument("--before", default="6ace553", help="commit to compare with ('' for none)")
+    parser.add_argument(
+        "--before", default="6ace553,97d98d9", help="commits to compare with ('' for none)"
+    )
     parser.add_argument("--no-save", action="store_true", help="print only (for a trial run)")
     args = parser.parse_args()
     small, large = (int(s) for s in args.sizes.split(","))
     with tempfile.TemporaryDirectory(prefix="tfship-bench-img-", dir="/tmp") as tmp:
         floor_mib = tensorflow_floor(Path(tmp))
-        before = None
-        if args.before:
-            before = Path(tmp) / "before"
-            before.mkdir()
+        before: dict[str, Path] = {}
+        for rev in filter(None, args.before.split(",")):
+            before[rev] = Path(tmp) / f"before-{rev}"
+            before[rev].mkdir()
             archive = subprocess.run(
-                ["git", "-C", str(ROOT), "archive", args.before, "ml"],
-                check=True,
-                capture_output=True,
+                ["git", "-C", str(ROOT), "archive", rev, "ml"], check=True, capture_output=True
             ).stdout
-            subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
+            subprocess.run(["tar", "-x", "-C", str(before[rev])], input=archive, check=True)
         runs = [measure(n, args.batch_size, Path(tmp), before) for n in (small, large)]
     a, b = runs
     growth = {
@@ -147,30 +153,38 @@ def main() -> None:
 
     lines = []
     for r in runs:
-        if "before" in r:
-            lines.append(row(r, f"before ({args.before})", r["before"]))
+        lines += [row(r, f"before ({rev})", m) for rev, m in r["before"].items()]
         lines.append(row(r, "now", r))
     table = "\n".join(lines)
-    ratios = ""
-    if "before" in b:
+    sentences = []
+    for rev, old in b["before"].items():
         old_growth = {
             stage: round(
-                (b["before"][f"{stage}_peak_mib"] - a["before"][f"{stage}_peak_mib"]) * MIB / 1e6, 1
+                (old[f"{stage}_peak_mib"] - a["before"][rev][f"{stage}_peak_mib"]) * MIB / 1e6, 1
             )
             for stage in ("build", "train")
         }
         ratio = {
-            stage: round(b[f"{stage}_peak_mib"] / b["before"][f"{stage}_peak_mib"], 3)
+            f"{stage}_{what}": round(b[f"{stage}_{key}"] / old[f"{stage}_{key}"], 3)
             for stage in ("build", "train")
+            for what, key in (("peak", "peak_mib"), ("time", "s"))
         }
-        figures.update(growth_mb_before=old_growth, large_peak_ratio_now_vs_before=ratio)
-        ratios = (
-            f"\nSide by side in this run, the code before ({args.before}, a folder decoded "
-            f"whole into memory) grew build {old_growth['build']:+.0f} MB and train "
-            f"{old_growth['train']:+.0f} MB over the same two folders; on {large:,} images "
-            f"the peaks now are {ratio['build']:.2f}x (build) and {ratio['train']:.2f}x (train) "
-            "of its.\n"
+        figures.setdefault("before", {})[rev] = {
+            "growth_mb": old_growth,
+            "large_ratio_now_vs": ratio,
+        }
+        sentences.append(
+            f"- {rev} ({BEFORE.get(rev, 'the code then')}): grew build "
+            f"{old_growth['build']:+.0f} MB and train {old_growth['train']:+.0f} MB; on "
+            f"{large:,} images the peaks now are {ratio['build_peak']:.2f}x (build) and "
+            f"{ratio['train_peak']:.2f}x (train) of its, the times {ratio['build_time']:.2f}x "
+            f"and {ratio['train_time']:.2f}x."
         )
+    ratios = (
+        "\nSide by side in this run, on the same two folders:\n\n" + "\n".join(sentences) + "\n"
+        if sentences
+        else ""
+    )
     md = f"""## Image memory (image folder, {small:,} vs {large:,} images of {SIDE}x{SIDE} RGB)
 
 Peak RSS of `tfship build --data FOLDER` and of `tfship train --epochs 1 --batch-size
@@ -186,7 +200,8 @@ seeded generator). "Decoded" is the float32 pixels the stages handle.
 data's size): **{"met" if met else "not met"}**.
 {ratios}
 How: build reads each PNG's header, then decodes one image at a time into a temporary
-file, and writes the splits from it 16 MiB of pixels at a time (`tfship.rows`); train
+file, and writes the splits from it 16 MiB of pixels at a time (`tfship.rows`); the folder's
+sha256 (each image's path, size and bytes) reads every file once more, 1 MiB at a time; train
 reads the split's `.npz` a batch at a time with `pread` (a `tf.data` generator), never
 memory-mapping it (mapped pages would count in RSS). Importing TensorFlow and Keras alone
 peaks at {floor_mib:.0f} MiB. Before, a folder was decoded whole into memory (and refused
