@@ -83,3 +83,35 @@ def test_rows_refuse_a_boolean_mask_rather_than_read_rows_0_and_1(pixels):
         r[np.array([False, False, False, True, True])]
     with pytest.raises(IndexError):
         r[np.zeros((2, 2), dtype=np.int64)]
+
+
+@pytest.mark.parametrize("kind", ["savez", "savez_compressed", "csv", "csv of floats"])
+def test_a_local_npz_or_csv_is_read_from_disk_and_not_bounded_by_max_data_bytes(tmp_path, kind):
+    """np.savez arrays are read in place, np.savez_compressed ones inflated to a temporary
+    file a chunk at a time, a CSV parsed a block of rows at a time: the pixels are never
+    whole in memory, and the same data gives the same content hash whatever its file."""
+    images, labels = digits_arrays()  # uint8 0..240, (N, 8, 8): no channel axis
+    test_x, test_y = images[:40], labels[:40]
+    path = tmp_path / ("snap.csv" if kind.startswith("csv") else "snap.npz")
+    if kind.startswith("csv"):
+        pixels = images.reshape(len(labels), -1) / (255.0 if kind == "csv of floats" else 1)
+        table = np.column_stack([labels, pixels])
+        header = "label," + ",".join(f"p{i}" for i in range(64))
+        fmt = "%.10g" if kind == "csv of floats" else "%d"
+        np.savetxt(path, table, fmt=fmt, delimiter=",", header=header, comments="")
+    else:
+        save = getattr(np, kind)
+        save(path, images=images, labels=labels, x_test=test_x, y_test=test_y)
+    raw = sources.load_source(str(path), max_bytes=1000)  # the cap is for downloads
+    assert rows.on_disk(raw.images) and len(raw.images) == len(labels)
+    np.testing.assert_array_equal(raw.labels, labels)
+    expected = images / 255.0 if kind == "csv of floats" else images
+    np.testing.assert_allclose(np.asarray(raw.images), expected, rtol=1e-9)
+    if kind.startswith("savez"):
+        assert rows.on_disk(raw.test_images)
+        np.testing.assert_array_equal(np.asarray(raw.test_images), test_x)
+        np.testing.assert_array_equal(raw.test_labels, test_y)
+        return
+    prepared = data.prepare(raw, data.Checks())
+    in_memory = data.prepare(sources.RawData(images, labels, "arrays"), data.Checks())
+    assert prepared.data_hash == in_memory.data_hash

@@ -126,8 +126,12 @@ def normalise(
         raise DataError(f"{origin}: {what} have dtype {images.dtype}, expected numbers")
     if labels.dtype.kind not in "uif":
         raise DataError(f"{origin}: labels have dtype {labels.dtype}, expected integers")
-    if images.ndim == 3:
-        images = images[..., np.newaxis]
+    if images.ndim == 3:  # grey images without their channel axis
+        images = (
+            images.with_shape((*images.shape, 1))
+            if rows.on_disk(images)
+            else images[..., np.newaxis]
+        )
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise DataError(
             f"{origin}: {what} have shape {images.shape}, expected (N, H, W) or (N, H, W, 1|3)"

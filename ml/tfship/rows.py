@@ -44,6 +44,13 @@ class Rows:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def with_shape(self, shape: tuple[int, ...]) -> Rows:
+        """The same rows seen as ``shape`` (rows of the same bytes: (N, H, W) as (N, H, W, 1))."""
+        view = Rows(self.fh, self.offset, shape, self.dtype)
+        if len(view) != len(self) or view.row_bytes != self.row_bytes:
+            raise ValueError(f"rows of {self.shape[1:]} cannot be seen as {tuple(shape[1:])}")
+        return view
+
     def head(self, n: int) -> Rows:
         """The first ``n`` rows, as Rows over the same file."""
         return Rows(self.fh, self.offset, (min(n, len(self)), *self.shape[1:]), self.dtype)

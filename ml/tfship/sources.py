@@ -28,7 +28,8 @@ One grammar for every source (see "Data URIs" below): a location, then optionall
 :func:`split_sha256` reads it; ``tfship ci watch-data`` and ``tfship ci plan`` send exactly
 what ``tfship build --data`` takes.
 
-Files, downloads and what an ``.npz`` unpacks to are bounded by ``--max-data-bytes``.
+Downloads and what they unpack to are bounded by ``--max-data-bytes``; local data is streamed
+from disk (``tfship.rows``) and not bounded.
 Nothing here imports TensorFlow (but for ``fashion_mnist``).
 """
 
@@ -38,7 +39,7 @@ import csv
 import fnmatch
 import hashlib
 import importlib.util
-import io
+import itertools
 import re
 import shutil
 import stat
@@ -57,7 +58,7 @@ from tfship import s3
 from tfship.errors import DataError, MissingExtra
 from tfship.extras import INSTALL_TRAIN
 from tfship.log import quiet_tensorflow
-from tfship.rows import RowWriter
+from tfship.rows import CHUNK_BYTES, Rows, RowWriter, npz_rows
 from tfship.settings import Setting
 
 if TYPE_CHECKING:
@@ -83,7 +84,8 @@ DATA_SHA256 = Setting(
 MAX_DATA_BYTES = Setting(
     512 * 1024 * 1024,
     "TFSHIP_MAX_DATA_BYTES",
-    "Refuse a data file, a download, or an .npz that unpacks to more than this.",
+    "Refuse a download (https, ssh, s3) bigger than this, or one that unpacks (.npz, .zip, "
+    ".tar.gz) to more. Local files and folders are streamed from disk, not capped.",
     flag="--max-data-bytes",
     min=1,
 )
@@ -100,12 +102,12 @@ RESAVE = "write snapshots with np.savez(path, images=..., labels=...)"
 class RawData:
     """Arrays as a source gave them, before validation. ``origin`` names them in errors."""
 
-    images: np.ndarray
+    images: np.ndarray | Rows  # Rows: on disk (an image folder, a local .npz or .csv)
     labels: np.ndarray
     origin: str
     scale: float | None = None  # the pixels' full scale (digits: 16; an image folder: 255)
     class_names: list[str] | None = None  # an image folder's sub-folder names
-    test_images: np.ndarray | None = None
+    test_images: np.ndarray | Rows | None = None
     test_labels: np.ndarray | None = None
     sha256: str | None = None  # of the snapshot's bytes (an image folder's: hash_image_folder)
 
@@ -125,7 +127,8 @@ def load_source(
 ) -> RawData:
     """Resolve ``--data`` to raw arrays. Raises :class:`DataError` for anything unusable.
 
-    ``max_bytes`` bounds a local file, a download, and what an ``.npz`` unpacks to.
+    ``max_bytes`` bounds a download and what it unpacks to; local files are streamed from
+    disk, a chunk at a time, and not capped.
     ``access``: the SSH settings an ``ssh://`` source is read with. ``image_shape``: the
     (height, width, channels) an image folder's images are resized to (the schema's).
     """
@@ -152,7 +155,7 @@ def load_source(
             hint="use digits, fashion_mnist, a local path, an https://, s3:// or ssh:// URL",
         )
     path = Path(spec[7:] if spec.startswith("file://") else spec).expanduser()
-    raw = load_path(path, max_bytes, image_shape=image_shape)
+    raw = load_path(path, None, image_shape=image_shape)  # local: streamed, not capped
     if sha256:  # an image folder's is of its images' paths, sizes and bytes
         where = path if image_classes(path) is not None else snapshot_path(path)
         check_sha256(where, sha256, got=raw.sha256)
@@ -309,7 +312,7 @@ def load_image_folder(
 
 def load_path(
     path: Path,
-    max_bytes: int = MAX_DATA_BYTES.default,
+    max_bytes: int | None = MAX_DATA_BYTES.default,
     known_sha256: str | None = None,
     image_shape: tuple[int, int, int] | None = None,
     shown: str | None = None,
@@ -330,7 +333,7 @@ def load_path(
     size = path.stat().st_size
     if size == 0:
         raise DataError(f"{path}: file is empty")
-    if size > max_bytes:
+    if max_bytes is not None and size > max_bytes:
         raise DataError(f"{path}: {size} bytes is over the {max_bytes} byte limit", hint=TOO_BIG)
     if path.suffix in (".npz", ".csv"):
         raw = _load_npz(path, max_bytes) if path.suffix == ".npz" else _load_csv(path)
@@ -349,7 +352,7 @@ def load_path(
     return raw
 
 
-def _check_npz_members(path: Path, max_bytes: int) -> None:
+def _check_npz_members(path: Path, max_bytes: int | None) -> None:
     """An ``.npz`` is a zip archive: refuse members named outside it, links, and zip bombs.
 
     NumPy reads members by name and never extracts them, but a snapshot carrying such
@@ -370,19 +373,32 @@ def _check_npz_members(path: Path, max_bytes: int) -> None:
         if stat.S_ISLNK(info.external_attr >> 16):
             raise DataError(f"{path}: archive member {name!r} is a symbolic link", hint=RESAVE)
         total += info.file_size
-    if total > max_bytes:
+    if max_bytes is not None and total > max_bytes:
         raise DataError(
             f"{path}: unpacks to {total} bytes, over the {max_bytes} byte limit", hint=TOO_BIG
         )
 
 
-def _load_npz(path: Path, max_bytes: int = MAX_DATA_BYTES.default) -> RawData:
+def _load_npz(path: Path, max_bytes: int | None = MAX_DATA_BYTES.default) -> RawData:
+    """An ``.npz`` of images and labels (optionally test images and labels), never whole in
+    memory: an array ``np.savez`` stored is read in place (:func:`tfship.rows.npz_rows`),
+    one ``np.savez_compressed`` deflated is inflated to a temporary file a chunk at a time;
+    labels (one number per image) are read whole. ``max_bytes``: what it may unpack to (a
+    download's bound; None for a local file)."""
     _check_npz_members(path, max_bytes)
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        with zipfile.ZipFile(path) as zf:
+            names = [n[: -len(".npy")] for n in zf.namelist() if n.endswith(".npy")]
+        images = _npz_array(path, _pick(names, ("images", "x", "x_train"), path))
+        labels = np.asarray(_npz_array(path, _pick(names, ("labels", "y", "y_train"), path)))
+        test_x = next((k for k in ("x_test", "test_images") if k in names), None)
+        test_y = next((k for k in ("y_test", "test_labels") if k in names), None)
+        if (test_x is None) != (test_y is None):
+            raise DataError(f"{path}: has a test image array or a test label array, not both")
+        tx = _npz_array(path, test_x) if test_x else None
+        ty = np.asarray(_npz_array(path, test_y)) if test_y else None
     except ValueError as exc:
-        if "allow_pickle" in str(exc):
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
             raise DataError(
                 f"{path}: an array holds Python objects (ragged images or mixed types?),"
                 " not numbers",
@@ -391,61 +407,115 @@ def _load_npz(path: Path, max_bytes: int = MAX_DATA_BYTES.default) -> RawData:
         raise DataError(f"{path}: not a readable NPZ file ({exc})") from exc
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise DataError(f"{path}: not a readable NPZ file ({exc})") from exc
-    images = _pick(arrays, ("images", "x", "x_train"), path)
-    labels = _pick(arrays, ("labels", "y", "y_train"), path)
-    test_x = next((arrays[k] for k in ("x_test", "test_images") if k in arrays), None)
-    test_y = next((arrays[k] for k in ("y_test", "test_labels") if k in arrays), None)
-    if (test_x is None) != (test_y is None):
-        raise DataError(f"{path}: has a test image array or a test label array, not both")
-    return RawData(images, labels, str(path), test_images=test_x, test_labels=test_y)
+    return RawData(images, labels, str(path), test_images=tx, test_labels=ty)
 
 
-def _pick(arrays: dict[str, np.ndarray], keys: tuple[str, ...], path: Path) -> np.ndarray:
+def _npz_array(path: Path, name: str) -> np.ndarray | Rows:
+    """Member ``name`` of an ``.npz``: in place when stored, else inflated to a temporary file
+    a chunk at a time. A Fortran-ordered or 0-d array is read whole by NumPy (rare: what
+    ``np.savez`` writes of a transposed array), as is one of Python objects, which NumPy
+    refuses without pickles (a ValueError)."""
+    stored = npz_rows(path, name)
+    if stored is not None:
+        return stored
+    with zipfile.ZipFile(path) as zf, zf.open(f"{name}.npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(fh)
+        if not (fortran or dtype.hasobject or not shape):
+            out = RowWriter(shape[1:], dtype)
+            row_bytes = max(int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize, 1)
+            per = max(1, CHUNK_BYTES // row_bytes)
+            for start in range(0, shape[0], per):
+                n = min(per, shape[0] - start)
+                data = fh.read(n * row_bytes)
+                if len(data) != n * row_bytes:
+                    raise EOFError(f"member {name} ends after {start} of {shape[0]} rows")
+                out.write(np.frombuffer(data, dtype).reshape(n, *shape[1:]))
+            return out.rows()
+    with np.load(path, allow_pickle=False) as npz:
+        return npz[name]
+
+
+def _pick(names: list[str], keys: tuple[str, ...], path: Path) -> str:
+    """The first of ``keys`` among the archive's array ``names``."""
     for k in keys:
-        if k in arrays:
-            return arrays[k]
+        if k in names:
+            return k
     raise DataError(
-        f"{path}: no array named {' or '.join(keys)} (found: {', '.join(arrays) or 'none'})",
+        f"{path}: no array named {' or '.join(keys)} (found: {', '.join(names) or 'none'})",
         hint="save with np.savez(path, images=..., labels=...)",
     )
 
 
 def _load_csv(path: Path) -> RawData:
+    """A CSV of images: a ``label`` column (or the first), then H*W pixel columns of a square
+    image. Streamed: parsed a block of rows at a time into a temporary file of float64
+    pixels, never whole in memory. Whole-number pixels are 0-255, others 0.0-1.0 (as NumPy
+    would type them: integers, else floats)."""
+    labels: list[float] = []
+    block: list[list[float]] = []
+    out: RowWriter | None = None
+    whole, label_col, side = True, 0, 0
+
+    def flush() -> None:
+        nonlocal whole
+        table = np.asarray(block, dtype=np.float64)
+        labels.extend(table[:, label_col].tolist())
+        pixels = np.delete(table, label_col, axis=1)
+        whole = whole and bool(np.all(np.isfinite(pixels)) and np.all(pixels == np.round(pixels)))
+        out.write(pixels.reshape(-1, side, side))  # type: ignore[union-attr]
+        block.clear()
+
     try:
-        text = path.read_text()
+        with path.open(newline="") as fh:
+            reader = csv.reader(fh)
+            first = next(reader, None)
+            has_header = bool(first and first[0] and not _is_number(first[0]))
+            if has_header:
+                header = [h.strip().lower() for h in first]  # type: ignore[union-attr]
+                label_col = header.index("label") if "label" in header else 0
+            rest = reader if has_header or first is None else itertools.chain([first], reader)
+            width = 0
+            for n, row in enumerate(rest, start=2 if has_header else 1):
+                if not row:
+                    continue
+                if out is None:
+                    width = len(row)
+                    side = int(round(np.sqrt(width - 1)))
+                    if side * side != width - 1 or side == 0:
+                        raise DataError(
+                            f"{path}: {width - 1} pixel columns is not a square image",
+                            hint="CSV rows are label + H*W pixels with H == W; use NPZ for "
+                            "other shapes",
+                        )
+                    out = RowWriter((side, side), np.float64)
+                    per = max(1, CSV_BLOCK_BYTES // (width * 8))
+                if len(row) != width:
+                    raise DataError(
+                        f"{path}: line {n} has {len(row)} columns, the first row has {width}"
+                    )
+                try:
+                    block.append([float(v) for v in row])
+                except ValueError as exc:
+                    raise DataError(f"{path}: line {n}: {exc}") from exc
+                if len(block) >= per:
+                    flush()
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not a text CSV file ({exc.reason})") from exc
-    rows = list(csv.reader(io.StringIO(text)))
-    has_header = bool(rows and rows[0] and not _is_number(rows[0][0]))
-    label_col = 0
-    if has_header:
-        header = [h.strip().lower() for h in rows.pop(0)]
-        label_col = header.index("label") if "label" in header else 0
-    if not any(rows):
+    if out is None:
         raise DataError(f"{path}: no data rows")
-    width = len(rows[0])
-    values = []
-    for n, row in enumerate(rows, start=2 if has_header else 1):
-        if not row:
-            continue
-        if len(row) != width:
-            raise DataError(f"{path}: line {n} has {len(row)} columns, the first row has {width}")
-        try:
-            values.append([float(v) for v in row])
-        except ValueError as exc:
-            raise DataError(f"{path}: line {n}: {exc}") from exc
-    table = np.asarray(values, dtype=np.float64)
-    labels = table[:, label_col]
-    pixels = np.delete(table, label_col, axis=1)
-    side = int(round(np.sqrt(pixels.shape[1])))
-    if side * side != pixels.shape[1] or side == 0:
-        raise DataError(
-            f"{path}: {pixels.shape[1]} pixel columns is not a square image",
-            hint="CSV rows are label + H*W pixels with H == W; use NPZ for other shapes",
-        )
-    if np.all(np.isfinite(pixels)) and np.all(pixels == np.round(pixels)):
-        pixels = pixels.astype(np.int64)
-    return RawData(pixels.reshape(-1, side, side), labels, str(path))
+    if block:
+        flush()
+    # the scale the values' type says: whole numbers are 0-255, as NumPy's int64 were
+    return RawData(out.rows(), np.asarray(labels), str(path), scale=255.0 if whole else None)
+
+
+CSV_BLOCK_BYTES = 1 << 20  # pixels parsed at a time (as Python floats: ~4x that in memory)
 
 
 def _is_number(s: str) -> bool:
@@ -482,17 +552,24 @@ def load_downloaded(
 ) -> RawData:
     """A file fetched into a temporary folder: an ``.npz``/``.csv``, or a ``.zip``/``.tar.gz``
     of an image folder. ``known_sha256``: its bytes' sha256, already checked, not computed
-    again. ``shown``: its URL, for errors."""
-    return load_path(target, max_bytes, known_sha256, image_shape, shown)
+    again. ``shown``: its URL, which errors name instead of the temporary copy."""
+    try:
+        return load_path(target, max_bytes, known_sha256, image_shape, shown)
+    except DataError as exc:
+        if shown:
+            exc.message = exc.message.replace(str(target), shown)
+            exc.args = (exc.message,)
+        raise
 
 
 def extract_image_folder(
-    archive: Path, dest: Path, max_bytes: int, shown: str | None = None
+    archive: Path, dest: Path, max_bytes: int | None, shown: str | None = None
 ) -> Path:
     """Unpack a ``.zip`` or ``.tar.gz`` of an image folder into ``dest`` and return the
     folder whose sub-folders are the classes (``dest`` itself, or the one folder the archive
     holds). Members that would leave ``dest`` (absolute, ``..``), links and devices are
-    refused; more than ``max_bytes`` unpacked is refused before it is written. ``shown``:
+    refused; more than ``max_bytes`` unpacked (None: no bound, a local archive) is refused
+    before it is written. ``shown``:
     what errors call the archive (its URL), else its file name."""
     import tarfile
 
@@ -502,7 +579,7 @@ def extract_image_folder(
         try:
             with zipfile.ZipFile(archive) as zf:
                 members = [m for m in zf.infolist() if not _packing_junk(m.filename)]
-                if sum(m.file_size for m in members) > max_bytes:
+                if max_bytes is not None and sum(m.file_size for m in members) > max_bytes:
                     raise DataError(
                         f"{shown}: unpacks to more than {max_bytes} bytes", hint=TOO_BIG
                     )
@@ -516,7 +593,8 @@ def extract_image_folder(
         try:
             with tarfile.open(archive, "r:gz") as tf:
                 members = [m for m in tf.getmembers() if not _packing_junk(m.name)]
-                if sum(m.size for m in members if m.isfile()) > max_bytes:
+                unpacked = sum(m.size for m in members if m.isfile())
+                if max_bytes is not None and unpacked > max_bytes:
                     raise DataError(
                         f"{shown}: unpacks to more than {max_bytes} bytes", hint=TOO_BIG
                     )

@@ -192,13 +192,29 @@ def test_one_rule_says_which_archive_members_leave_the_folder(name, leaves):
     assert leaves_archive(name) is leaves
 
 
-def test_an_npz_that_unpacks_past_the_limit_is_refused_before_it_is_read(build, tmp_path):
+def test_a_downloaded_npz_that_unpacks_past_the_limit_is_refused_before_it_is_read(
+    build, tmp_path, scripted_http
+):
     images, labels = digits_arrays()
     path = tmp_path / "bomb.npz"
     np.savez_compressed(path, images=images, labels=labels, pad=np.zeros(4_000_000, np.uint8))
-    assert path.stat().st_size < 300_000  # small on disk ...
-    r = build("--data", str(path), "--max-data-bytes", "1000000")
+    data = path.read_bytes()
+    assert len(data) < 300_000  # small on the wire ...
+    base, routes = scripted_http
+    routes["/bomb.npz"] = ({"Content-Length": str(len(data))}, lambda: [data])
+    digest = hashlib.sha256(data).hexdigest()
+    r = build("--data", f"{base}/bomb.npz#sha256={digest}", "--max-data-bytes", "1000000")
     assert_build_rejected(r, tmp_path, "bomb.npz", "unpacks to", "over the 1000000 byte limit")
+
+
+def test_a_local_npz_is_not_capped_it_is_streamed_from_disk(build, tmp_path):
+    # The cap is for downloads: a local file is the user's own, read a chunk at a time (its
+    # deflated images inflated to a temporary file), whatever its size.
+    images, labels = digits_arrays()
+    path = tmp_path / "big.npz"
+    np.savez_compressed(path, images=images, labels=labels, pad=np.zeros(4_000_000, np.uint8))
+    r = build("--data", str(path), "--max-data-bytes", "1000000")
+    assert r.code == 0, r.err
 
 
 # Arrays of the wrong kind -----------------------------------------------------------------
