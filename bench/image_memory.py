@@ -32,15 +32,23 @@ from _common import ROOT, save  # noqa: E402
 from table_memory import MIB, peak, tensorflow_floor  # noqa: E402
 
 SIDE = 64
+STAGES = ("build", "train", "npz_build")  # the npz build: the same images as one .npz
+HEADER = (
+    "| images | PNG | decoded | code | build peak | build time | train peak | train time "
+    "| .npz build peak | .npz build time |\n|---|---|---|---|---|---|---|---|---|---|"
+)
 CLASSES = ("red", "green", "blue", "grey")
 GOAL_GROWTH_MB = 200
 
 
 def write_folder(root: Path, images: int, seed: int = 0) -> int:
-    """``images`` PNGs in one sub-folder per class; returns the bytes written."""
+    """``images`` PNGs in one sub-folder per class, and the same images as one
+    ``np.savez_compressed`` file beside the folder (``<root>.npz``: uint8 pixels, labels);
+    returns the PNGs' bytes."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
+    pixels = np.empty((images, SIDE, SIDE, 3), np.uint8)
     colours = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [120, 120, 120]])
     for name in CLASSES:
         (root / name).mkdir(parents=True)
@@ -49,9 +57,10 @@ def write_folder(root: Path, images: int, seed: int = 0) -> int:
         base = np.broadcast_to(colours[cls], (SIDE, SIDE, 3)).astype(np.float32)
         stripe = (np.arange(SIDE) // (4 + 2 * cls)) % 2
         img = base * (0.7 + 0.3 * stripe[None, :, None]) + rng.normal(0, 40, (SIDE, SIDE, 3))
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
-            root / CLASSES[cls] / f"{i:06d}.png"
-        )
+        pixels[i] = np.clip(img, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels[i]).save(root / CLASSES[cls] / f"{i:06d}.png")
+    labels = np.arange(images) % len(CLASSES)
+    np.savez_compressed(root.with_suffix(".npz"), images=pixels, labels=labels)
     return sum(p.stat().st_size for p in root.rglob("*.png"))
 
 
@@ -75,12 +84,19 @@ def stages(folder: Path, batch_size: int, src: Path | None, tag: str) -> dict:
     train = [*tfship(src), "train", *ws, "--epochs", "1", "--batch-size", str(batch_size)]
     train_mib, train_s, _ = peak(train, folder, folder / f"train-{tag}.log")
     print(f"  {tag} train: peak {train_mib:.0f} MiB, {train_s:.0f} s", flush=True)
-    (folder / "photos" / "schema.pbtxt").unlink(missing_ok=True)  # each run infers its own
+    npz_ws = ["--workspace", str(folder / f"ws-npz-{tag}")]
+    npz = [*tfship(src), "build", *npz_ws, "--data", str(folder / "photos.npz"), *cap]
+    npz_mib, npz_s, _ = peak(npz, folder, folder / f"npz-{tag}.log")
+    print(f"  {tag} build .npz: peak {npz_mib:.0f} MiB, {npz_s:.0f} s", flush=True)
+    for schema in (folder / "photos" / "schema.pbtxt", folder / "schema.pbtxt"):
+        schema.unlink(missing_ok=True)  # each run infers its own
     return {
         "build_peak_mib": round(build_mib, 1),
         "build_s": round(build_s, 1),
         "train_peak_mib": round(train_mib, 1),
         "train_s": round(train_s, 1),
+        "npz_build_peak_mib": round(npz_mib, 1),
+        "npz_build_s": round(npz_s, 1),
     }
 
 
@@ -131,7 +147,7 @@ def main() -> None:
     a, b = runs
     growth = {
         stage: round((b[f"{stage}_peak_mib"] - a[f"{stage}_peak_mib"]) * MIB / 1e6, 1)
-        for stage in ("build", "train")
+        for stage in STAGES
     }
     met = all(g < GOAL_GROWTH_MB for g in growth.values())
     figures = {
@@ -148,7 +164,8 @@ def main() -> None:
         return (
             f"| {r['images']:,} | {r['png_mib']:.0f} MiB | {r['decoded_mib']:.0f} MiB | {code} "
             f"| {m['build_peak_mib']:.0f} MiB | {m['build_s']:.0f} s "
-            f"| {m['train_peak_mib']:.0f} MiB | {m['train_s']:.0f} s |"
+            f"| {m['train_peak_mib']:.0f} MiB | {m['train_s']:.0f} s "
+            f"| {m['npz_build_peak_mib']:.0f} MiB | {m['npz_build_s']:.0f} s |"
         )
 
     lines = []
@@ -162,11 +179,11 @@ def main() -> None:
             stage: round(
                 (old[f"{stage}_peak_mib"] - a["before"][rev][f"{stage}_peak_mib"]) * MIB / 1e6, 1
             )
-            for stage in ("build", "train")
+            for stage in STAGES
         }
         ratio = {
             f"{stage}_{what}": round(b[f"{stage}_{key}"] / old[f"{stage}_{key}"], 3)
-            for stage in ("build", "train")
+            for stage in STAGES
             for what, key in (("peak", "peak_mib"), ("time", "s"))
         }
         figures.setdefault("before", {})[rev] = {
@@ -175,10 +192,12 @@ def main() -> None:
         }
         sentences.append(
             f"- {rev} ({BEFORE.get(rev, 'the code then')}): grew build "
-            f"{old_growth['build']:+.0f} MB and train {old_growth['train']:+.0f} MB; on "
-            f"{large:,} images the peaks now are {ratio['build_peak']:.2f}x (build) and "
-            f"{ratio['train_peak']:.2f}x (train) of its, the times {ratio['build_time']:.2f}x "
-            f"and {ratio['train_time']:.2f}x."
+            f"{old_growth['build']:+.0f} MB, train {old_growth['train']:+.0f} MB and the .npz "
+            f"build {old_growth['npz_build']:+.0f} MB; on {large:,} images the peaks now are "
+            f"{ratio['build_peak']:.2f}x (build), {ratio['train_peak']:.2f}x (train) and "
+            f"{ratio['npz_build_peak']:.2f}x (.npz build) of its, the times "
+            f"{ratio['build_time']:.2f}x, {ratio['train_time']:.2f}x and "
+            f"{ratio['npz_build_time']:.2f}x."
         )
     ratios = (
         "\nSide by side in this run, on the same two folders:\n\n" + "\n".join(sentences) + "\n"
@@ -189,24 +208,26 @@ def main() -> None:
 
 Peak RSS of `tfship build --data FOLDER` and of `tfship train --epochs 1 --batch-size
 {args.batch_size}`, each its own process, on two image folders (4 classes, PNGs from one
-seeded generator). "Decoded" is the float32 pixels the stages handle.
+seeded generator), and of `tfship build --data photos.npz` on the same images saved with
+`np.savez_compressed` (uint8). "Decoded" is the float32 pixels the stages handle.
 
-| images | PNG | decoded | code | build peak | build time | train peak | train time |
-|---|---|---|---|---|---|---|---|
+{HEADER}
 {table}
 
 **Growth from {small:,} to {large:,} images: build {growth["build"]:+.0f} MB, train
-{growth["train"]:+.0f} MB** (goal: under {GOAL_GROWTH_MB} MB each, memory independent of the
-data's size): **{"met" if met else "not met"}**.
+{growth["train"]:+.0f} MB, .npz build {growth["npz_build"]:+.0f} MB** (goal: under
+{GOAL_GROWTH_MB} MB each, memory independent of the data's size):
+**{"met" if met else "not met"}**.
 {ratios}
 How: build reads each PNG's header, then decodes one image at a time into a temporary
 file, and writes the splits from it 16 MiB of pixels at a time (`tfship.rows`); the folder's
-sha256 (each image's path, size and bytes) reads every file once more, 1 MiB at a time; train
+sha256 (each image's path, size and bytes) reads every file once more, 1 MiB at a time; a
+local `.npz`'s images are inflated to a temporary file 16 MiB at a time; train
 reads the split's `.npz` a batch at a time with `pread` (a `tf.data` generator), never
 memory-mapping it (mapped pages would count in RSS). Importing TensorFlow and Keras alone
-peaks at {floor_mib:.0f} MiB. Before, a folder was decoded whole into memory (and refused
-past `--max-data-bytes`, 512 MiB of decoded pixels; the bench lifts that cap for the old
-code). Times are for context only.
+peaks at {floor_mib:.0f} MiB. Before, a folder (6ace553) and an `.npz` (both commits) were
+read whole into memory (and refused past `--max-data-bytes`, 512 MiB; the bench lifts that
+cap for the old code). Times are for context only.
 """
     print(md)
     if not args.no_save:
