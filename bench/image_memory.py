@@ -85,7 +85,8 @@ def stages(folder: Path, batch_size: int, src: Path | None, tag: str) -> dict:
     train_mib, train_s, _ = peak(train, folder, folder / f"train-{tag}.log")
     print(f"  {tag} train: peak {train_mib:.0f} MiB, {train_s:.0f} s", flush=True)
     npz_ws = ["--workspace", str(folder / f"ws-npz-{tag}")]
-    npz = [*tfship(src), "build", *npz_ws, "--data", str(folder / "photos.npz"), *cap]
+    classes = ["--num-classes", str(len(CLASSES))]  # an .npz has no folder names to count
+    npz = [*tfship(src), "build", *npz_ws, "--data", str(folder / "photos.npz"), *classes, *cap]
     npz_mib, npz_s, _ = peak(npz, folder, folder / f"npz-{tag}.log")
     print(f"  {tag} build .npz: peak {npz_mib:.0f} MiB, {npz_s:.0f} s", flush=True)
     for schema in (folder / "photos" / "schema.pbtxt", folder / "schema.pbtxt"):
