@@ -110,7 +110,12 @@ BEFORE = {  # what each default comparison commit stands for
 def measure(images: int, batch_size: int, tmp: Path, before: dict[str, Path]) -> dict:
     folder = tmp / f"{images}"
     t = time.perf_counter()
-    nbytes = write_folder(folder / "photos", images)
+    # in a subprocess: a child's peak RSS counts the peak of the process it was forked from
+    # (see table_memory.peak), and writing holds the images as one array for the .npz
+    subprocess.run(
+        [sys.executable, __file__, "--write", str(folder / "photos"), str(images)], check=True
+    )
+    nbytes = sum(p.stat().st_size for p in (folder / "photos").rglob("*.png"))
     decoded = images * SIDE * SIDE * 3 * 4 / MIB  # float32 pixels, what build/train handle
     print(
         f"{images} images: {nbytes / MIB:.0f} MiB of PNG ({decoded:.0f} MiB decoded) in "
@@ -132,7 +137,11 @@ def main() -> None:
         "--before", default="6ace553,97d98d9", help="commits to compare with ('' for none)"
     )
     parser.add_argument("--no-save", action="store_true", help="print only (for a trial run)")
+    parser.add_argument("--write", nargs=2, metavar=("FOLDER", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.write:  # the subprocess that writes one folder (and its .npz)
+        write_folder(Path(args.write[0]), int(args.write[1]))
+        return
     small, large = (int(s) for s in args.sizes.split(","))
     with tempfile.TemporaryDirectory(prefix="tfship-bench-img-", dir="/tmp") as tmp:
         floor_mib = tensorflow_floor(Path(tmp))

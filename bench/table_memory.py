@@ -101,7 +101,13 @@ def peak(
     Fails loudly.
 
     The figure is ``ru_maxrss`` from ``wait4`` (this child and its waited-for children); while
-    it runs, its peak so far (VmHWM) and bytes read are printed every ``every`` seconds."""
+    it runs, its peak so far (VmHWM) and bytes read are printed every ``every`` seconds.
+
+    Linux counts in a child's ``ru_maxrss`` the peak RSS of the process it was forked from
+    (``exec`` folds the old address space's high-water mark in): a figure no higher than
+    this process's own peak may be that, not the child's. Keep this process small (write big
+    data in a subprocess); :func:`peak` refuses a figure it cannot tell apart."""
+    own = _own_peak_mib()
     start = last = time.perf_counter()
     read_mib = None
     with log.open("wb") as out:
@@ -127,7 +133,19 @@ def peak(
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{log.read_text()[-3000:]}")
-    return usage.ru_maxrss / 1024, seconds, None  # ru_maxrss is in KiB on Linux
+    mib = usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+    if mib <= own * 1.02:
+        sys.exit(
+            f"{' '.join(cmd)}: its peak {mib:.0f} MiB is not above this benchmark's own "
+            f"({own:.0f} MiB), which Linux counts in it: write big data in a subprocess"
+        )
+    return mib, seconds, None
+
+
+def _own_peak_mib() -> float:
+    """This process's peak RSS so far (VmHWM), in MiB."""
+    status = Path("/proc/self/status").read_text()
+    return next(int(x.split()[1]) for x in status.splitlines() if x.startswith("VmHWM")) / 1024
 
 
 def _progress(pid: int) -> tuple[float, float]:
