@@ -105,7 +105,8 @@ class RowWriter:
         block = np.ascontiguousarray(block, dtype=self.dtype)
         if block.shape[1:] != self.shape:
             raise ValueError(f"rows of {block.shape[1:]}, expected {self.shape}")
-        self.fh.write(block.tobytes())
+        if block.size:
+            self.fh.write(memoryview(block.reshape(-1)).cast("B"))  # its own bytes: no copy
         self.n += len(block)
 
     def rows(self) -> Rows:
@@ -166,8 +167,12 @@ def convert(
 ) -> np.ndarray | Rows:
     """``rows`` as ``dtype`` times ``scale``, clipped to [0, clip], a chunk at a time."""
 
+    # CHUNK_BYTES of the wider of the two types: uint8 pixels become 4x the bytes as float32
+    widest = max(rows.dtype.itemsize, np.dtype(dtype).itemsize)
+    size = max(1, CHUNK_BYTES // max(int(np.prod(rows.shape[1:], dtype=np.int64)) * widest, 1))
+
     def blocks() -> Iterator[np.ndarray]:
-        for c in chunks(rows):
+        for c in chunks(rows, size):
             out = c.astype(dtype)
             if scale != 1.0:
                 out *= np.asarray(scale, dtype)
