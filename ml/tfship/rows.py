@@ -231,6 +231,17 @@ def npz_rows(path: Path, name: str) -> Rows | None:
     name_len = int.from_bytes(local[26:28], "little")
     extra_len = int.from_bytes(local[28:30], "little")
     fh.seek(info.header_offset + 30 + name_len + extra_len)
+    header = npy_rows_header(fh)
+    if header is None:
+        fh.close()
+        return None
+    return Rows(fh, fh.tell(), *header)
+
+
+def npy_rows_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype] | None:
+    """Read an ``.npy`` header from ``fh`` (left at the first byte of data): the array's
+    (shape, dtype) when its rows can be read a chunk at a time (C order, numbers, at least
+    one axis); None otherwise (Fortran order, Python objects, 0-d: read it with NumPy)."""
     version = np.lib.format.read_magic(fh)
     read_header = (
         np.lib.format.read_array_header_1_0
@@ -239,6 +250,5 @@ def npz_rows(path: Path, name: str) -> Rows | None:
     )
     shape, fortran, dtype = read_header(fh)
     if fortran or dtype.hasobject or not shape:
-        fh.close()
         return None
-    return Rows(fh, fh.tell(), shape, dtype)
+    return tuple(shape), dtype

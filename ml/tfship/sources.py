@@ -58,7 +58,7 @@ from tfship import s3
 from tfship.errors import DataError, MissingExtra
 from tfship.extras import INSTALL_TRAIN
 from tfship.log import quiet_tensorflow
-from tfship.rows import CHUNK_BYTES, Rows, RowWriter, npz_rows
+from tfship.rows import CHUNK_BYTES, Rows, RowWriter, npy_rows_header, npz_rows
 from tfship.settings import Setting
 
 if TYPE_CHECKING:
@@ -419,14 +419,9 @@ def _npz_array(path: Path, name: str) -> np.ndarray | Rows:
     if stored is not None:
         return stored
     with zipfile.ZipFile(path) as zf, zf.open(f"{name}.npy") as fh:
-        version = np.lib.format.read_magic(fh)
-        read_header = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran, dtype = read_header(fh)
-        if not (fortran or dtype.hasobject or not shape):
+        header = npy_rows_header(fh)
+        if header is not None:
+            shape, dtype = header
             out = RowWriter(shape[1:], dtype)
             row_bytes = max(int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize, 1)
             per = max(1, CHUNK_BYTES // row_bytes)
